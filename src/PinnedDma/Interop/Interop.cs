@@ -1,0 +1,44 @@
+using System.Runtime.InteropServices;
+
+namespace PinnedDma.Interop;
+
+/// <summary>libc entry points, source-generated; errno is read with <see cref="Marshal.GetLastPInvokeError"/>.</summary>
+internal static unsafe partial class Libc
+{
+    private const string Lib = "libc";
+
+    public const int PROT_READ = 0x1;
+    public const int PROT_WRITE = 0x2;
+    public const int MAP_SHARED = 0x01;
+    public const int MAP_SHARED_VALIDATE = 0x03;
+    public const int MAP_SYNC = 0x80000;
+    public const int MS_SYNC = 4;
+    public const int EOPNOTSUPP = 95;
+    public const int EINVAL = 22;
+    public const int ENODEV = 19;
+
+    [LibraryImport(Lib, EntryPoint = "mmap", SetLastError = true)]
+    public static partial void* Mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
+
+    [LibraryImport(Lib, EntryPoint = "munmap", SetLastError = true)]
+    public static partial int Munmap(void* addr, nuint length);
+
+    [LibraryImport(Lib, EntryPoint = "msync", SetLastError = true)]
+    public static partial int Msync(void* addr, nuint length, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "fsync", SetLastError = true)]
+    public static partial int Fsync(int fd);
+
+    [LibraryImport(Lib, EntryPoint = "getpagesize")]
+    public static partial int GetPageSize();
+
+    public static readonly void* MapFailed = (void*)-1;
+
+    /// <summary>errno as a typed error, in one place.</summary>
+    public static PinnedDmaException Error(string call, int errno) => errno switch
+    {
+        EOPNOTSUPP => new PinnedDmaException(PinnedDmaError.NotSupported, $"{call}: operation not supported (errno {errno})."),
+        EINVAL => new PinnedDmaException(PinnedDmaError.InvalidArgument, $"{call}: invalid argument (errno {errno})."),
+        _ => new PinnedDmaException(PinnedDmaError.IoError, $"{call} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})."),
+    };
+}

@@ -1,0 +1,125 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using PinnedDma.Internal;
+
+namespace PinnedDma.Storage;
+
+/// <summary>
+/// Bytes addressed by block number: the bottom layer. A device offset is what the design calls a physical address;
+/// a DMA engine reads and writes these bytes through a pin's scatter-gather list only.
+/// </summary>
+public abstract unsafe class BlockDevice : IDisposable
+{
+    private byte* _base;
+    private int _disposed;
+
+    /// <summary>Sets up the geometry; the subclass provides the memory.</summary>
+    private protected BlockDevice(int blockSize, long blockCount)
+    {
+        if (blockSize < 512 || blockSize > 65536 || (blockSize & (blockSize - 1)) != 0)
+            throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "Block size must be a power of two from 512 to 65536.");
+        if (blockCount <= 0 || blockCount > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount, "Block count must be from 1 to 2^31-1.");
+        BlockSize = blockSize;
+        BlockCount = blockCount;
+        BlockShift = System.Numerics.BitOperations.Log2((uint)blockSize);
+    }
+
+    /// <summary>Bytes per block.</summary>
+    public int BlockSize { get; }
+
+    /// <summary>log2 of <see cref="BlockSize"/>.</summary>
+    internal int BlockShift { get; }
+
+    /// <summary>Number of blocks.</summary>
+    public long BlockCount { get; }
+
+    /// <summary>Size in bytes.</summary>
+    public long Length => BlockCount << BlockShift;
+
+    /// <summary>How the bytes are backed, and so what a flush does.</summary>
+    public abstract DeviceMappingMode MappingMode { get; }
+
+    /// <summary>True once disposed.</summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    private protected void SetBase(byte* pointer) => _base = pointer;
+
+    internal byte* Base
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
+            return _base;
+        }
+    }
+
+    /// <summary>A span over device bytes; valid until the device is disposed. Offsets are checked.</summary>
+    public Span<byte> GetSpan(long offset, int length)
+    {
+        CheckRange(offset, length);
+        return new Span<byte>(Base + offset, length);
+    }
+
+    /// <summary>Copies device bytes at <paramref name="offset"/> into <paramref name="destination"/>.</summary>
+    public void Read(long offset, Span<byte> destination)
+    {
+        CheckRange(offset, destination.Length);
+        new ReadOnlySpan<byte>(Base + offset, destination.Length).CopyTo(destination);
+    }
+
+    /// <summary>Copies <paramref name="source"/> to device bytes at <paramref name="offset"/>.</summary>
+    public void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        CheckRange(offset, source.Length);
+        source.CopyTo(new Span<byte>(Base + offset, source.Length));
+    }
+
+    /// <summary>Makes the bytes of the range durable (msync for a mapped file; nothing for memory).</summary>
+    public void Flush(long offset, long length)
+    {
+        CheckRange(offset, length);
+        if (length > 0) FlushCore(offset, length);
+    }
+
+    /// <summary>Makes every byte durable.</summary>
+    public void Flush() => FlushCore(0, Length);
+
+    private protected abstract void FlushCore(long offset, long length);
+
+    internal void CopyBlocks(long sourceBlock, long destinationBlock, long count)
+    {
+        long bytes = count << BlockShift;
+        Buffer.MemoryCopy(Base + (sourceBlock << BlockShift), Base + (destinationBlock << BlockShift), bytes, bytes);
+    }
+
+    internal void ZeroBlocks(long block, long count) =>
+        NativeMemory.Clear(Base + (block << BlockShift), checked((nuint)(count << BlockShift)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CheckRange(long offset, long length)
+    {
+        if ((ulong)offset > (ulong)Length || (ulong)length > (ulong)(Length - offset))
+            ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Device range [{offset}, +{length}) is outside the device's {Length} bytes.");
+    }
+
+    /// <summary>Releases the memory or the mapping.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        ReleaseCore(_base);
+        _base = null;
+        GC.SuppressFinalize(this);
+    }
+
+    private protected abstract void ReleaseCore(byte* pointer);
+
+    /// <summary>Releases native memory a caller forgot to dispose.</summary>
+    ~BlockDevice()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0 && _base != null) ReleaseCore(_base);
+    }
+}
+
+

@@ -1,0 +1,120 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using PinnedDma.Interop;
+
+namespace PinnedDma.Storage;
+
+/// <summary>
+/// A block device over a real file mapped <c>MAP_SHARED</c>. It first asks for
+/// <c>MAP_SHARED_VALIDATE | MAP_SYNC</c> (the DAX contract: no page cache between the CPU and the block) and
+/// falls back to plain <c>MAP_SHARED</c> when the kernel answers EOPNOTSUPP; <see cref="MappingMode"/> tells
+/// which is in force.
+/// </summary>
+public sealed unsafe class FileBlockDevice : BlockDevice
+{
+    private readonly SafeFileHandle _file;
+    private readonly DeviceMappingMode _mode;
+    private readonly int _pageSize;
+
+    private FileBlockDevice(SafeFileHandle file, int blockSize, long blockCount, bool trySync)
+        : base(blockSize, blockCount)
+    {
+        _file = file;
+        _pageSize = Libc.GetPageSize();
+        int fd = (int)file.DangerousGetHandle();
+        nuint len = checked((nuint)Length);
+        void* p = Libc.MapFailed;
+        if (trySync)
+        {
+            p = Libc.Mmap(null, len, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED_VALIDATE | Libc.MAP_SYNC, fd, 0);
+            if (p == Libc.MapFailed)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                // EOPNOTSUPP: not DAX. EINVAL: a kernel that predates MAP_SHARED_VALIDATE. Both mean "no MAP_SYNC here".
+                if (errno != Libc.EOPNOTSUPP && errno != Libc.EINVAL && errno != Libc.ENODEV)
+                    throw Libc.Error("mmap(MAP_SHARED_VALIDATE|MAP_SYNC)", errno);
+            }
+            else
+            {
+                _mode = DeviceMappingMode.MapSync;
+            }
+        }
+        if (p == Libc.MapFailed)
+        {
+            p = Libc.Mmap(null, len, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, 0);
+            if (p == Libc.MapFailed) throw Libc.Error("mmap(MAP_SHARED)", Marshal.GetLastPInvokeError());
+            _mode = DeviceMappingMode.MapShared;
+        }
+        SetBase((byte*)p);
+    }
+
+    /// <summary>The file behind the device.</summary>
+    public string Path { get; private init; } = "";
+
+    /// <inheritdoc />
+    public override DeviceMappingMode MappingMode => _mode;
+
+    /// <summary>
+    /// Maps <paramref name="path"/>, creating it or resizing it to exactly
+    /// <paramref name="blockCount"/> x <paramref name="blockSize"/> bytes when <paramref name="create"/> is true.
+    /// An existing file whose length is not a whole number of blocks, or is shorter than asked, is refused.
+    /// </summary>
+    public static FileBlockDevice Open(string path, int blockSize, long blockCount, bool create, bool tryMapSync = true)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (!OperatingSystem.IsLinux())
+            throw new PinnedDmaException(PinnedDmaError.NotSupported, "FileBlockDevice needs Linux mmap.");
+        var handle = File.OpenHandle(path, create ? FileMode.OpenOrCreate : FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        try
+        {
+            long want = checked(blockCount * blockSize);
+            long have = RandomAccess.GetLength(handle);
+            if (create && have != want) RandomAccess.SetLength(handle, want);
+            else if (!create && have < want)
+                throw new PinnedDmaException(PinnedDmaError.Corrupt, $"'{path}' is {have} bytes; the device needs {want}.");
+            return new FileBlockDevice(handle, blockSize, blockCount, tryMapSync) { Path = path };
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Length in bytes of an existing file, to size <see cref="Open"/> from a superblock.</summary>
+    public static long GetFileLength(string path)
+    {
+        using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        return RandomAccess.GetLength(h);
+    }
+
+    private protected override void FlushCore(long offset, long length)
+    {
+        // msync wants a page-aligned start.
+        long start = offset & ~(long)(_pageSize - 1);
+        long end = offset + length;
+        if (_mode != DeviceMappingMode.MapSync)
+        {
+            if (Libc.Msync(Base + start, (nuint)(end - start), Libc.MS_SYNC) != 0)
+                throw Libc.Error("msync", Marshal.GetLastPInvokeError());
+        }
+        else
+        {
+            // With MAP_SYNC the metadata is already durable; msync still writes back CPU caches on platforms
+            // without a user-space flush instruction, so call it as well.
+            Libc.Msync(Base + start, (nuint)(end - start), Libc.MS_SYNC);
+        }
+    }
+
+    private protected override void ReleaseCore(byte* pointer)
+    {
+        if (pointer != null) Libc.Munmap(pointer, (nuint)Length);
+        _file.Dispose();
+    }
+
+    /// <summary>fsync on the file: size and allocation metadata of the host file system.</summary>
+    public void SyncFile()
+    {
+        if (Libc.Fsync((int)_file.DangerousGetHandle()) != 0) throw Libc.Error("fsync", Marshal.GetLastPInvokeError());
+    }
+}

@@ -1,0 +1,378 @@
+using System.Buffers.Binary;
+using PinnedDma.Internal;
+using PinnedDma.Storage.Internal;
+
+namespace PinnedDma.Storage;
+
+// The write-ahead metadata journal. Every metadata change is one of six primitives (create, delete, set size, map,
+// unmap, shift); an operation's primitives form one record, so recovery replays whole operations or none. Records
+// are buffered in memory and written at commit, after the data they point to has been flushed (ordered mode):
+// a record never reaches the disk before the blocks it maps. Blocks freed by a record stay busy until that record
+// is durable. When the journal is full, a checkpoint (the whole metadata, written to the inactive of two slots and
+// then named by a new superblock copy) takes its place and the journal starts over.
+public sealed partial class Volume
+{
+    private const uint RecordMagic = 0x524A4450; // "PDJR"
+    private const ulong CheckpointMagic = 0x54504B43414D4450; // "PDMACKPT"
+    private const int RecordHeader = 32;
+    private const int CheckpointHeader = 32;
+    internal const int ExtentRecordBytes = 32;
+
+    private enum Prim : byte { Create = 1, Delete = 2, SetSize = 3, Map = 4, Unmap = 5, Shift = 6 }
+
+    private readonly long _journalCapacity;
+    private readonly MetadataWriter _txn = new();
+    private readonly MetadataWriter _pending = new(4096);
+    private int _pendingRecords;
+    private long _journalPos;
+    private ulong _nextSeq;
+    private bool _replaying;
+
+    /// <summary>Journal records written since the volume was opened (for tests and benchmarks).</summary>
+    public long JournalRecordsWritten { get; private set; }
+
+    /// <summary>Checkpoints written since the volume was opened.</summary>
+    public long CheckpointsWritten { get; private set; }
+
+    internal static long MaxExtentsFor(long blockCount) => 2 * blockCount + 4096;
+
+    // ---------------------------------------------------------------- primitives (shared by operations and replay)
+
+    private Inode PrimCreate(long id, string name)
+    {
+        if (_byId.ContainsKey(id) || _byName.ContainsKey(name))
+            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal creates inode {id} '{name}' twice.");
+        var inode = new Inode(id, name);
+        _byId.Add(id, inode);
+        _byName.Add(name, inode);
+        if (id >= _nextInodeId) _nextInodeId = id + 1;
+        if (!_replaying) { _txn.U8((byte)Prim.Create); _txn.I64(id); _txn.Str(name); }
+        return inode;
+    }
+
+    private void PrimDelete(Inode inode)
+    {
+        if (!_replaying)
+        {
+            var removed = new List<Extent>();
+            inode.Map.Clear(removed);
+            foreach (var e in removed) _alloc.Release(e.DeviceBlock, e.Count);
+            _txn.U8((byte)Prim.Delete); _txn.I64(inode.Id);
+        }
+        _byName.Remove(inode.Name);
+        _byId.Remove(inode.Id);
+        inode.Deleted = true;
+    }
+
+    private void PrimSetSize(Inode inode, long size)
+    {
+        if (inode.Size == size) return;
+        inode.Size = size;
+        if (!_replaying) { _txn.U8((byte)Prim.SetSize); _txn.I64(inode.Id); _txn.I64(size); }
+    }
+
+    /// <summary>Maps a hole. The caller has already given the device blocks their reference.</summary>
+    private void PrimMap(Inode inode, Extent e)
+    {
+        inode.Map.Insert(e);
+        if (!_replaying)
+        {
+            _txn.U8((byte)Prim.Map); _txn.I64(inode.Id); _txn.I64(e.FileBlock); _txn.I64(e.DeviceBlock); _txn.I64(e.Count); _txn.U64(e.Generation);
+        }
+    }
+
+    /// <summary>Unmaps a range and drops the references its blocks held.</summary>
+    private void PrimUnmap(Inode inode, long first, long count, List<Extent>? removedOut = null)
+    {
+        var removed = removedOut ?? new List<Extent>();
+        int before = removed.Count;
+        inode.Map.Remove(first, count, removed);
+        if (removed.Count == before) return;
+        if (!_replaying)
+        {
+            for (int i = before; i < removed.Count; i++) _alloc.Release(removed[i].DeviceBlock, removed[i].Count);
+            _txn.U8((byte)Prim.Unmap); _txn.I64(inode.Id); _txn.I64(first); _txn.I64(count);
+        }
+    }
+
+    private void PrimShift(Inode inode, long from, long delta)
+    {
+        inode.Map.Shift(from, delta); // splits an extent straddling 'from' first, in operations and replay alike
+        if (!_replaying) { _txn.U8((byte)Prim.Shift); _txn.I64(inode.Id); _txn.I64(from); _txn.I64(delta); }
+    }
+
+    /// <summary>Ends the current operation: its primitives become one pending record.</summary>
+    private void EndOp()
+    {
+        if (_txn.Length == 0) return;
+        _pending.U32((uint)_txn.Length);
+        _pending.Bytes(_txn.WrittenSpan);
+        _pendingRecords++;
+        _txn.Clear();
+        // Bound what a crash can lose and what busy blocks can hold back.
+        if (_pending.Length > _journalCapacity / 4 || _alloc.BusyBlocks > DataBlocks / 4) CommitLocked();
+    }
+
+    // ---------------------------------------------------------------- commit and checkpoint
+
+    /// <summary>
+    /// Makes every completed operation durable (fsync for the whole volume): flushes data, then writes and flushes
+    /// the journal records that point at it. Blocks freed by those records become reusable.
+    /// </summary>
+    public void Commit()
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            CommitLocked();
+        }
+    }
+
+    internal void CommitLocked()
+    {
+        if (_pendingRecords == 0)
+        {
+            _alloc.ReleaseBusy();
+            return;
+        }
+        if (_durable) FlushData();
+        long need = 0;
+        var p = _pending.WrittenSpan;
+        for (int off = 0; off < p.Length;)
+        {
+            int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(p[off..]);
+            need += RecordHeader + Align8(len);
+            off += 4 + len;
+        }
+        if (_journalPos + need > _journalCapacity)
+        {
+            WriteCheckpoint();
+            return;
+        }
+        long start = _journalPos;
+        long baseOffset = _sb.JournalStart * _sb.BlockSize;
+        for (int off = 0; off < p.Length;)
+        {
+            int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(p[off..]);
+            var payload = p.Slice(off + 4, len);
+            var rec = _device.GetSpan(baseOffset + _journalPos, RecordHeader + Align8(len));
+            rec.Clear();
+            payload.CopyTo(rec[RecordHeader..]);
+            BinaryPrimitives.WriteUInt32LittleEndian(rec, RecordMagic);
+            BinaryPrimitives.WriteUInt32LittleEndian(rec[4..], (uint)len);
+            BinaryPrimitives.WriteUInt64LittleEndian(rec[8..], _nextSeq);
+            BinaryPrimitives.WriteUInt32LittleEndian(rec[16..], RecordCrc(_nextSeq, payload));
+            _journalPos += rec.Length;
+            _nextSeq++;
+            JournalRecordsWritten++;
+            off += 4 + len;
+        }
+        if (_durable) FlushRange(baseOffset + start, _journalPos - start);
+        _pending.Clear();
+        _pendingRecords = 0;
+        _alloc.ReleaseBusy();
+    }
+
+    private static uint RecordCrc(ulong seq, ReadOnlySpan<byte> payload)
+    {
+        Span<byte> h = stackalloc byte[12];
+        BinaryPrimitives.WriteUInt64LittleEndian(h, seq);
+        BinaryPrimitives.WriteUInt32LittleEndian(h[8..], (uint)payload.Length);
+        return ~Crc32C.Append(Crc32C.Append(0xFFFFFFFFu, h), payload);
+    }
+
+    private static int Align8(int n) => (n + 7) & ~7;
+
+    private void FlushData() =>
+        FlushRange(_sb.DataStart * _sb.BlockSize, (_sb.BlockCount - _sb.DataStart) * _sb.BlockSize);
+
+    private void FlushRange(long offset, long length)
+    {
+        _device.Flush(offset, length);
+    }
+
+    /// <summary>Writes a checkpoint now: the journal starts over empty.</summary>
+    public void Checkpoint()
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            if (_durable) FlushData();
+            WriteCheckpoint();
+        }
+    }
+
+    private void WriteCheckpoint()
+    {
+        var w = new MetadataWriter(4096);
+        w.I64(_nextInodeId);
+        w.U64(_alloc.NextGeneration);
+        var files = _byName.Values.OrderBy(i => i.Id).ToList();
+        w.U32((uint)files.Count);
+        foreach (var f in files)
+        {
+            w.I64(f.Id);
+            w.I64(f.Size);
+            w.Str(f.Name);
+            w.U32((uint)f.Map.Count);
+            foreach (var e in f.Map.Extents) { w.I64(e.FileBlock); w.I64(e.DeviceBlock); w.I64(e.Count); w.U64(e.Generation); }
+        }
+        long capacity = _sb.CheckpointBlocks * _sb.BlockSize - CheckpointHeader;
+        if (w.Length > capacity)
+            ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata ({w.Length} bytes) exceeds the checkpoint area ({capacity} bytes); commit failed, the last durable state stands.");
+        int slot = 1 - _sb.ActiveCheckpoint;
+        ulong sbSeq = _sb.Sequence + 1;
+        long at = _sb.CheckpointStart(slot) * _sb.BlockSize;
+        var region = _device.GetSpan(at, CheckpointHeader + w.Length);
+        w.WrittenSpan.CopyTo(region[CheckpointHeader..]);
+        BinaryPrimitives.WriteUInt64LittleEndian(region, CheckpointMagic);
+        BinaryPrimitives.WriteUInt64LittleEndian(region[8..], sbSeq);
+        BinaryPrimitives.WriteInt64LittleEndian(region[16..], w.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(region[24..], Crc32C.Compute(region[8..24]) ^ Crc32C.Compute(w.WrittenSpan));
+        BinaryPrimitives.WriteUInt32LittleEndian(region[28..], 0);
+        if (_durable) FlushRange(at, region.Length);
+
+        _sb.Sequence = sbSeq;
+        _sb.ActiveCheckpoint = slot;
+        _sb.CheckpointLength = w.Length;
+        _sb.JournalBaseSeq = _nextSeq;
+        long sbAt = (long)(sbSeq % 2) * _sb.BlockSize;
+        _sb.Write(_device.GetSpan(sbAt, Superblock.Size));
+        if (_durable)
+        {
+            FlushRange(sbAt, Superblock.Size);
+            if (_device is FileBlockDevice f) f.SyncFile();
+        }
+        _journalPos = 0;
+        _pending.Clear();
+        _pendingRecords = 0;
+        _txn.Clear();
+        _alloc.ReleaseBusy();
+        CheckpointsWritten++;
+    }
+
+    // ---------------------------------------------------------------- recovery
+
+    private void Recover()
+    {
+        _replaying = true;
+        try
+        {
+            LoadCheckpoint();
+            ReplayJournal();
+        }
+        finally
+        {
+            _replaying = false;
+        }
+        _alloc.Reset();
+        ulong nextGen = _alloc.NextGeneration;
+        foreach (var inode in _byId.Values)
+        {
+            if (inode.Size < 0) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"File '{inode.Name}' has a negative size.");
+            foreach (var e in inode.Map.Extents) _alloc.Claim(e.DeviceBlock, e.Count, e.Generation);
+        }
+        if (_alloc.NextGeneration < nextGen) _alloc.NextGeneration = nextGen;
+    }
+
+    private void LoadCheckpoint()
+    {
+        long at = _sb.CheckpointStart(_sb.ActiveCheckpoint) * _sb.BlockSize;
+        var head = _device.GetSpan(at, CheckpointHeader);
+        long len = BinaryPrimitives.ReadInt64LittleEndian(head[16..]);
+        if (BinaryPrimitives.ReadUInt64LittleEndian(head) != CheckpointMagic || len != _sb.CheckpointLength)
+            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Checkpoint slot {_sb.ActiveCheckpoint} does not hold the checkpoint the superblock names.");
+        var body = _device.GetSpan(at + CheckpointHeader, (int)len);
+        if (BinaryPrimitives.ReadUInt32LittleEndian(head[24..]) != (Crc32C.Compute(head[8..24]) ^ Crc32C.Compute(body)))
+            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Checkpoint slot {_sb.ActiveCheckpoint} fails its checksum.");
+        var r = new MetadataReader(body, "checkpoint");
+        _nextInodeId = r.NonNegative("next inode");
+        _alloc.NextGeneration = r.U64();
+        uint files = r.U32();
+        if (files > _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Checkpoint lists {files} files; the volume holds at most {_sb.MaxFiles}.");
+        for (uint i = 0; i < files; i++)
+        {
+            long id = r.NonNegative("inode");
+            long size = r.NonNegative("size");
+            string name = r.Str();
+            var inode = PrimCreate(id, name);
+            inode.Size = size;
+            uint n = r.U32();
+            for (uint k = 0; k < n; k++)
+                MapChecked(inode, r.NonNegative("file block"), r.NonNegative("device block"), r.NonNegative("count"), r.U64());
+        }
+        if (!r.End) ThrowHelper.Throw(PinnedDmaError.Corrupt, "Checkpoint has trailing bytes.");
+    }
+
+    private void MapChecked(Inode inode, long fb, long db, long count, ulong gen)
+    {
+        if (count <= 0 || db < _sb.DataStart || db + count > _sb.BlockCount || fb > MaxFileBlocks - count)
+            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Extent [{fb}, +{count}) -> {db} of '{inode.Name}' is out of bounds.");
+        if (!inode.Map.IsHole(fb, count))
+            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Extent at file block {fb} of '{inode.Name}' overlaps another.");
+        PrimMap(inode, new Extent(fb, db, count, gen));
+    }
+
+    private void ReplayJournal()
+    {
+        long baseOffset = _sb.JournalStart * _sb.BlockSize;
+        long pos = 0;
+        ulong seq = _sb.JournalBaseSeq;
+        while (pos + RecordHeader <= _journalCapacity)
+        {
+            var head = _device.GetSpan(baseOffset + pos, RecordHeader);
+            if (BinaryPrimitives.ReadUInt32LittleEndian(head) != RecordMagic) break;
+            long len = BinaryPrimitives.ReadUInt32LittleEndian(head[4..]);
+            if (BinaryPrimitives.ReadUInt64LittleEndian(head[8..]) != seq) break;
+            if (len > _journalCapacity - pos - RecordHeader) break;
+            var payload = _device.GetSpan(baseOffset + pos + RecordHeader, (int)len);
+            if (BinaryPrimitives.ReadUInt32LittleEndian(head[16..]) != RecordCrc(seq, payload)) break; // torn tail
+            ApplyRecord(payload, seq);
+            pos += RecordHeader + Align8((int)len);
+            seq++;
+        }
+        _journalPos = pos;
+        _nextSeq = seq;
+    }
+
+    private void ApplyRecord(ReadOnlySpan<byte> payload, ulong seq)
+    {
+        var r = new MetadataReader(payload, $"journal record {seq}");
+        while (!r.End)
+        {
+            var op = (Prim)r.U8();
+            long id = r.NonNegative("inode");
+            if (op == Prim.Create)
+            {
+                PrimCreate(id, r.Str());
+                continue;
+            }
+            if (!_byId.TryGetValue(id, out var inode))
+                ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq} names unknown inode {id}.");
+            switch (op)
+            {
+                case Prim.Delete: PrimDelete(inode); break;
+                case Prim.SetSize: PrimSetSize(inode, r.NonNegative("size")); break;
+                case Prim.Map: MapChecked(inode, r.NonNegative("file block"), r.NonNegative("device block"), r.NonNegative("count"), r.U64()); break;
+                case Prim.Unmap:
+                    {
+                        long first = r.NonNegative("file block"), count = r.NonNegative("count");
+                        if (first > MaxFileBlocks - count) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq}: unmap out of range.");
+                        PrimUnmap(inode, first, count);
+                        break;
+                    }
+                case Prim.Shift:
+                    {
+                        long from = r.NonNegative("file block"), delta = r.I64();
+                        if (Math.Abs(delta) > MaxFileBlocks || from + delta < 0 || !inode.Map.CanShift(from, delta))
+                            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq}: impossible shift.");
+                        PrimShift(inode, from, delta);
+                        break;
+                    }
+                default:
+                    ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq} has unknown primitive {(byte)op}.");
+                    break;
+            }
+        }
+    }
+}

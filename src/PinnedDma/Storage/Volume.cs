@@ -1,0 +1,322 @@
+using PinnedDma.Internal;
+using PinnedDma.Storage.Internal;
+
+namespace PinnedDma.Storage;
+
+/// <summary>
+/// The file system: files with extent maps over a <see cref="BlockDevice"/>, a reference-counted block allocator
+/// (reflink clones share blocks), a write-ahead metadata journal with checksums, checkpoints, crash recovery and an
+/// fsck. Every remapping operation consults the seals that pins and Direct mappings put on a file, so the layout
+/// layer is the only door through which a mapping can change under a pin.
+/// </summary>
+/// <remarks>
+/// One lock guards all metadata. Data copies of <see cref="VolumeFile.Read"/> and <see cref="VolumeFile.Write"/> run
+/// under it; DMA through a pin does not take it (the pin's frozen translation cannot change while the pin lives).
+/// </remarks>
+public sealed partial class Volume : IDisposable
+{
+    internal readonly object Gate = new();
+    private readonly BlockDevice _device;
+    private readonly bool _ownsDevice;
+    private readonly Superblock _sb;
+    private readonly BlockAllocator _alloc;
+    private readonly Dictionary<string, Inode> _byName = new(StringComparer.Ordinal);
+    private readonly Dictionary<long, Inode> _byId = new();
+    private readonly bool _durable;
+    private long _nextInodeId = 1;
+    private int _disposed;
+
+    private Volume(BlockDevice device, bool ownsDevice, Superblock sb, VolumeOptions options)
+    {
+        _device = device;
+        _ownsDevice = ownsDevice;
+        _sb = sb;
+        _durable = options.DurableCommits;
+        DefaultConflictPolicy = options.DefaultConflictPolicy;
+        _alloc = new BlockAllocator(sb.DataStart, sb.BlockCount);
+        _journalCapacity = sb.JournalBlocks * sb.BlockSize;
+    }
+
+    /// <summary>The device under the volume.</summary>
+    public BlockDevice Device => _device;
+
+    /// <summary>Bytes per block.</summary>
+    public int BlockSize => _sb.BlockSize;
+
+    internal int BlockShift => _device.BlockShift;
+
+    /// <summary>Blocks of the data area (what files can use).</summary>
+    public long DataBlocks => _sb.BlockCount - _sb.DataStart;
+
+    /// <summary>First device block of the data area.</summary>
+    public long DataStartBlock => _sb.DataStart;
+
+    /// <summary>Free data blocks (busy blocks, freed since the last commit, are not counted).</summary>
+    public long FreeBlocks { get { lock (Gate) return _alloc.FreeBlocks; } }
+
+    /// <summary>The COW granule in blocks.</summary>
+    public int CowGranuleBlocks => _sb.CowGranuleBlocks;
+
+    /// <summary>The most files the volume holds.</summary>
+    public int MaxFiles => _sb.MaxFiles;
+
+    /// <summary>Policy for operations that conflict with pins, unless a file or the operation overrides it.</summary>
+    public ConflictPolicy DefaultConflictPolicy { get; set; }
+
+    /// <summary>Names of the live files, sorted.</summary>
+    public IReadOnlyList<string> FileNames
+    {
+        get { lock (Gate) return _byName.Keys.Order(StringComparer.Ordinal).ToArray(); }
+    }
+
+    internal BlockAllocator Allocator => _alloc;
+
+    /// <summary>True once disposed.</summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    // ---------------------------------------------------------------- lifecycle
+
+    /// <summary>Creates (or overwrites) a volume in the file at <paramref name="path"/>, sized from <paramref name="options"/>.</summary>
+    public static Volume Create(string path, VolumeOptions? options = null)
+    {
+        options ??= new VolumeOptions();
+        var device = FileBlockDevice.Open(path, options.BlockSize, options.BlockCount, create: true, options.TryMapSync);
+        try
+        {
+            return Format(device, options, ownsDevice: true);
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Creates a volume in native memory (nothing persists).</summary>
+    public static Volume CreateInMemory(VolumeOptions? options = null)
+    {
+        options ??= new VolumeOptions();
+        var device = new MemoryBlockDevice(options.BlockSize, options.BlockCount);
+        return Format(device, options, ownsDevice: true);
+    }
+
+    /// <summary>Formats <paramref name="device"/> as an empty volume.</summary>
+    public static Volume Format(BlockDevice device, VolumeOptions options, bool ownsDevice)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.BlockSize != device.BlockSize || options.BlockCount != device.BlockCount)
+            throw new ArgumentException("Options geometry differs from the device.", nameof(options));
+        if (options.MaxFiles < 1 || options.MaxFiles > 1 << 20)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxFiles, "MaxFiles must be from 1 to 2^20.");
+        if (options.CowGranuleBlocks < 1 || options.CowGranuleBlocks > 4096)
+            throw new ArgumentOutOfRangeException(nameof(options), options.CowGranuleBlocks, "CowGranuleBlocks must be from 1 to 4096.");
+        long bc = device.BlockCount;
+        int bs = device.BlockSize;
+        long journal = options.JournalBlocks > 0 ? options.JournalBlocks : Math.Clamp(bc / 32, 16, 8192);
+        // A checkpoint holds every file and extent; size it for the extent limit (see MaxExtents).
+        long ckptBytes = 64 + (long)options.MaxFiles * (8 + 8 + 2 + 255 + 4) + MaxExtentsFor(bc) * ExtentRecordBytes;
+        long ckpt = (ckptBytes + bs - 1) / bs;
+        var sb = new Superblock
+        {
+            BlockSize = bs,
+            BlockCount = bc,
+            JournalStart = 2,
+            JournalBlocks = journal,
+            CheckpointStart0 = 2 + journal,
+            CheckpointStart1 = 2 + journal + ckpt,
+            CheckpointBlocks = ckpt,
+            DataStart = 2 + journal + 2 * ckpt,
+            CowGranuleBlocks = options.CowGranuleBlocks,
+            MaxFiles = options.MaxFiles,
+            JournalBaseSeq = 1,
+        };
+        if (sb.DataStart + 8 > bc)
+            throw new ArgumentOutOfRangeException(nameof(options), bc, $"A volume of {bc} blocks has no room for data after {sb.DataStart} metadata blocks.");
+        var v = new Volume(device, ownsDevice, sb, options);
+        lock (v.Gate)
+        {
+            // Invalidate whatever was there: both superblock copies and the first journal block.
+            device.ZeroBlocks(0, 2 + journal);
+            v._nextSeq = sb.JournalBaseSeq;
+            v.WriteCheckpoint();
+        }
+        return v;
+    }
+
+    /// <summary>Opens the volume in the file at <paramref name="path"/>: reads the superblock, loads the checkpoint, replays the journal.</summary>
+    public static Volume Open(string path, VolumeOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        options ??= new VolumeOptions();
+        if (!File.Exists(path)) throw new PinnedDmaException(PinnedDmaError.NotFound, $"No volume file at '{path}'.");
+        long length = FileBlockDevice.GetFileLength(path);
+        var sb = ReadSuperblockFromFile(path, length);
+        var device = FileBlockDevice.Open(path, sb.BlockSize, sb.BlockCount, create: false, options.TryMapSync);
+        try
+        {
+            return Mount(device, options, ownsDevice: true);
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+    }
+
+    private static Superblock ReadSuperblockFromFile(string path, long length)
+    {
+        using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        Span<byte> first = stackalloc byte[Superblock.Size];
+        if (length < Superblock.Size || RandomAccess.Read(h, first, 0) != Superblock.Size)
+            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"'{path}' is {length} bytes: too short to be a volume.");
+        var a = Superblock.TryRead(first, out var whyA);
+        int bs = a?.BlockSize ?? 0;
+        Superblock? b = null;
+        string? whyB = "not read";
+        Span<byte> second = stackalloc byte[Superblock.Size];
+        // The second copy sits at block 1; try the block size the first copy names, else every legal size.
+        foreach (int size in bs != 0 ? new[] { bs } : new[] { 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536 })
+        {
+            if (length < size + Superblock.Size) break;
+            RandomAccess.Read(h, second, size);
+            b = Superblock.TryRead(second, out whyB);
+            if (b is not null && b.BlockSize == size) break;
+            b = null;
+        }
+        var sb = PickSuperblock(a, b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
+            $"'{path}' has no valid superblock (copy 0: {whyA}; copy 1: {whyB}).");
+        long want = sb.BlockCount * sb.BlockSize;
+        if (length < want)
+            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"'{path}' is {length} bytes but its superblock describes {want}: the file was truncated.");
+        return sb;
+    }
+
+    private static Superblock? PickSuperblock(Superblock? a, Superblock? b) =>
+        a is null ? b : b is null ? a : (b.Sequence > a.Sequence ? b : a);
+
+    /// <summary>Mounts an existing volume on <paramref name="device"/>.</summary>
+    public static Volume Mount(BlockDevice device, VolumeOptions? options = null, bool ownsDevice = false)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        options ??= new VolumeOptions();
+        int bs = device.BlockSize;
+        var a = Superblock.TryRead(device.GetSpan(0, Superblock.Size), out var whyA);
+        var b = Superblock.TryRead(device.GetSpan(bs, Superblock.Size), out var whyB);
+        var sb = PickSuperblock(a, b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
+            $"No valid superblock (copy 0: {whyA}; copy 1: {whyB}).");
+        if (sb.BlockSize != bs || sb.BlockCount > device.BlockCount)
+            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"Superblock geometry ({sb.BlockCount} x {sb.BlockSize}) does not fit the device ({device.BlockCount} x {bs}).");
+        var v = new Volume(device, ownsDevice, sb, options);
+        lock (v.Gate) v.Recover();
+        return v;
+    }
+
+    /// <summary>Opens the volume file, checks it and closes it again: the offline fsck.</summary>
+    public static FsckReport Check(string path)
+    {
+        using var v = Open(path, new VolumeOptions { TryMapSync = false });
+        return v.Fsck();
+    }
+
+    /// <summary>Commits, writes a checkpoint and releases the device. Pins still held are revoked.</summary>
+    public void Dispose()
+    {
+        if (Volatile.Read(ref _disposed) != 0) return;
+        List<Seal> seals;
+        lock (Gate) seals = _byId.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
+        foreach (var s in seals) s.Revoke("volume disposed");
+        lock (Gate)
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            try
+            {
+                WriteCheckpoint();
+            }
+            finally
+            {
+                if (_ownsDevice) _device.Dispose();
+            }
+        }
+    }
+
+    internal void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
+    }
+
+    // ---------------------------------------------------------------- namespace
+
+    /// <summary>Creates an empty file.</summary>
+    public VolumeFile CreateFile(string name)
+    {
+        CheckName(name);
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            if (_byName.ContainsKey(name)) ThrowHelper.Throw(PinnedDmaError.AlreadyExists, $"File '{name}' exists.");
+            if (_byName.Count >= _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"The volume holds at most {_sb.MaxFiles} files.");
+            var inode = PrimCreate(_nextInodeId, name);
+            EndOp();
+            return new VolumeFile(this, inode);
+        }
+    }
+
+    /// <summary>Opens an existing file.</summary>
+    public VolumeFile OpenFile(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            return _byName.TryGetValue(name, out var inode)
+                ? new VolumeFile(this, inode)
+                : ThrowHelper.Throw<VolumeFile>(PinnedDmaError.NotFound, $"No file '{name}'.");
+        }
+    }
+
+    /// <summary>Opens a file, creating it if it does not exist.</summary>
+    public VolumeFile OpenOrCreateFile(string name)
+    {
+        lock (Gate) return FileExists(name) ? OpenFile(name) : CreateFile(name);
+    }
+
+    /// <summary>True when a file of that name exists.</summary>
+    public bool FileExists(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        lock (Gate) return _byName.ContainsKey(name);
+    }
+
+    /// <summary>
+    /// Deletes a file. Pinned ranges never conflict: their blocks stay allocated, owned by the pins, until the last
+    /// pin goes (an orphan, like an open file descriptor).
+    /// </summary>
+    public void DeleteFile(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            if (!_byName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
+            CheckMetadataRoom(0);
+            foreach (var s in inode.Seals.ToArray()) DetachSeal(s);
+            PrimDelete(inode);
+            EndOp();
+        }
+    }
+
+    private static void CheckName(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (name.Length == 0 || System.Text.Encoding.UTF8.GetByteCount(name) > 255 || name.Contains('\0'))
+            throw new ArgumentException("A file name is 1 to 255 UTF-8 bytes without NUL.", nameof(name));
+    }
+
+    internal Inode Live(Inode inode)
+    {
+        ThrowIfDisposed();
+        if (inode.Deleted) ThrowHelper.Throw(PinnedDmaError.NotFound, $"File '{inode.Name}' was deleted.");
+        return inode;
+    }
+}
