@@ -73,7 +73,7 @@ public sealed partial class Volume
         var policy = ctx.Policy ?? conflicts[0].Inode.Policy ?? DefaultConflictPolicy;
         switch (policy.Kind)
         {
-            case ConflictPolicyKind.Defer when deferrable:
+            case ConflictPolicyKind.Defer when deferrable && conflicts.All(s => s.Deferrable):
                 return Verdict.Detach;
             case ConflictPolicyKind.Wait:
                 Unwind(ctx, conflicts, policy);

@@ -31,6 +31,9 @@ internal abstract class Seal
     /// <summary>Break behaves as Deny (an unbreakable, exclusive pin or a Direct mapping).</summary>
     public abstract bool Unbreakable { get; }
 
+    /// <summary>Defer may detach it (false for Direct mappings: any remap of their range fails busy).</summary>
+    public virtual bool Deferrable => true;
+
     /// <summary>Completes when the seal is released or revoked.</summary>
     public abstract Task Gone { get; }
 

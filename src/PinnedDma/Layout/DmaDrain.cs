@@ -1,0 +1,53 @@
+namespace PinnedDma;
+
+/// <summary>
+/// The drain primitive a DMA engine holds around every access through a pin: <see cref="TryEnter"/> before touching
+/// the pinned blocks, <see cref="Exit"/> after. <see cref="Close"/> makes every later TryEnter fail and returns once
+/// the accesses already inside have left, so a lease revocation waits for in-flight DMA and then knows that nothing
+/// can touch the blocks any more (the same guarantee as an epoch or an SRCU grace period).
+/// </summary>
+/// <remarks>State: bit 30 is "closed", the low bits count accesses inside. Lock-free on the access path.</remarks>
+public sealed class DmaDrain
+{
+    private const int Closed = 1 << 30;
+    private const int CountMask = Closed - 1;
+    private int _state;
+    private readonly ManualResetEventSlim _drained = new(false);
+
+    /// <summary>True once <see cref="Close"/> was called.</summary>
+    public bool IsClosed => (Volatile.Read(ref _state) & Closed) != 0;
+
+    /// <summary>Accesses currently inside.</summary>
+    public int InFlight => Volatile.Read(ref _state) & CountMask;
+
+    /// <summary>Enters an access; false when the drain is closed (the pin was revoked or released).</summary>
+    public bool TryEnter()
+    {
+        int s = Volatile.Read(ref _state);
+        while (true)
+        {
+            if ((s & Closed) != 0) return false;
+            int seen = Interlocked.CompareExchange(ref _state, s + 1, s);
+            if (seen == s) return true;
+            s = seen;
+        }
+    }
+
+    /// <summary>Leaves an access entered with <see cref="TryEnter"/>.</summary>
+    public void Exit()
+    {
+        int s = Interlocked.Decrement(ref _state);
+        if (s == Closed) _drained.Set();
+        else if ((s & CountMask) == CountMask) throw new InvalidOperationException("DmaDrain.Exit without TryEnter.");
+    }
+
+    /// <summary>Closes the drain and waits until no access is inside. Idempotent; safe from several threads.</summary>
+    public void Close()
+    {
+        int s = Interlocked.Or(ref _state, Closed);
+        if ((s & CountMask) == 0 || (Volatile.Read(ref _state) & CountMask) == 0) return;
+        var spin = new SpinWait();
+        for (int i = 0; i < 50 && (Volatile.Read(ref _state) & CountMask) != 0; i++) spin.SpinOnce();
+        while ((Volatile.Read(ref _state) & CountMask) != 0) _drained.Wait(1);
+    }
+}

@@ -1,0 +1,148 @@
+using PinnedDma.Internal;
+using PinnedDma.Storage;
+using PinnedDma.Storage.Internal;
+
+namespace PinnedDma;
+
+/// <summary>
+/// A mapped file range with mapping descriptors. Reads and writes through it change the file (Shared); Populate
+/// allocates and unshares the range at map time; Sync commits allocation metadata before a write returns; Direct
+/// seals the range so that no volume operation may remap it while the mapping lives, and exposes the device memory
+/// of each extent as a span.
+/// </summary>
+public sealed class FileMapping : IDisposable
+{
+    private readonly PinOwner _owner;
+    private readonly DirectSeal? _seal;
+    private int _disposed;
+
+    internal FileMapping(PinOwner owner, VolumeFile file, long offset, long length, MapFlags flags)
+    {
+        if ((flags & MapFlags.Shared) == 0) throw new ArgumentException("Only Shared mappings exist; include MapFlags.Shared.", nameof(flags));
+        if ((flags & ~(MapFlags.Shared | MapFlags.Populate | MapFlags.Sync | MapFlags.Direct)) != 0)
+            throw new ArgumentOutOfRangeException(nameof(flags), flags, "Unknown mapping flags.");
+        ThrowHelper.CheckRange(offset, length);
+        if (length == 0) throw new ArgumentOutOfRangeException(nameof(length), "A mapping needs a non-empty range.");
+        _owner = owner;
+        File = file;
+        Offset = offset;
+        Length = length;
+        Flags = flags;
+        var volume = file.Volume;
+        if ((flags & MapFlags.Direct) != 0)
+        {
+            _seal = (DirectSeal)volume.CreateSeal(file.Inode, offset, length, ConflictPolicy.Deny,
+                requirePrivate: (flags & MapFlags.Populate) == 0,
+                (inode, fb, count, frozen) => new DirectSeal(inode, fb, count, frozen));
+        }
+        else if ((flags & MapFlags.Populate) != 0)
+        {
+            // Allocate and unshare now; nothing stays frozen afterwards.
+            var s = volume.CreateSeal(file.Inode, offset, length, null, requirePrivate: false,
+                (inode, fb, count, frozen) => new DirectSeal(inode, fb, count, frozen));
+            lock (volume.Gate) volume.RemoveSeal(s);
+            ((DirectSeal)s).End();
+        }
+    }
+
+    /// <summary>The mapped file.</summary>
+    public VolumeFile File { get; }
+
+    /// <summary>Byte offset of the mapping in the file.</summary>
+    public long Offset { get; }
+
+    /// <summary>Bytes mapped.</summary>
+    public long Length { get; }
+
+    /// <summary>The descriptors.</summary>
+    public MapFlags Flags { get; }
+
+    /// <summary>Reads mapped bytes at <paramref name="offset"/> (relative to the mapping); returns how many (stops at EOF).</summary>
+    public int Read(long offset, Span<byte> destination)
+    {
+        CheckBounds(offset, destination.Length);
+        return File.Read(Offset + offset, destination);
+    }
+
+    /// <summary>Writes through the mapping. With <see cref="MapFlags.Sync"/> any allocation is committed before this returns.</summary>
+    public void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        CheckBounds(offset, source.Length);
+        File.Volume.Write(File.Inode, Offset + offset, source, null, sync: (Flags & MapFlags.Sync) != 0);
+    }
+
+    /// <summary>Makes the mapped data durable (and, without Sync, the metadata too): msync + journal commit.</summary>
+    public void Flush() => File.Volume.Commit();
+
+    /// <summary>The extents behind the mapping now (for a Direct mapping, frozen).</summary>
+    public IReadOnlyList<FileExtent> Extents => File.GetExtents(Offset, Length);
+
+    /// <summary>Number of extents a Direct mapping exposes through <see cref="GetExtentSpan"/>.</summary>
+    public int ExtentCount => RequireDirect().Frozen.Length;
+
+    /// <summary>
+    /// Device memory of extent <paramref name="index"/> of a Direct mapping, clipped to the mapped range: loads and
+    /// stores on the span go straight to the file's blocks (DAX). Valid until the mapping is disposed.
+    /// </summary>
+    public Span<byte> GetExtentSpan(int index)
+    {
+        var seal = RequireDirect();
+        if ((uint)index >= (uint)seal.Frozen.Length) throw new ArgumentOutOfRangeException(nameof(index));
+        var e = seal.Frozen[index];
+        int shift = File.Volume.BlockShift;
+        long s = Math.Max(Offset, e.FileBlock << shift), t = Math.Min(Offset + Length, e.FileEnd << shift);
+        return File.Volume.Device.GetSpan((e.DeviceBlock << shift) + (s - (e.FileBlock << shift)), checked((int)(t - s)));
+    }
+
+    /// <summary>Pins part of the mapping (offsets relative to the mapping).</summary>
+    public PinHandle Pin(long offset, long length, PinAccess access, PinOptions options = PinOptions.None)
+    {
+        CheckBounds(offset, length);
+        return _owner.Pin(File, Offset + offset, length, access, options);
+    }
+
+    private DirectSeal RequireDirect()
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        return _seal ?? ThrowHelper.Throw<DirectSeal>(PinnedDmaError.NotSupported, "Extent spans are for Direct mappings only: without the seal the translation may change under the span.");
+    }
+
+    private void CheckBounds(long offset, long length)
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        ThrowHelper.CheckRange(offset, length);
+        if (offset + length > Length)
+            ThrowHelper.Throw(PinnedDmaError.AccessDenied, $"Access [{offset}, +{length}) is outside the mapping's {Length} bytes.");
+    }
+
+    /// <summary>Unmaps; a Direct mapping's seal ends.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (_seal is not null)
+        {
+            var volume = File.Volume;
+            if (!volume.IsDisposed)
+                lock (volume.Gate) volume.RemoveSeal(_seal);
+            _seal.End();
+        }
+        _owner.Forget(this);
+    }
+}
+
+/// <summary>The seal of a Direct mapping: unbreakable, never deferred, writable in place.</summary>
+internal sealed class DirectSeal : Seal
+{
+    private readonly TaskCompletionSource _gone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public DirectSeal(Inode inode, long firstBlock, long count, Extent[] frozen)
+        : base(inode, firstBlock, count) => Frozen = frozen;
+
+    public override bool WriteAccess => true;
+    public override bool Unbreakable => true;
+    public override bool Deferrable => false;
+    public override Task Gone => _gone.Task;
+    public override void RequestBreak(TimeSpan timeout, string reason) { }
+    public override void Revoke(string reason) => End();
+    public void End() => _gone.TrySetResult();
+}

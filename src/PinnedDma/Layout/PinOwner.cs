@@ -1,0 +1,151 @@
+using PinnedDma.Internal;
+using PinnedDma.Layout;
+using PinnedDma.Storage;
+using PinnedDma.Storage.Internal;
+
+namespace PinnedDma;
+
+/// <summary>
+/// Who pins: the analogue of a process's mm. Holds a memlock account with a limit (RLIMIT_MEMLOCK): a pin that would
+/// exceed it fails with <see cref="PinnedDmaError.MemlockLimitExceeded"/> and nothing is pinned. Disposing the owner
+/// releases every pin and mapping it holds, as process exit does.
+/// </summary>
+public sealed class PinOwner : IDisposable
+{
+    private readonly object _sync = new();
+    private readonly HashSet<PinSeal> _pins = new();
+    private readonly HashSet<FileMapping> _mappings = new();
+    private long _locked;
+    private int _disposed;
+
+    /// <summary>Creates an owner pinning on <paramref name="volume"/> with a memlock limit in bytes.</summary>
+    public PinOwner(Volume volume, long memlockLimit, string? name = null)
+    {
+        ArgumentNullException.ThrowIfNull(volume);
+        ArgumentOutOfRangeException.ThrowIfNegative(memlockLimit);
+        Volume = volume;
+        MemlockLimit = memlockLimit;
+        Name = name ?? "owner";
+    }
+
+    /// <summary>The volume pinned on.</summary>
+    public Volume Volume { get; }
+
+    /// <summary>A name for messages.</summary>
+    public string Name { get; }
+
+    /// <summary>Most bytes this owner may have pinned at once.</summary>
+    public long MemlockLimit { get; }
+
+    /// <summary>Bytes pinned now (whole blocks): the sum over live pins.</summary>
+    public long LockedBytes => Interlocked.Read(ref _locked);
+
+    /// <summary>Live pins.</summary>
+    public int PinCount
+    {
+        get { lock (_sync) return _pins.Count; }
+    }
+
+    /// <summary>
+    /// mpin: breaks COW (READ and WRITE), populates holes, freezes the translation of [offset, offset+length) and takes a
+    /// layout lease. The range must lie within the file (up to EOF rounded up to a block).
+    /// </summary>
+    /// <param name="file">The file.</param>
+    /// <param name="offset">Byte offset.</param>
+    /// <param name="length">Bytes (non-zero).</param>
+    /// <param name="access">READ or WRITE.</param>
+    /// <param name="options">Unbreakable for an exclusive pin.</param>
+    /// <param name="policy">Policy if the COW break must move another file's pinned block.</param>
+    public PinHandle Pin(VolumeFile file, long offset, long length, PinAccess access, PinOptions options = PinOptions.None, ConflictPolicy? policy = null)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (file.Volume != Volume) throw new ArgumentException("The file is on another volume.", nameof(file));
+        if (access is not (PinAccess.Read or PinAccess.Write)) throw new ArgumentOutOfRangeException(nameof(access));
+        ThrowHelper.CheckRange(offset, length);
+        ThrowIfDisposed();
+        int bs = Volume.BlockSize;
+        long first = offset / bs * bs;
+        long charge = length == 0 ? 0 : ((offset + length + bs - 1) / bs * bs) - first;
+        Charge(charge);
+        try
+        {
+            var seal = (PinSeal)Volume.CreateSeal(file.Inode, offset, length, policy, requirePrivate: false,
+                (inode, fb, count, frozen) =>
+                {
+                    var s = new PinSeal(this, inode, fb, count, frozen, access, (options & PinOptions.Unbreakable) != 0, offset, length, charge);
+                    lock (_sync) _pins.Add(s);
+                    return s;
+                });
+            return new PinHandle(seal);
+        }
+        catch
+        {
+            Uncharge(charge);
+            throw;
+        }
+    }
+
+    /// <summary>Maps a file range with mapping descriptors (see <see cref="MapFlags"/>).</summary>
+    public FileMapping Map(VolumeFile file, long offset, long length, MapFlags flags)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (file.Volume != Volume) throw new ArgumentException("The file is on another volume.", nameof(file));
+        ThrowIfDisposed();
+        var m = new FileMapping(this, file, offset, length, flags);
+        lock (_sync)
+        {
+            if (_disposed != 0) { m.Dispose(); ThrowHelper.ThrowObjectDisposed(this); }
+            _mappings.Add(m);
+        }
+        return m;
+    }
+
+    private void Charge(long bytes)
+    {
+        while (true)
+        {
+            long cur = Interlocked.Read(ref _locked);
+            if (cur + bytes > MemlockLimit)
+                ThrowHelper.Throw(PinnedDmaError.MemlockLimitExceeded,
+                    $"Pinning {bytes} bytes would take '{Name}' to {cur + bytes} bytes, over its memlock limit of {MemlockLimit}.");
+            if (Interlocked.CompareExchange(ref _locked, cur + bytes, cur) == cur) return;
+        }
+    }
+
+    private void Uncharge(long bytes) => Interlocked.Add(ref _locked, -bytes);
+
+    internal void Forget(PinSeal seal)
+    {
+        bool had;
+        lock (_sync) had = _pins.Remove(seal);
+        if (had) Uncharge(seal.Charged);
+    }
+
+    internal void Forget(FileMapping mapping)
+    {
+        lock (_sync) _mappings.Remove(mapping);
+    }
+
+    private void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
+    }
+
+    /// <summary>Releases every pin and mapping (waiting for their in-flight DMA).</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        PinSeal[] pins;
+        FileMapping[] maps;
+        lock (_sync)
+        {
+            pins = _pins.ToArray();
+            maps = _mappings.ToArray();
+        }
+        foreach (var p in pins) p.End(PinStatus.Released, "owner disposed");
+        foreach (var m in maps) m.Dispose();
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"{Name}: {LockedBytes}/{MemlockLimit} bytes locked in {PinCount} pins";
+}

@@ -1,0 +1,127 @@
+using PinnedDma.Internal;
+using PinnedDma.Storage;
+using PinnedDma.Storage.Internal;
+
+namespace PinnedDma.Layout;
+
+/// <summary>
+/// The state behind a <see cref="PinHandle"/>: the seal the volume honours, the drain DMA holds, the memlock charge
+/// and the lease-break plumbing. The owner holds this object, not the handle, so that a handle the application drops
+/// can be finalized and its pin released.
+/// </summary>
+internal sealed class PinSeal : Seal
+{
+    private readonly TaskCompletionSource _gone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource<LeaseBreakEventArgs> _breakRequested = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly bool _unbreakable;
+    private volatile PinAccess _access;
+    private int _status; // PinStatus
+    private int _ended;
+
+    public PinSeal(PinOwner owner, Inode inode, long firstBlock, long blockCount, Extent[] frozen, PinAccess access,
+        bool unbreakable, long offset, long length, long charged)
+        : base(inode, firstBlock, blockCount)
+    {
+        Owner = owner;
+        Frozen = frozen;
+        _access = access;
+        _unbreakable = unbreakable;
+        Offset = offset;
+        Length = length;
+        Charged = charged;
+        BlockShift = owner.Volume.BlockShift;
+        FrozenStarts = new long[frozen.Length];
+        FrozenByteStarts = new long[frozen.Length];
+        long acc = 0;
+        for (int i = 0; i < frozen.Length; i++)
+        {
+            FrozenStarts[i] = frozen[i].FileBlock;
+            FrozenByteStarts[i] = acc;
+            acc += frozen[i].Count << BlockShift;
+        }
+    }
+
+    public PinOwner Owner { get; }
+    public long Offset { get; }
+    public long Length { get; }
+    public long Charged { get; }
+    public int BlockShift { get; }
+    public long[] FrozenStarts { get; }
+    public long[] FrozenByteStarts { get; }
+    public DmaDrain Drain { get; } = new();
+    public PinAccess Access { get => _access; set => _access = value; }
+    public string? EndReason { get; private set; }
+
+    public event EventHandler<LeaseBreakEventArgs>? LeaseBreaking;
+
+    public PinStatus Status
+    {
+        get
+        {
+            var s = (PinStatus)Volatile.Read(ref _status);
+            return s is PinStatus.Active or PinStatus.Breaking && Detached ? PinStatus.Detached : s;
+        }
+    }
+
+    public Task<LeaseBreakEventArgs> BreakRequested => _breakRequested.Task;
+
+    public override bool WriteAccess => _access == PinAccess.Write;
+    public override bool Unbreakable => _unbreakable;
+    public override Task Gone => _gone.Task;
+
+    public override void RequestBreak(TimeSpan timeout, string reason)
+    {
+        Interlocked.CompareExchange(ref _status, (int)PinStatus.Breaking, (int)PinStatus.Active);
+        var args = new LeaseBreakEventArgs(reason, timeout);
+        try
+        {
+            LeaseBreaking?.Invoke(this, args);
+        }
+        catch (Exception)
+        {
+            // A faulty holder callback must not stop the breaker: the timeout revokes the pin anyway.
+        }
+        _breakRequested.TrySetResult(args);
+    }
+
+    public override void Revoke(string reason) => End(PinStatus.Revoked, reason);
+
+    /// <summary>Ends the pin: closes the drain (waits for in-flight DMA), then gives the range back to the volume.</summary>
+    public void End(PinStatus how, string reason)
+    {
+        if (Interlocked.Exchange(ref _ended, 1) != 0)
+        {
+            Drain.Close();
+            Gone.Wait();
+            return;
+        }
+        Volatile.Write(ref _status, (int)how);
+        EndReason = reason;
+        Drain.Close();
+        var volume = Owner.Volume;
+        lock (volume.Gate)
+        {
+            volume.RemoveSeal(this);
+        }
+        Owner.Forget(this);
+        _breakRequested.TrySetCanceled();
+        _gone.TrySetResult();
+    }
+
+    /// <summary>Finds the frozen extent that holds file block <paramref name="fileBlock"/>.</summary>
+    public int FindExtent(long fileBlock)
+    {
+        int i = Array.BinarySearch(FrozenStarts, fileBlock);
+        return i >= 0 ? i : ~i - 1;
+    }
+
+    public PinnedDmaException EndedError() =>
+        (PinStatus)Volatile.Read(ref _status) == PinStatus.Revoked
+            ? new PinnedDmaException(PinnedDmaError.Revoked, $"The pin's lease was revoked ({EndReason}).")
+            : new PinnedDmaException(PinnedDmaError.Released, "The pin was released.");
+
+    public void ThrowIfNoWrite()
+    {
+        if (_access != PinAccess.Write) ThrowHelper.Throw(PinnedDmaError.AccessDenied, "The pin is READ only.");
+    }
+}

@@ -1,0 +1,118 @@
+using PinnedDma.Internal;
+using PinnedDma.Storage.Internal;
+
+namespace PinnedDma.Storage;
+
+// The volume's side of pins and Direct mappings: make a range pinnable (COW broken, holes populated), freeze its
+// translation into a seal, and verify the invariants that seals promise.
+public sealed partial class Volume
+{
+    /// <summary>
+    /// Breaks COW over [offset, offset+length) (for READ and WRITE alike), populates holes, then freezes the
+    /// translation and hands it to <paramref name="createSeal"/>, which builds the seal; it is attached before the
+    /// lock is released. Conflicts (another pinned sharer that would have to move) follow the policy.
+    /// </summary>
+    internal Seal CreateSeal(Inode inode, long offset, long length, ConflictPolicy? policy, bool requirePrivate,
+        Func<Inode, long, long, Extent[], Seal> createSeal)
+    {
+        ThrowHelper.CheckRange(offset, length);
+        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "A pin or mapping needs a non-empty range.");
+        return Mutate(new RemapContext("pin", policy), ctx =>
+        {
+            Live(inode);
+            long fileEnd = (inode.Size + BlockSize - 1) & ~(long)(BlockSize - 1);
+            if (offset + length > fileEnd)
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Range [{offset}, +{length}) goes past EOF ({inode.Size}) of '{inode.Name}'.");
+            var (first, end) = BlockSpan(offset, length);
+            if (requirePrivate)
+            {
+                if (!inode.Map.IsFullyMapped(first, end - first))
+                    ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "A Direct mapping without Populate needs a fully allocated range.");
+                if (SharedRuns(inode, first, end).Count > 0)
+                    ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "A Direct mapping without Populate needs an unshared range.");
+            }
+            var conflicts = new List<Seal>();
+            long need = PlanWrite(inode, first, end, WriteMode.Touch, conflicts);
+            Check(ctx, conflicts, deferrable: false);
+            EnsureSpace(need);
+            CheckMetadataRoom(2 + need);
+            ExecWrite(inode, first << BlockShift, (end - first) << BlockShift, default, WriteMode.Touch);
+            var frozen = inode.Map.GetRange(first, end - first).ToArray();
+            var seal = createSeal(inode, first, end - first, frozen);
+            inode.Seals.Add(seal);
+            return seal;
+        });
+    }
+
+    /// <summary>Upgrading a pin to WRITE: other files sharing its blocks (clones made after the pin) get copies.</summary>
+    internal void ResealForWrite(Seal seal, ConflictPolicy? policy)
+    {
+        Mutate(new RemapContext("pin upgrade", policy), ctx =>
+        {
+            if (seal.Detached || !seal.Inode.Seals.Contains(seal)) return 0;
+            var conflicts = new List<Seal>();
+            long need = PlanWrite(seal.Inode, seal.FirstBlock, seal.EndBlock, WriteMode.Touch, conflicts);
+            conflicts.Remove(seal);
+            Check(ctx, conflicts, deferrable: false);
+            EnsureSpace(need);
+            ExecWrite(seal.Inode, seal.FirstBlock << BlockShift, seal.BlockCount << BlockShift, default, WriteMode.Touch);
+            return 0;
+        });
+    }
+
+    /// <summary>
+    /// The pin invariants of DESIGN.md: an attached seal's current translation equals its frozen one, block by
+    /// block, by number and allocation generation; a detached seal's blocks are allocated, carry their generation
+    /// and are mapped by no file; no sealed block is free.
+    /// </summary>
+    internal List<string> CheckSealInvariants()
+    {
+        lock (Gate)
+        {
+            var problems = new List<string>();
+            foreach (var inode in _byId.Values)
+                foreach (var s in inode.Seals)
+                {
+                    var now = inode.Map.GetRange(s.FirstBlock, s.BlockCount);
+                    if (!SameTranslation(now, s.Frozen))
+                        problems.Add($"'{inode.Name}': pinned blocks [{s.FirstBlock}, {s.EndBlock}) were remapped");
+                    CheckAllocated(s, problems);
+                }
+            foreach (var s in _detached)
+            {
+                CheckAllocated(s, problems);
+                foreach (var e in s.Frozen)
+                    if (FindMappings(e.DeviceBlock, e.Count).Count > 0)
+                        problems.Add($"a detached pin's device blocks [{e.DeviceBlock}, {e.DeviceEnd}) are mapped by a file");
+            }
+            return problems;
+        }
+    }
+
+    private void CheckAllocated(Seal s, List<string> problems)
+    {
+        foreach (var e in s.Frozen)
+            for (long b = e.DeviceBlock; b < e.DeviceEnd; b++)
+                if (_alloc.RefCount(b) <= 0 || _alloc.Generation(b) != e.Generation)
+                    problems.Add($"pinned device block {b} of '{s.Inode.Name}' is free or was reallocated (generation {_alloc.Generation(b)}, pinned {e.Generation})");
+    }
+
+    private static bool SameTranslation(List<Extent> a, Extent[] b)
+    {
+        // Compare block by block: the extent boundaries may differ, the translation may not.
+        int i = 0, j = 0;
+        long ia = 0, jb = 0;
+        while (i < a.Count && j < b.Length)
+        {
+            var x = a[i];
+            var y = b[j];
+            if (x.FileBlock + ia != y.FileBlock + jb || x.DeviceBlock + ia != y.DeviceBlock + jb || x.Generation != y.Generation) return false;
+            long n = Math.Min(x.Count - ia, y.Count - jb);
+            ia += n;
+            jb += n;
+            if (ia == x.Count) { i++; ia = 0; }
+            if (jb == y.Count) { j++; jb = 0; }
+        }
+        return i == a.Count && j == b.Length;
+    }
+}
