@@ -1,0 +1,114 @@
+using System.Threading.Tasks.Sources;
+using PinnedDma.Internal;
+
+namespace PinnedDma.Verbs;
+
+/// <summary>
+/// A completion queue (ibv_cq): a fixed ring the DMA engine fills and <see cref="Poll(Span{WorkCompletion})"/> drains into the caller's
+/// span. <see cref="WaitAsync"/> is an allocation-free awaitable (a reusable value-task source) for one waiter.
+/// An overrun (the engine finds the ring full) puts the CQ in error, as IBV_EVENT_CQ_ERR does.
+/// </summary>
+public sealed class CompletionQueue : IDisposable, IValueTaskSource
+{
+    private readonly object _sync = new();
+    private readonly WorkCompletion[] _ring;
+    private int _head, _count;
+    private bool _overrun;
+    // Waiter state machine: 0 idle, 1 a waiter is armed; Push completes an armed waiter once.
+    private ManualResetValueTaskSourceCore<bool> _waiter = new() { RunContinuationsAsynchronously = true };
+    private bool _armed;
+
+    internal CompletionQueue(int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(capacity, 1 << 22);
+        _ring = new WorkCompletion[capacity];
+    }
+
+    /// <summary>Entries the ring holds.</summary>
+    public int Capacity => _ring.Length;
+
+    /// <summary>Completions waiting to be polled.</summary>
+    public int Count
+    {
+        get { lock (_sync) return _count; }
+    }
+
+    /// <summary>ibv_poll_cq: moves up to <c>into.Length</c> completions into <paramref name="into"/>; returns how many.</summary>
+    public int Poll(Span<WorkCompletion> into)
+    {
+        lock (_sync)
+        {
+            if (_overrun) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Completion queue overrun (capacity {_ring.Length}): completions were lost.");
+            int n = Math.Min(into.Length, _count);
+            for (int i = 0; i < n; i++)
+            {
+                into[i] = _ring[_head];
+                _head = (_head + 1) % _ring.Length;
+            }
+            _count -= n;
+            return n;
+        }
+    }
+
+    /// <summary>Completes when at least one completion can be polled. One waiter at a time; allocates nothing.</summary>
+    public ValueTask WaitAsync()
+    {
+        lock (_sync)
+        {
+            if (_count > 0 || _overrun) return ValueTask.CompletedTask;
+            if (_armed) throw new InvalidOperationException("Only one WaitAsync may be pending on a completion queue.");
+            _waiter.Reset();
+            _armed = true;
+            return new ValueTask(this, _waiter.Version);
+        }
+    }
+
+    /// <summary>Polls, waiting up to <paramref name="timeout"/> for at least one completion.</summary>
+    public int Poll(Span<WorkCompletion> into, TimeSpan timeout)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        var spin = new SpinWait();
+        while (true)
+        {
+            int n = Poll(into);
+            if (n > 0 || Environment.TickCount64 >= deadline) return n;
+            spin.SpinOnce(sleep1Threshold: 100);
+        }
+    }
+
+    internal void Push(in WorkCompletion wc)
+    {
+        bool wake = false;
+        lock (_sync)
+        {
+            if (_count == _ring.Length)
+            {
+                _overrun = true;
+            }
+            else
+            {
+                _ring[(_head + _count) % _ring.Length] = wc;
+                _count++;
+            }
+            if (_armed)
+            {
+                _armed = false;
+                wake = true;
+            }
+        }
+        if (wake) _waiter.SetResult(true);
+    }
+
+    void IValueTaskSource.GetResult(short token) => _waiter.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _waiter.GetStatus(token);
+
+    void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _waiter.OnCompleted(continuation, state, token, flags);
+
+    /// <summary>Destroys the CQ.</summary>
+    public void Dispose()
+    {
+    }
+}

@@ -1,0 +1,328 @@
+using System.Buffers.Binary;
+using Microsoft.Extensions.ObjectPool;
+
+namespace PinnedDma.Verbs.Internal;
+
+/// <summary>
+/// The soft NIC's DMA engine: one named background thread per device (as SocketAsyncEngine has one event loop) that
+/// takes queue pairs off a doorbell queue and executes their send queues in order. Every byte moves through
+/// memory-region translation while the region's drain is held, so a lease revocation waits for the copy in flight and
+/// then no later access can touch the blocks. A fault in the loop is not swallowed: it ends the process, because a
+/// DMA engine in an unknown state must not keep writing memory.
+/// </summary>
+internal sealed class DmaEngine : IDisposable
+{
+    private const int Budget = 32;
+    private readonly object _sync = new();
+    private readonly Queue<QueuePair> _doorbell = new(64);
+    private readonly List<QueuePair> _rnr = new();
+    private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
+    private readonly ObjectPool<byte[]> _scratch = new DefaultObjectPool<byte[]>(new ScratchPolicy(), 8);
+    private readonly Thread _thread;
+    private volatile bool _stop;
+    private volatile int _pending;
+
+    public DmaEngine(string name)
+    {
+        _thread = new Thread(Run) { IsBackground = true, Name = $"pinneddma-dma-{name}" };
+        _thread.Start();
+    }
+
+    /// <summary>Work requests executed (for tests and benchmarks).</summary>
+    public long Executed;
+
+    public void Ring(QueuePair qp)
+    {
+        lock (_sync)
+        {
+            if (qp.InDoorbell) return;
+            qp.InDoorbell = true;
+            _doorbell.Enqueue(qp);
+            _pending = _doorbell.Count;
+        }
+        _wake.Set();
+    }
+
+    private void Run()
+    {
+        while (!_stop)
+        {
+            QueuePair? qp = null;
+            lock (_sync)
+            {
+                if (_doorbell.Count > 0)
+                {
+                    qp = _doorbell.Dequeue();
+                    qp.InDoorbell = false;
+                    _pending = _doorbell.Count;
+                }
+            }
+            if (qp is not null)
+            {
+                Process(qp);
+                continue;
+            }
+            if (_rnr.Count > 0)
+            {
+                // Receiver-not-ready: retry after a short back-off, as RNR NAK timers do.
+                Thread.Sleep(1);
+                var again = _rnr.ToArray();
+                _rnr.Clear();
+                foreach (var q in again) Ring(q);
+                continue;
+            }
+            // Spin briefly for latency, then sleep until the next doorbell.
+            var spin = new SpinWait();
+            for (int i = 0; i < 64 && _pending == 0 && !_stop; i++) spin.SpinOnce(sleep1Threshold: -1);
+            if (_pending != 0) continue;
+            _wake.Reset();
+            lock (_sync)
+                if (_doorbell.Count > 0) continue;
+            _wake.Wait(50);
+        }
+    }
+
+    private void Process(QueuePair qp)
+    {
+        for (int n = 0; n < Budget; n++)
+        {
+            if (!qp.TryPeekSend(out var wr)) return;
+            if (qp.State == QpState.Error) return; // EnterError flushed it
+            var status = Execute(qp, in wr, out uint bytes, out bool rnr);
+            if (rnr)
+            {
+                long now = Environment.TickCount64;
+                if (qp.RnrDeadline == 0) qp.RnrDeadline = now + (long)qp.RnrTimeout.TotalMilliseconds;
+                if (now < qp.RnrDeadline)
+                {
+                    _rnr.Add(qp);
+                    return;
+                }
+                status = WcStatus.RnrRetryExcErr;
+            }
+            qp.RnrDeadline = 0;
+            qp.PopSend();
+            Interlocked.Increment(ref Executed);
+            if (status == WcStatus.Success)
+            {
+                if (qp.SignalAll || (wr.Flags & SendFlags.Signaled) != 0)
+                    qp.SendCq.Push(new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), bytes, qp.QpNumber, WcFlags.None, 0, 0));
+            }
+            else
+            {
+                qp.SendCq.Push(new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), 0, qp.QpNumber, WcFlags.None, 0, 0));
+                qp.EnterError();
+                return;
+            }
+        }
+        Ring(qp); // more work: take turns with other queue pairs
+    }
+
+    private WcStatus Execute(QueuePair qp, in SendWorkRequest wr, out uint bytes, out bool rnr)
+    {
+        rnr = false;
+        bytes = wr.Local.Length;
+        if (wr.Opcode == WrOpcode.LocalInvalidate)
+        {
+            var target = qp.Pd.Device.Keys.Lookup(wr.InvalidateRKey);
+            if (target is null || target.Pd != qp.Pd) return WcStatus.LocProtErr;
+            target.Invalidate();
+            bytes = 0;
+            return WcStatus.Success;
+        }
+        bool sinkIsLocal = wr.Opcode is WrOpcode.RdmaRead or WrOpcode.AtomicCompareSwap or WrOpcode.AtomicFetchAdd;
+        var ls = ResolveLocal(qp, in wr.Local, sinkIsLocal, out var lmr, out long loff);
+        if (ls != WcStatus.Success) return ls;
+        var peer = qp.Peer;
+        if (peer is null || !peer.CanRespond) return WcStatus.RetryExcErr;
+        switch (wr.Opcode)
+        {
+            case WrOpcode.RdmaWrite:
+            case WrOpcode.RdmaWriteWithImm:
+                {
+                    var rs = Responder.ResolveRemote(peer, wr.RKey, wr.RemoteAddress, wr.Local.Length, AccessFlags.RemoteWrite, out var rmr, out long roff);
+                    if (rs != WcStatus.Success) return rs;
+                    RecvWorkRequest recv = default;
+                    if (wr.Opcode == WrOpcode.RdmaWriteWithImm && !peer.TryTakeRecv(out recv)) { rnr = true; return WcStatus.Success; }
+                    var cs = Copy(lmr, loff, rmr, roff, wr.Local.Length, sourceIsLocal: true);
+                    if (cs != WcStatus.Success) return cs;
+                    if (wr.Opcode == WrOpcode.RdmaWriteWithImm)
+                        peer.RecvCq.Push(new WorkCompletion(recv.WrId, WcStatus.Success, WcOpcode.RecvRdmaWithImm, wr.Local.Length, peer.QpNumber, WcFlags.WithImm, wr.ImmData, 0));
+                    return WcStatus.Success;
+                }
+            case WrOpcode.RdmaRead:
+                {
+                    var rs = Responder.ResolveRemote(peer, wr.RKey, wr.RemoteAddress, wr.Local.Length, AccessFlags.RemoteRead, out var rmr, out long roff);
+                    if (rs != WcStatus.Success) return rs;
+                    return Copy(rmr, roff, lmr, loff, wr.Local.Length, sourceIsLocal: false);
+                }
+            case WrOpcode.AtomicCompareSwap:
+            case WrOpcode.AtomicFetchAdd:
+                {
+                    if (wr.Local.Length != 8) return WcStatus.LocLenErr;
+                    if ((wr.RemoteAddress & 7) != 0) return WcStatus.RemInvReqErr;
+                    var rs = Responder.ResolveRemote(peer, wr.RKey, wr.RemoteAddress, 8, AccessFlags.RemoteAtomic, out var rmr, out long roff);
+                    if (rs != WcStatus.Success) return rs;
+                    if (!rmr!.TryEnter()) return WcStatus.RemAccessErr;
+                    ulong old;
+                    try
+                    {
+                        old = rmr.Atomic(roff, wr.Opcode == WrOpcode.AtomicCompareSwap, wr.CompareAdd, wr.Swap);
+                    }
+                    finally
+                    {
+                        rmr.Exit();
+                    }
+                    if (!lmr!.TryEnter()) return WcStatus.LocProtErr;
+                    try
+                    {
+                        Span<byte> b = stackalloc byte[8];
+                        BinaryPrimitives.WriteUInt64LittleEndian(b, old);
+                        lmr.WriteAt(loff, b);
+                    }
+                    finally
+                    {
+                        lmr.Exit();
+                    }
+                    return WcStatus.Success;
+                }
+            case WrOpcode.Send:
+            case WrOpcode.SendWithImm:
+            case WrOpcode.SendWithInvalidate:
+                {
+                    MemoryRegion? toInvalidate = null;
+                    if (wr.Opcode == WrOpcode.SendWithInvalidate)
+                    {
+                        toInvalidate = peer.Pd.Device.Keys.Lookup(wr.InvalidateRKey);
+                        if (toInvalidate is null || toInvalidate.Pd != peer.Pd) return WcStatus.RemInvReqErr;
+                    }
+                    if (!peer.TryTakeRecv(out var recv)) { rnr = true; return WcStatus.Success; }
+                    var recvSge = recv.Local;
+                    var rs = ResolveLocal(peer, in recvSge, write: true, out var rmr, out long roff);
+                    if (rs != WcStatus.Success || recv.Local.Length < wr.Local.Length)
+                    {
+                        var st = rs != WcStatus.Success ? rs : WcStatus.LocLenErr;
+                        peer.RecvCq.Push(new WorkCompletion(recv.WrId, st, WcOpcode.Recv, 0, peer.QpNumber, WcFlags.None, 0, 0));
+                        peer.EnterError();
+                        return st == WcStatus.LocLenErr ? WcStatus.RemInvReqErr : WcStatus.RemOpErr;
+                    }
+                    var cs = Copy(lmr, loff, rmr, roff, wr.Local.Length, sourceIsLocal: true);
+                    if (cs != WcStatus.Success) return cs;
+                    var flags = WcFlags.None;
+                    if (wr.Opcode == WrOpcode.SendWithImm) flags |= WcFlags.WithImm;
+                    if (toInvalidate is not null)
+                    {
+                        toInvalidate.Invalidate();
+                        flags |= WcFlags.WithInv;
+                    }
+                    peer.RecvCq.Push(new WorkCompletion(recv.WrId, WcStatus.Success, WcOpcode.Recv, wr.Local.Length, peer.QpNumber, flags,
+                        wr.Opcode == WrOpcode.SendWithImm ? wr.ImmData : 0, toInvalidate is null ? 0 : wr.InvalidateRKey));
+                    return WcStatus.Success;
+                }
+            default:
+                return WcStatus.LocQpOpErr;
+        }
+    }
+
+    /// <summary>Checks a local SGE against the QP's device and PD (lkey, bounds, LocalWrite for sinks).</summary>
+    internal static WcStatus ResolveLocal(QueuePair qp, in ScatterGatherElement sge, bool write, out MemoryRegion? mr, out long offset)
+    {
+        offset = 0;
+        mr = null;
+        if (sge.Length == 0) return WcStatus.Success;
+        mr = qp.Pd.Device.Keys.Lookup(sge.LKey);
+        if (mr is null || mr.Pd != qp.Pd || !mr.IsValid) return WcStatus.LocProtErr;
+        if (write && (mr.Access & AccessFlags.LocalWrite) == 0) return WcStatus.LocProtErr;
+        if (sge.Address < mr.Address || sge.Address - mr.Address > (ulong)mr.Length || sge.Length > (ulong)mr.Length - (sge.Address - mr.Address))
+            return WcStatus.LocProtErr;
+        offset = (long)(sge.Address - mr.Address);
+        return WcStatus.Success;
+    }
+
+    /// <summary>Copies <paramref name="length"/> bytes between regions inside both drains.</summary>
+    private WcStatus Copy(MemoryRegion? src, long soff, MemoryRegion? dst, long doff, uint length, bool sourceIsLocal)
+    {
+        if (length == 0) return WcStatus.Success;
+        if (!src!.TryEnter()) return sourceIsLocal ? WcStatus.LocProtErr : WcStatus.RemAccessErr;
+        try
+        {
+            if (!dst!.TryEnter()) return sourceIsLocal ? WcStatus.RemAccessErr : WcStatus.LocProtErr;
+            try
+            {
+                if (!src.IsOnDemand && !dst.IsOnDemand)
+                {
+                    long done = 0;
+                    while (done < length)
+                    {
+                        var s = src.Piece(soff + done, length - done);
+                        var d = dst.Piece(doff + done, s.Length);
+                        s[..d.Length].CopyTo(d);
+                        done += d.Length;
+                    }
+                    return WcStatus.Success;
+                }
+                var buf = _scratch.Get();
+                try
+                {
+                    long done = 0;
+                    while (done < length)
+                    {
+                        int n = (int)Math.Min(buf.Length, length - done);
+                        src.ReadAt(soff + done, buf.AsSpan(0, n));
+                        dst.WriteAt(doff + done, buf.AsSpan(0, n));
+                        done += n;
+                    }
+                }
+                finally
+                {
+                    _scratch.Return(buf);
+                }
+                return WcStatus.Success;
+            }
+            catch (PinnedDmaException)
+            {
+                // An ODP access the volume refused (no space, a conflicting pin): the responder could not complete it.
+                return WcStatus.RemOpErr;
+            }
+            finally
+            {
+                dst!.Exit();
+            }
+        }
+        finally
+        {
+            src.Exit();
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop = true;
+        _wake.Set();
+        if (Thread.CurrentThread != _thread) _thread.Join(TimeSpan.FromSeconds(5));
+    }
+
+    private sealed class ScratchPolicy : PooledObjectPolicy<byte[]>
+    {
+        public override byte[] Create() => GC.AllocateUninitializedArray<byte>(64 * 1024, pinned: true);
+        public override bool Return(byte[] obj) => true;
+    }
+}
+
+/// <summary>The responder's checks, shared by the loopback engine and network transports.</summary>
+internal static class Responder
+{
+    /// <summary>Validates an incoming RDMA/atomic request against the responder QP: rkey, PD, validity, access, bounds.</summary>
+    public static WcStatus ResolveRemote(QueuePair responder, uint rkey, ulong address, uint length, AccessFlags need, out MemoryRegion? mr, out long offset)
+    {
+        offset = 0;
+        mr = null;
+        if ((responder.RemoteAccess & need) == 0) return WcStatus.RemAccessErr;
+        mr = responder.Pd.Device.Keys.Lookup(rkey);
+        if (mr is null || mr.Pd != responder.Pd || !mr.IsValid || (mr.Access & need) != need) return WcStatus.RemAccessErr;
+        if (address < mr.Address || address - mr.Address > (ulong)mr.Length || length > (ulong)mr.Length - (address - mr.Address))
+            return WcStatus.RemAccessErr;
+        offset = (long)(address - mr.Address);
+        return WcStatus.Success;
+    }
+}

@@ -1,0 +1,288 @@
+using PinnedDma.Internal;
+
+namespace PinnedDma.Verbs;
+
+/// <summary>
+/// A reliable-connected queue pair (ibv_qp, IBV_QPT_RC) with the kernel's state table. Posting copies the work
+/// request into a fixed ring and rings the DMA engine's doorbell: nothing is allocated in steady state. A local or
+/// remote access error completes the work request with its status, moves the QP to Error and flushes every other
+/// outstanding request with <see cref="WcStatus.WrFlushErr"/>.
+/// </summary>
+public sealed class QueuePair : IDisposable
+{
+    private static int s_nextQpn = 0x11;
+    internal static readonly Dictionary<uint, QueuePair> Fabric = new();
+
+    internal readonly object Sync = new();
+    private readonly SendWorkRequest[] _sq;
+    private int _sqHead, _sqCount;
+    private readonly RecvWorkRequest[] _rq;
+    private int _rqHead, _rqCount;
+    private QpState _state;
+    private int _disposed;
+
+    internal QueuePair(ProtectionDomain pd, QueuePairOptions o)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(o.MaxSendWr);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(o.MaxRecvWr);
+        Pd = pd;
+        SendCq = o.SendCq;
+        RecvCq = o.RecvCq;
+        SignalAll = o.SignalAll;
+        _sq = new SendWorkRequest[o.MaxSendWr];
+        _rq = new RecvWorkRequest[o.MaxRecvWr];
+        QpNumber = (uint)Interlocked.Increment(ref s_nextQpn);
+        lock (Fabric) Fabric[QpNumber] = this;
+    }
+
+    /// <summary>The protection domain.</summary>
+    public ProtectionDomain Pd { get; }
+
+    /// <summary>The queue pair number.</summary>
+    public uint QpNumber { get; }
+
+    /// <summary>Send completions.</summary>
+    public CompletionQueue SendCq { get; }
+
+    /// <summary>Receive completions.</summary>
+    public CompletionQueue RecvCq { get; }
+
+    /// <summary>sq_sig_all.</summary>
+    public bool SignalAll { get; }
+
+    /// <summary>Remote operations the QP accepts.</summary>
+    public AccessFlags RemoteAccess { get; private set; }
+
+    /// <summary>The connected peer's number, once RTR.</summary>
+    public uint DestQpNumber { get; private set; }
+
+    internal QueuePair? Peer { get; private set; }
+
+    internal TimeSpan RnrTimeout { get; private set; } = TimeSpan.FromMilliseconds(100);
+
+    internal long RnrDeadline;
+    internal bool InDoorbell;
+
+    /// <summary>Current state.</summary>
+    public QpState State
+    {
+        get { lock (Sync) return _state; }
+    }
+
+    /// <summary>Send work requests posted and not completed.</summary>
+    public int SendQueueDepth
+    {
+        get { lock (Sync) return _sqCount; }
+    }
+
+    /// <summary>
+    /// ibv_modify_qp. Legal moves are the kernel's (qp_state_table): any state to Reset or Error; Reset to Init;
+    /// Init to Init or Rtr; Rtr to Rts; Rts to Rts or Sqd; Sqd to Sqd or Rts; Sqe to Rts. Anything else fails with
+    /// InvalidArgument and nothing changes.
+    /// </summary>
+    public void Modify(QpAttributes attributes)
+    {
+        ArgumentNullException.ThrowIfNull(attributes);
+        QueuePair? peer = null;
+        if (attributes.State == QpState.Rtr)
+        {
+            if (attributes.DestQpNumber is not uint dest)
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "RTR needs DestQpNumber.");
+            else
+                lock (Fabric)
+                    if (!Fabric.TryGetValue(dest, out peer)) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"No queue pair 0x{dest:x} on the fabric.");
+        }
+        bool flush = false;
+        lock (Sync)
+        {
+            if (!IsLegal(_state, attributes.State))
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Illegal QP transition {_state} -> {attributes.State}.");
+            switch (attributes.State)
+            {
+                case QpState.Reset:
+                    _sqCount = _rqCount = 0;
+                    _sqHead = _rqHead = 0;
+                    Peer = null;
+                    break;
+                case QpState.Init:
+                    if (attributes.AccessFlags is AccessFlags a) RemoteAccess = a;
+                    break;
+                case QpState.Rtr:
+                    Peer = peer;
+                    DestQpNumber = attributes.DestQpNumber!.Value;
+                    break;
+                case QpState.Error:
+                    flush = true;
+                    break;
+            }
+            if (attributes.RnrTimeout is TimeSpan t) RnrTimeout = t;
+            _state = attributes.State;
+        }
+        if (flush) FlushAll();
+        if (attributes.State is QpState.Rts) Pd.Device.Engine.Ring(this);
+    }
+
+    internal static bool IsLegal(QpState from, QpState to) => to switch
+    {
+        QpState.Reset or QpState.Error => true,
+        QpState.Init => from is QpState.Reset or QpState.Init,
+        QpState.Rtr => from is QpState.Init,
+        QpState.Rts => from is QpState.Rtr or QpState.Rts or QpState.Sqd or QpState.Sqe,
+        QpState.Sqd => from is QpState.Rts or QpState.Sqd,
+        _ => false,
+    };
+
+    /// <summary>
+    /// ibv_post_send. Fails (InvalidArgument) before RTS and when the send queue is full (NoSpace); on a QP in Error
+    /// the request completes at once with WrFlushErr.
+    /// </summary>
+    public void PostSend(in SendWorkRequest wr)
+    {
+        lock (Sync)
+        {
+            if (_state == QpState.Error)
+            {
+                SendCq.Push(new WorkCompletion(wr.WrId, WcStatus.WrFlushErr, ToWcOpcode(wr.Opcode), 0, QpNumber, WcFlags.None, 0, 0));
+                return;
+            }
+            if (_state is not (QpState.Rts or QpState.Sqd))
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"ibv_post_send on a QP in {_state} (EINVAL).");
+            if (_sqCount == _sq.Length)
+                ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Send queue full ({_sq.Length} work requests) (ENOMEM).");
+            _sq[(_sqHead + _sqCount) % _sq.Length] = wr;
+            _sqCount++;
+        }
+        Pd.Device.Engine.Ring(this);
+    }
+
+    /// <summary>ibv_post_recv. Allowed from Init on; on a QP in Error the request completes at once with WrFlushErr.</summary>
+    public void PostRecv(in RecvWorkRequest wr)
+    {
+        lock (Sync)
+        {
+            if (_state == QpState.Error)
+            {
+                RecvCq.Push(new WorkCompletion(wr.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, QpNumber, WcFlags.None, 0, 0));
+                return;
+            }
+            if (_state == QpState.Reset) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "ibv_post_recv on a QP in Reset (EINVAL).");
+            if (_rqCount == _rq.Length) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Receive queue full ({_rq.Length} work requests) (ENOMEM).");
+            _rq[(_rqHead + _rqCount) % _rq.Length] = wr;
+            _rqCount++;
+        }
+        // A sender may be waiting for this receive (RNR).
+        if (Peer is { } p) Pd.Device.Engine.Ring(p);
+    }
+
+    internal bool TryPeekSend(out SendWorkRequest wr)
+    {
+        lock (Sync)
+        {
+            if (_sqCount == 0 || _state is not (QpState.Rts or QpState.Sqd or QpState.Error)) { wr = default; return false; }
+            wr = _sq[_sqHead];
+            return true;
+        }
+    }
+
+    internal void PopSend()
+    {
+        lock (Sync)
+        {
+            if (_sqCount == 0) return;
+            _sqHead = (_sqHead + 1) % _sq.Length;
+            _sqCount--;
+        }
+    }
+
+    internal bool TryTakeRecv(out RecvWorkRequest wr)
+    {
+        lock (Sync)
+        {
+            if (_rqCount == 0 || _state is QpState.Reset or QpState.Error or QpState.Init) { wr = default; return false; }
+            wr = _rq[_rqHead];
+            _rqHead = (_rqHead + 1) % _rq.Length;
+            _rqCount--;
+            return true;
+        }
+    }
+
+    /// <summary>True when the QP accepts incoming requests.</summary>
+    internal bool CanRespond
+    {
+        get { lock (Sync) return _state is QpState.Rtr or QpState.Rts or QpState.Sqd; }
+    }
+
+    /// <summary>Moves to Error after a failed request and flushes everything outstanding.</summary>
+    internal void EnterError()
+    {
+        lock (Sync)
+        {
+            if (_state == QpState.Error) return;
+            _state = QpState.Error;
+        }
+        FlushAll();
+    }
+
+    private void FlushAll()
+    {
+        while (true)
+        {
+            SendWorkRequest s;
+            lock (Sync)
+            {
+                if (_sqCount == 0) break;
+                s = _sq[_sqHead];
+                _sqHead = (_sqHead + 1) % _sq.Length;
+                _sqCount--;
+            }
+            SendCq.Push(new WorkCompletion(s.WrId, WcStatus.WrFlushErr, ToWcOpcode(s.Opcode), 0, QpNumber, WcFlags.None, 0, 0));
+        }
+        while (true)
+        {
+            RecvWorkRequest r;
+            lock (Sync)
+            {
+                if (_rqCount == 0) break;
+                r = _rq[_rqHead];
+                _rqHead = (_rqHead + 1) % _rq.Length;
+                _rqCount--;
+            }
+            RecvCq.Push(new WorkCompletion(r.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, QpNumber, WcFlags.None, 0, 0));
+        }
+    }
+
+    internal static WcOpcode ToWcOpcode(WrOpcode op) => op switch
+    {
+        WrOpcode.RdmaWrite or WrOpcode.RdmaWriteWithImm => WcOpcode.RdmaWrite,
+        WrOpcode.RdmaRead => WcOpcode.RdmaRead,
+        WrOpcode.AtomicCompareSwap => WcOpcode.CompSwap,
+        WrOpcode.AtomicFetchAdd => WcOpcode.FetchAdd,
+        WrOpcode.LocalInvalidate => WcOpcode.LocalInv,
+        _ => WcOpcode.Send,
+    };
+
+    /// <summary>Connects two queue pairs over the loopback fabric: Reset → Init → Rtr → Rts on both sides.</summary>
+    public static void ConnectLoopback(QueuePair a, QueuePair b, AccessFlags remoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)
+    {
+        ArgumentNullException.ThrowIfNull(a);
+        ArgumentNullException.ThrowIfNull(b);
+        foreach (var (q, peer) in new[] { (a, b), (b, a) })
+        {
+            q.Modify(new QpAttributes { State = QpState.Init, AccessFlags = remoteAccess });
+            q.Modify(new QpAttributes { State = QpState.Rtr, DestQpNumber = peer.QpNumber });
+        }
+        a.Modify(new QpAttributes { State = QpState.Rts });
+        b.Modify(new QpAttributes { State = QpState.Rts });
+    }
+
+    /// <summary>ibv_destroy_qp: moves to Error (flushing) and leaves the fabric.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        EnterError();
+        lock (Fabric) Fabric.Remove(QpNumber);
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"qp 0x{QpNumber:x} {State}";
+}
