@@ -1,0 +1,441 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using PinnedDma.Internal;
+
+namespace PinnedDma.Verbs.Iwarp;
+
+/// <summary>Framing parameters fixed by the MPA setup.</summary>
+internal sealed record FpduOptions
+{
+    /// <summary>Default upper bound of a whole FPDU (length field, ULPDU, pad, CRC).</summary>
+    public const int DefaultMaxFpduSize = 16 * 1024;
+
+    /// <summary>Whether FPDUs carry (and must carry a valid) CRC32c.</summary>
+    public bool Crc { get; init; } = true;
+
+    /// <summary>MULPDU: the largest ULPDU (DDP segment) this side sends; also the receive limit unless overridden.</summary>
+    public int MaxUlpduLength { get; init; } = MaxUlpduForFpduSize(DefaultMaxFpduSize);
+
+    /// <summary>Largest ULPDU accepted from the peer (defaults to <see cref="MaxUlpduLength"/>).</summary>
+    public int? MaxReceiveUlpduLength { get; init; }
+
+    public int ReceiveLimit => MaxReceiveUlpduLength ?? MaxUlpduLength;
+
+    /// <summary>The largest ULPDU whose FPDU (2 + ULPDU + pad + 4) fits in <paramref name="fpduSize"/> bytes.</summary>
+    public static int MaxUlpduForFpduSize(int fpduSize)
+    {
+        int ulpdu = ((fpduSize - Fpdu.CrcSize) & ~3) - Fpdu.LengthFieldSize;
+        return Math.Clamp(ulpdu, DdpRdmapHeader.UntaggedLength, ushort.MaxValue);
+    }
+
+    /// <summary>MULPDU from an effective TCP MSS (RFC 5044 §5.1, no markers): EMSS - 6, rounded to keep alignment.</summary>
+    public static int MaxUlpduForMss(int emss) => MaxUlpduForFpduSize(emss);
+
+    public void Validate()
+    {
+        if (MaxUlpduLength is < DdpRdmapHeader.UntaggedLength or > ushort.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(MaxUlpduLength), MaxUlpduLength, "MULPDU must hold an untagged DDP header and fit the 16-bit ULPDU_Length.");
+        if (ReceiveLimit is < DdpRdmapHeader.UntaggedLength or > ushort.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(MaxReceiveUlpduLength), ReceiveLimit, "Receive limit must fit the 16-bit ULPDU_Length.");
+    }
+}
+
+/// <summary>
+/// One decoded FPDU. <see cref="Payload"/> is a slice of the parser's input buffer: it stays valid only until the
+/// caller advances the underlying <see cref="PipeReader"/> past it.
+/// </summary>
+internal readonly struct Fpdu
+{
+    public const int LengthFieldSize = 2;
+    public const int CrcSize = 4;
+
+    public Fpdu(DdpRdmapHeader header, ReadOnlySequence<byte> payload, RdmaReadRequest readRequest, TerminateMessage terminate, int wireLength)
+    {
+        Header = header;
+        Payload = payload;
+        ReadRequest = readRequest;
+        Terminate = terminate;
+        WireLength = wireLength;
+    }
+
+    public DdpRdmapHeader Header { get; }
+
+    /// <summary>ULP payload after the DDP/RDMAP header (for Read Request and Terminate: their raw body).</summary>
+    public ReadOnlySequence<byte> Payload { get; }
+
+    /// <summary>Valid when <see cref="Header"/>.Opcode is RDMA Read Request.</summary>
+    public RdmaReadRequest ReadRequest { get; }
+
+    /// <summary>Valid when <see cref="Header"/>.Opcode is Terminate.</summary>
+    public TerminateMessage Terminate { get; }
+
+    /// <summary>Bytes the FPDU occupied on the wire, including length field, pad and CRC.</summary>
+    public int WireLength { get; }
+
+    /// <summary>ULPDU_Length value for a given header and payload length.</summary>
+    public static int UlpduLength(int headerLength, int payloadLength) => headerLength + payloadLength;
+
+    /// <summary>Pad bytes after the ULPDU so that length field + ULPDU is a multiple of 4.</summary>
+    public static int PadLength(int ulpduLength) => (4 - ((ulpduLength + LengthFieldSize) & 3)) & 3;
+
+    public static int WireLengthFor(int ulpduLength, bool crc) => LengthFieldSize + ulpduLength + PadLength(ulpduLength) + (crc ? CrcSize : 0);
+}
+
+/// <summary>
+/// Writes FPDUs (RFC 5044 §4: ULPDU_Length, DDP/RDMAP header, payload, pad, CRC32c over everything before it) straight
+/// into an <see cref="IBufferWriter{T}"/>. No per-frame allocations: the payload is copied directly into the writer.
+/// </summary>
+internal sealed class FpduEncoder
+{
+    public FpduEncoder(FpduOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        Options = options;
+    }
+
+    public FpduOptions Options { get; }
+
+    /// <summary>Largest payload a single segment with a header of <paramref name="headerLength"/> bytes may carry.</summary>
+    public int MaxPayload(int headerLength) => Options.MaxUlpduLength - headerLength;
+
+    /// <summary>Writes one FPDU carrying <paramref name="header"/> and <paramref name="payload"/>; returns its wire length.</summary>
+    public int Write(IBufferWriter<byte> writer, in DdpRdmapHeader header, ReadOnlySpan<byte> payload)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        int hl = header.Length;
+        int ulpdu = CheckedUlpdu(hl, payload.Length);
+        int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
+        Span<byte> span = writer.GetSpan(total).Slice(0, total);
+        BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
+        header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
+        payload.CopyTo(span.Slice(Fpdu.LengthFieldSize + hl));
+        Finish(span, ulpdu);
+        writer.Advance(total);
+        return total;
+    }
+
+    /// <summary>Same as <see cref="Write(IBufferWriter{byte}, in DdpRdmapHeader, ReadOnlySpan{byte})"/> for a segmented payload.</summary>
+    public int Write(IBufferWriter<byte> writer, in DdpRdmapHeader header, in ReadOnlySequence<byte> payload)
+    {
+        if (payload.IsSingleSegment) return Write(writer, header, payload.FirstSpan);
+        ArgumentNullException.ThrowIfNull(writer);
+        int hl = header.Length;
+        int ulpdu = CheckedUlpdu(hl, payload.Length > int.MaxValue ? int.MaxValue : (int)payload.Length);
+        int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
+        Span<byte> span = writer.GetSpan(total).Slice(0, total);
+        BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
+        header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
+        payload.CopyTo(span.Slice(Fpdu.LengthFieldSize + hl));
+        Finish(span, ulpdu);
+        writer.Advance(total);
+        return total;
+    }
+
+    public int WriteRdmaWrite(IBufferWriter<byte> writer, uint sinkSTag, ulong sinkTaggedOffset, bool last, ReadOnlySpan<byte> payload) =>
+        Write(writer, DdpRdmapHeader.ForTagged(RdmapOpcode.RdmaWrite, sinkSTag, sinkTaggedOffset, last), payload);
+
+    public int WriteReadResponse(IBufferWriter<byte> writer, uint sinkSTag, ulong sinkTaggedOffset, bool last, ReadOnlySpan<byte> payload) =>
+        Write(writer, DdpRdmapHeader.ForTagged(RdmapOpcode.RdmaReadResponse, sinkSTag, sinkTaggedOffset, last), payload);
+
+    /// <summary>Send, Send with SE, Send with Invalidate or Send with SE and Invalidate on QN 0.</summary>
+    public int WriteSend(IBufferWriter<byte> writer, RdmapOpcode sendOpcode, uint msn, uint messageOffset, bool last, ReadOnlySpan<byte> payload, uint invalidateSTag = 0)
+    {
+        if (sendOpcode is not (RdmapOpcode.Send or RdmapOpcode.SendWithInvalidate or RdmapOpcode.SendWithSolicitedEvent or RdmapOpcode.SendWithSolicitedEventAndInvalidate))
+            throw new ArgumentOutOfRangeException(nameof(sendOpcode), sendOpcode, "Not a Send opcode.");
+        bool invalidates = sendOpcode is RdmapOpcode.SendWithInvalidate or RdmapOpcode.SendWithSolicitedEventAndInvalidate;
+        return Write(writer, DdpRdmapHeader.ForUntagged(sendOpcode, DdpQueue.Send, msn, messageOffset, last, invalidates ? invalidateSTag : 0), payload);
+    }
+
+    public int WriteReadRequest(IBufferWriter<byte> writer, uint msn, in RdmaReadRequest request)
+    {
+        Span<byte> body = stackalloc byte[RdmaReadRequest.Size];
+        request.WriteTo(body);
+        return Write(writer, DdpRdmapHeader.ForUntagged(RdmapOpcode.RdmaReadRequest, DdpQueue.RdmaReadRequest, msn, 0, true), body);
+    }
+
+    public int WriteTerminate(IBufferWriter<byte> writer, uint msn, in TerminateMessage terminate)
+    {
+        Span<byte> body = stackalloc byte[TerminateMessage.MaxSize];
+        int len = terminate.Length;
+        terminate.WriteTo(body);
+        return Write(writer, DdpRdmapHeader.ForUntagged(RdmapOpcode.Terminate, DdpQueue.Terminate, msn, 0, true), body.Slice(0, len));
+    }
+
+    private int CheckedUlpdu(int headerLength, int payloadLength)
+    {
+        int max = Options.MaxUlpduLength - headerLength;
+        if (payloadLength > max)
+            throw new ArgumentOutOfRangeException(nameof(payloadLength), payloadLength, $"Payload exceeds the {max} bytes one DDP segment may carry (MULPDU {Options.MaxUlpduLength}).");
+        return headerLength + payloadLength;
+    }
+
+    private void Finish(Span<byte> span, int ulpdu)
+    {
+        int padStart = Fpdu.LengthFieldSize + ulpdu;
+        int pad = Fpdu.PadLength(ulpdu);
+        span.Slice(padStart, pad).Clear();
+        if (Options.Crc)
+        {
+            int covered = padStart + pad;
+            BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Crc32C.Compute(span.Slice(0, covered)));
+        }
+    }
+}
+
+/// <summary>
+/// Parses FPDUs from the front of a byte sequence, validating MPA framing (length bound, CRC), DDP (DV, QN, MO,
+/// buffer model) and RDMAP (RV, opcode, Read Request and Terminate bodies). Malformed input yields a typed
+/// <see cref="IwarpError"/> whose <see cref="IwarpError.Terminate"/> is the code to report to the peer.
+/// </summary>
+internal sealed class FpduDecoder
+{
+    public FpduDecoder(FpduOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        Options = options;
+    }
+
+    public FpduOptions Options { get; }
+
+    /// <summary>
+    /// Tries to decode one FPDU. On <see cref="ParseStatus.Frame"/>, <paramref name="buffer"/> is advanced past it and
+    /// <paramref name="fpdu"/>.Payload slices the original buffer; otherwise <paramref name="buffer"/> is unchanged.
+    /// Never throws for malformed input and never reads outside <paramref name="buffer"/>.
+    /// </summary>
+    public ParseStatus TryParse(ref ReadOnlySequence<byte> buffer, out Fpdu fpdu, out IwarpError error)
+    {
+        fpdu = default;
+        error = default;
+        if (buffer.Length < Fpdu.LengthFieldSize) return ParseStatus.NeedMoreData;
+        Span<byte> lenBytes = stackalloc byte[Fpdu.LengthFieldSize];
+        buffer.Slice(0, Fpdu.LengthFieldSize).CopyTo(lenBytes);
+        int ulpdu = BinaryPrimitives.ReadUInt16BigEndian(lenBytes);
+        if (ulpdu > Options.ReceiveLimit)
+        {
+            error = IwarpError.Mpa(IwarpErrorKind.FpduLengthTooLarge, MpaErrorCode.FramingError,
+                $"ULPDU_Length {ulpdu} exceeds the receive limit {Options.ReceiveLimit}; FPDU framing is lost.");
+            return ParseStatus.Error;
+        }
+        int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
+        if (buffer.Length < total) return ParseStatus.NeedMoreData;
+        ReadOnlySequence<byte> frame = buffer.Slice(0, total);
+
+        if (Options.Crc)
+        {
+            int covered = total - Fpdu.CrcSize;
+            uint state = 0xFFFFFFFFu;
+            foreach (ReadOnlyMemory<byte> segment in frame.Slice(0, covered))
+                state = Crc32C.Append(state, segment.Span);
+            Span<byte> crcBytes = stackalloc byte[Fpdu.CrcSize];
+            frame.Slice(covered, Fpdu.CrcSize).CopyTo(crcBytes);
+            uint expected = ~state;
+            uint received = BinaryPrimitives.ReadUInt32LittleEndian(crcBytes);
+            if (expected != received)
+            {
+                error = IwarpError.Mpa(IwarpErrorKind.CrcMismatch, MpaErrorCode.CrcMismatch, $"FPDU CRC32c 0x{received:X8} != computed 0x{expected:X8}.");
+                return ParseStatus.Error;
+            }
+        }
+
+        ReadOnlySequence<byte> ulpduBytes = frame.Slice(Fpdu.LengthFieldSize, ulpdu);
+        if (!TryDecodeUlpdu(ulpduBytes, out DdpRdmapHeader header, out ReadOnlySequence<byte> payload, out RdmaReadRequest rr, out TerminateMessage term, out error))
+            return ParseStatus.Error;
+
+        fpdu = new Fpdu(header, payload, rr, term, total);
+        buffer = buffer.Slice(total);
+        return ParseStatus.Frame;
+    }
+
+    /// <summary>Validates and decodes a DDP segment (the ULPDU of an FPDU).</summary>
+    public static bool TryDecodeUlpdu(in ReadOnlySequence<byte> ulpdu, out DdpRdmapHeader header, out ReadOnlySequence<byte> payload,
+        out RdmaReadRequest readRequest, out TerminateMessage terminate, out IwarpError error)
+    {
+        header = default;
+        payload = default;
+        readRequest = default;
+        terminate = default;
+        error = default;
+        long length = ulpdu.Length;
+        if (length < 2)
+        {
+            error = new IwarpError(IwarpErrorKind.UlpduTooShort, TerminateCode.Ddp(DdpErrorType.LocalCatastrophic, DdpErrorCode.Catastrophic), $"ULPDU of {length} bytes has no DDP control field.");
+            return false;
+        }
+        Span<byte> hb = stackalloc byte[DdpRdmapHeader.UntaggedLength];
+        ulpdu.Slice(0, 1).CopyTo(hb);
+        bool tagged = (hb[0] & 0x80) != 0;
+        int hl = DdpRdmapHeader.LengthFor(hb[0]);
+        if (length < hl)
+        {
+            error = new IwarpError(IwarpErrorKind.UlpduTooShort, TerminateCode.Ddp(DdpErrorType.LocalCatastrophic, DdpErrorCode.Catastrophic), $"ULPDU of {length} bytes is shorter than the {hl}-byte DDP header.");
+            return false;
+        }
+        ulpdu.Slice(0, hl).CopyTo(hb);
+        header = DdpRdmapHeader.ReadRaw(hb.Slice(0, hl));
+
+        if (header.DdpVersion != DdpRdmapHeader.DdpVersion1)
+        {
+            error = tagged
+                ? new IwarpError(IwarpErrorKind.InvalidDdpVersion, TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidDdpVersion), $"DDP version {header.DdpVersion}.")
+                : new IwarpError(IwarpErrorKind.InvalidDdpVersion, TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidDdpVersion), $"DDP version {header.DdpVersion}.");
+            return false;
+        }
+        if (!tagged && header.QueueNumber > DdpQueue.Terminate)
+        {
+            error = new IwarpError(IwarpErrorKind.InvalidQueueNumber, TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidQn), $"Queue number {header.QueueNumber}.");
+            return false;
+        }
+        if (header.RdmapVersion != DdpRdmapHeader.RdmapVersion1)
+        {
+            error = new IwarpError(IwarpErrorKind.InvalidRdmapVersion, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.InvalidRdmapVersion), $"RDMAP version {header.RdmapVersion}.");
+            return false;
+        }
+        int opcode = header.RdmapControl & 0x0F;
+        if (opcode > (int)RdmapOpcode.Terminate)
+        {
+            error = new IwarpError(IwarpErrorKind.UnknownOpcode, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), $"Opcode {opcode}.");
+            return false;
+        }
+        var op = (RdmapOpcode)opcode;
+        bool opTagged = op is RdmapOpcode.RdmaWrite or RdmapOpcode.RdmaReadResponse;
+        if (opTagged != tagged)
+        {
+            error = new IwarpError(IwarpErrorKind.OpcodeBufferModelMismatch, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode),
+                $"{op} must use the {(opTagged ? "tagged" : "untagged")} buffer model.");
+            return false;
+        }
+        if (!tagged)
+        {
+            uint wantQn = op switch
+            {
+                RdmapOpcode.RdmaReadRequest => DdpQueue.RdmaReadRequest,
+                RdmapOpcode.Terminate => DdpQueue.Terminate,
+                _ => DdpQueue.Send,
+            };
+            if (header.QueueNumber != wantQn)
+            {
+                error = new IwarpError(IwarpErrorKind.OpcodeQueueMismatch, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode),
+                    $"{op} arrived on QN {header.QueueNumber}, expected {wantQn}.");
+                return false;
+            }
+            if (op is RdmapOpcode.RdmaReadRequest or RdmapOpcode.Terminate && (header.MessageOffset != 0 || !header.Last))
+            {
+                error = new IwarpError(IwarpErrorKind.InvalidMessageOffset, TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMo),
+                    $"{op} must be a single DDP segment (MO={header.MessageOffset}, L={header.Last}).");
+                return false;
+            }
+        }
+        payload = ulpdu.Slice(hl);
+        int bodyLength = (int)payload.Length;
+        if (op == RdmapOpcode.RdmaReadRequest)
+        {
+            if (bodyLength != RdmaReadRequest.Size)
+            {
+                error = new IwarpError(IwarpErrorKind.MalformedReadRequest, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified),
+                    $"RDMA Read Request body is {bodyLength} bytes, expected {RdmaReadRequest.Size}.");
+                return false;
+            }
+            Span<byte> body = stackalloc byte[RdmaReadRequest.Size];
+            payload.CopyTo(body);
+            readRequest = RdmaReadRequest.Read(body);
+        }
+        else if (op == RdmapOpcode.Terminate)
+        {
+            Span<byte> body = stackalloc byte[TerminateMessage.MaxSize];
+            if (bodyLength > TerminateMessage.MaxSize || bodyLength < TerminateMessage.ControlSize)
+            {
+                error = new IwarpError(IwarpErrorKind.MalformedTerminate, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified),
+                    $"Terminate body of {bodyLength} bytes.");
+                return false;
+            }
+            payload.CopyTo(body);
+            if (!TerminateMessage.TryRead(body.Slice(0, bodyLength), out terminate))
+            {
+                error = new IwarpError(IwarpErrorKind.MalformedTerminate, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified),
+                    $"Terminate body of {bodyLength} bytes does not match its M/D/R header control bits.");
+                return false;
+            }
+        }
+        return true;
+    }
+}
+
+/// <summary>Receives FPDUs from a <see cref="PipeReader"/>.</summary>
+internal static class FpduPipeReader
+{
+    /// <summary>
+    /// Reads FPDUs until the reader completes or an error occurs, handing each to <paramref name="onFpdu"/> (which must
+    /// copy whatever it keeps from the payload; returning false stops the loop). Returns <see cref="IwarpError.None"/>
+    /// on a clean end of stream at an FPDU boundary, the protocol error otherwise (a stream that ends inside an FPDU
+    /// is <see cref="IwarpErrorKind.StreamTruncated"/>).
+    /// </summary>
+    public static async ValueTask<IwarpError> ReadAllAsync(PipeReader reader, FpduDecoder decoder, Func<Fpdu, bool> onFpdu, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(reader);
+        ArgumentNullException.ThrowIfNull(decoder);
+        ArgumentNullException.ThrowIfNull(onFpdu);
+        while (true)
+        {
+            ReadResult result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            IwarpError error = default;
+            bool stop = false;
+            while (!stop)
+            {
+                ParseStatus status = decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
+                if (status == ParseStatus.Frame)
+                {
+                    if (!onFpdu(fpdu)) stop = true;
+                    continue;
+                }
+                if (status == ParseStatus.Error) stop = true;
+                break;
+            }
+            if (error.IsError || stop)
+            {
+                reader.AdvanceTo(buffer.Start);
+                return error;
+            }
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                bool clean = buffer.IsEmpty;
+                reader.AdvanceTo(buffer.Start, buffer.End);
+                if (result.IsCanceled) throw new OperationCanceledException("The pipe read was canceled.");
+                return clean ? IwarpError.None
+                    : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({buffer.Length} bytes left).");
+            }
+            reader.AdvanceTo(buffer.Start, buffer.End);
+        }
+    }
+
+    /// <summary>Reads one MPA Request or Reply frame from <paramref name="reader"/>.</summary>
+    public static async ValueTask<MpaFrame> ReadMpaFrameAsync(PipeReader reader, MpaFrameKind expected, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(reader);
+        while (true)
+        {
+            ReadResult result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            ParseStatus status = MpaFrame.TryParse(ref buffer, expected, out MpaFrame? frame, out IwarpError error);
+            if (status == ParseStatus.Frame)
+            {
+                reader.AdvanceTo(buffer.Start);
+                return frame!;
+            }
+            if (status == ParseStatus.Error)
+            {
+                reader.AdvanceTo(buffer.Start);
+                throw new IwarpProtocolException(error);
+            }
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                reader.AdvanceTo(buffer.Start, buffer.End);
+                throw new IwarpProtocolException(IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended during MPA connection setup."));
+            }
+            reader.AdvanceTo(buffer.Start, buffer.End);
+        }
+    }
+}
