@@ -31,6 +31,10 @@ public enum PinnedDmaError
     IoError,
     /// <summary>Access outside what a pin, mapping or memory region allows.</summary>
     AccessDenied,
+    /// <summary>The peer rejected the connection (an MPA reply with the R flag).</summary>
+    ConnectionRejected,
+    /// <summary>The peer broke the wire protocol.</summary>
+    ProtocolError,
 }
 
 /// <summary>

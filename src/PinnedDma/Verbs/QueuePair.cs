@@ -58,6 +58,28 @@ public sealed class QueuePair : IDisposable
 
     internal QueuePair? Peer { get; private set; }
 
+    internal Iwarp.IwarpConnection? Connection { get; private set; }
+
+    /// <summary>Why the iWARP connection under this QP ended, if it did.</summary>
+    public string? ConnectionCloseReason => Connection?.CloseReason;
+
+    /// <summary>The connection manager attaches a connected transport: the QP moves (from Reset or Init) to RTS.</summary>
+    internal void AttachConnection(Iwarp.IwarpConnection connection)
+    {
+        lock (Sync)
+        {
+            if (_state is not (QpState.Reset or QpState.Init))
+            {
+                connection.Dispose();
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Connecting a QP in {_state}: it must be in Reset or Init.");
+            }
+            if (_state == QpState.Reset) RemoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite;
+            Connection = connection;
+            _state = QpState.Rts;
+        }
+        connection.Start();
+    }
+
     internal TimeSpan RnrTimeout { get; private set; } = TimeSpan.FromMilliseconds(100);
 
     internal long RnrDeadline;
@@ -280,6 +302,7 @@ public sealed class QueuePair : IDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         EnterError();
+        Connection?.Close("queue pair destroyed");
         lock (Fabric) Fabric.Remove(QpNumber);
     }
 

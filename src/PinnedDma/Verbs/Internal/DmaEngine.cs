@@ -103,7 +103,11 @@ internal sealed class DmaEngine : IDisposable
             qp.RnrDeadline = 0;
             qp.PopSend();
             Interlocked.Increment(ref Executed);
-            if (status == WcStatus.Success)
+            if (status == WcStatus.Success && bytes == uint.MaxValue)
+            {
+                // Deferred (RDMA Read over the network): the transport completes it.
+            }
+            else if (status == WcStatus.Success)
             {
                 if (qp.SignalAll || (wr.Flags & SendFlags.Signaled) != 0)
                     qp.SendCq.Push(new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), bytes, qp.QpNumber, WcFlags.None, 0, 0));
@@ -133,6 +137,12 @@ internal sealed class DmaEngine : IDisposable
         bool sinkIsLocal = wr.Opcode is WrOpcode.RdmaRead or WrOpcode.AtomicCompareSwap or WrOpcode.AtomicFetchAdd;
         var ls = ResolveLocal(qp, in wr.Local, sinkIsLocal, out var lmr, out long loff);
         if (ls != WcStatus.Success) return ls;
+        if (qp.Connection is { } connection)
+        {
+            var st = connection.Execute(in wr, lmr, loff, out bool deferred);
+            if (deferred) bytes = uint.MaxValue; // completion comes with the response
+            return st;
+        }
         var peer = qp.Peer;
         if (peer is null || !peer.CanRespond) return WcStatus.RetryExcErr;
         switch (wr.Opcode)

@@ -1,0 +1,422 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using Microsoft.Extensions.ObjectPool;
+using PinnedDma.Verbs.Internal;
+
+namespace PinnedDma.Verbs.Iwarp;
+
+/// <summary>
+/// One iWARP connection under an RC queue pair: RDMAP over DDP over MPA over a real TCP socket. The DMA engine thread
+/// runs the requester side (<see cref="Execute"/>); a receive loop runs the responder side and RDMA Read completions.
+/// A protocol violation by the peer gets a Terminate with the layer, type and code of RFC 5040/5041/5044 and the
+/// connection closes; the queue pair moves to Error. Nothing the peer sends reaches memory outside a registered,
+/// valid region it has the access rights for.
+/// </summary>
+internal sealed class IwarpConnection : IDisposable
+{
+    private const int SendBatch = 256 * 1024;
+    private readonly Socket _socket;
+    private readonly PipeReader _reader;
+    private readonly QueuePair _qp;
+    private readonly FpduEncoder _encoder;
+    private readonly FpduDecoder _decoder;
+    private readonly object _sendLock = new();
+    private readonly ArrayBufferWriter<byte> _out = new(SendBatch + 70 * 1024);
+    private readonly byte[] _scratch = GC.AllocateUninitializedArray<byte>(64 * 1024, pinned: true);
+    private readonly Queue<PendingRead> _reads = new();
+    private readonly ObjectPool<PendingRead> _readPool = new DefaultObjectPool<PendingRead>(new DefaultPooledObjectPolicy<PendingRead>(), 64);
+    private readonly object _readsLock = new();
+    private uint _sendMsn = 1, _readMsn = 1, _termMsn = 1;
+    private uint _expectSendMsn = 1, _expectReadMsn = 1;
+    // Responder-side assembly of an incoming multi-segment Send.
+    private bool _inSend;
+    private RecvWorkRequest _recv;
+    private MemoryRegion? _recvMr;
+    private long _recvOffset;
+    private uint _recvBytes;
+    private int _closed;
+
+    public IwarpConnection(Socket socket, PipeReader reader, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
+    {
+        _socket = socket;
+        _reader = reader;
+        _qp = qp;
+        Negotiated = negotiated;
+        var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize) };
+        _encoder = new FpduEncoder(options);
+        _decoder = new FpduDecoder(options);
+    }
+
+    public MpaNegotiated Negotiated { get; }
+
+    /// <summary>Why the connection ended, once it did.</summary>
+    public string? CloseReason { get; private set; }
+
+    /// <summary>Terminates sent because the peer broke the protocol (for tests).</summary>
+    public TerminateCode? LastTerminateSent { get; private set; }
+
+    /// <summary>The Terminate received from the peer, if any.</summary>
+    public TerminateCode? LastTerminateReceived { get; private set; }
+
+    public Task Completion { get; private set; } = Task.CompletedTask;
+
+    public void Start() => Completion = Task.Run(ReceiveLoopAsync);
+
+    private sealed class PendingRead
+    {
+        public ulong WrId;
+        public bool Signaled;
+        public MemoryRegion? Sink;
+        public long SinkOffset;
+        public ulong SinkTo;
+        public uint SinkSTag;
+        public uint Length;
+        public uint Received;
+    }
+
+    // ------------------------------------------------------------ requester side (DMA engine thread)
+
+    /// <summary>Runs a send work request over the wire. RDMA Read completes later, when its response arrives.</summary>
+    public WcStatus Execute(in SendWorkRequest wr, MemoryRegion? local, long localOffset, out bool deferred)
+    {
+        deferred = false;
+        if (Volatile.Read(ref _closed) != 0) return WcStatus.RetryExcErr;
+        try
+        {
+            switch (wr.Opcode)
+            {
+                case WrOpcode.RdmaWrite:
+                    return StreamOut(local, localOffset, wr.Local.Length, tagged: true, RdmapOpcode.RdmaWrite, wr.RKey, wr.RemoteAddress, 0, 0);
+                case WrOpcode.Send:
+                case WrOpcode.SendWithInvalidate:
+                    {
+                        bool se = (wr.Flags & SendFlags.Solicited) != 0;
+                        var op = wr.Opcode == WrOpcode.Send
+                            ? (se ? RdmapOpcode.SendWithSolicitedEvent : RdmapOpcode.Send)
+                            : (se ? RdmapOpcode.SendWithSolicitedEventAndInvalidate : RdmapOpcode.SendWithInvalidate);
+                        uint msn = _sendMsn++;
+                        return StreamOut(local, localOffset, wr.Local.Length, tagged: false, op, 0, 0, msn, wr.InvalidateRKey);
+                    }
+                case WrOpcode.RdmaRead:
+                    {
+                        var p = _readPool.Get();
+                        p.WrId = wr.WrId;
+                        p.Signaled = _qp.SignalAll || (wr.Flags & SendFlags.Signaled) != 0;
+                        p.Sink = local;
+                        p.SinkOffset = localOffset;
+                        p.SinkTo = wr.Local.Address;
+                        p.SinkSTag = wr.Local.LKey;
+                        p.Length = wr.Local.Length;
+                        p.Received = 0;
+                        lock (_readsLock) _reads.Enqueue(p);
+                        var req = new RdmaReadRequest(wr.Local.LKey, wr.Local.Address, wr.Local.Length, wr.RKey, wr.RemoteAddress);
+                        lock (_sendLock)
+                        {
+                            _encoder.WriteReadRequest(_out, _readMsn++, req);
+                            Flush();
+                        }
+                        if (wr.Local.Length == 0) CompleteHeadRead(WcStatus.Success);
+                        deferred = true;
+                        return WcStatus.Success;
+                    }
+                default:
+                    // RFC 5040 has no immediate data and no atomics (those are RFC 7306 extensions).
+                    return WcStatus.LocQpOpErr;
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            Close($"send failed: {e.Message}");
+            return WcStatus.RetryExcErr;
+        }
+    }
+
+    /// <summary>Segments a message into FPDUs straight from region memory.</summary>
+    private WcStatus StreamOut(MemoryRegion? mr, long offset, uint length, bool tagged, RdmapOpcode op, uint stag, ulong to, uint msn, uint invalidate)
+    {
+        int hl = tagged ? DdpRdmapHeader.TaggedLength : DdpRdmapHeader.UntaggedLength;
+        int max = _encoder.MaxPayload(hl);
+        if (length > 0 && !mr!.TryEnter()) return WcStatus.LocProtErr;
+        try
+        {
+            lock (_sendLock)
+            {
+                uint done = 0;
+                do
+                {
+                    int n = (int)Math.Min(max, length - done);
+                    ReadOnlySpan<byte> payload = default;
+                    if (n > 0)
+                    {
+                        if (mr!.IsOnDemand)
+                        {
+                            mr.ReadAt(offset + done, _scratch.AsSpan(0, n));
+                            payload = _scratch.AsSpan(0, n);
+                        }
+                        else
+                        {
+                            var piece = mr.Piece(offset + done, n);
+                            payload = piece;
+                            n = piece.Length;
+                        }
+                    }
+                    bool last = done + (uint)n == length;
+                    var header = tagged
+                        ? DdpRdmapHeader.ForTagged(op, stag, to + done, last)
+                        : DdpRdmapHeader.ForUntagged(op, DdpQueue.Send, msn, done, last, invalidate);
+                    _encoder.Write(_out, header, payload);
+                    if (_out.WrittenCount >= SendBatch) Flush();
+                    done += (uint)n;
+                }
+                while (done < length);
+                Flush();
+            }
+        }
+        finally
+        {
+            if (length > 0) mr!.Exit();
+        }
+        return WcStatus.Success;
+    }
+
+    private void Flush()
+    {
+        var span = _out.WrittenSpan;
+        while (!span.IsEmpty)
+        {
+            int n = _socket.Send(span, SocketFlags.None);
+            span = span[n..];
+        }
+        _out.ResetWrittenCount();
+    }
+
+    // ------------------------------------------------------------ responder side (receive loop)
+
+    private async Task ReceiveLoopAsync()
+    {
+        IwarpError error;
+        Func<Fpdu, bool> onFpdu = OnFpdu;
+        try
+        {
+            error = await FpduPipeReader.ReadAllAsync(_reader, _decoder, onFpdu).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException or OperationCanceledException)
+        {
+            Close($"connection lost: {e.Message}");
+            return;
+        }
+        if (_pendingTerminate is { } t)
+        {
+            SendTerminate(t.Code, t.Header, t.SegmentLength);
+            Close($"protocol error: {t.Why}");
+        }
+        else if (error.IsError)
+        {
+            SendTerminate(error.Terminate, null, 0);
+            Close($"protocol error: {error}");
+        }
+        else
+        {
+            Close(LastTerminateReceived is { } rt ? $"peer terminated: {rt}" : "peer closed the connection");
+        }
+    }
+
+    private (TerminateCode Code, DdpRdmapHeader? Header, ushort SegmentLength, string Why)? _pendingTerminate;
+
+    private bool Fail(TerminateCode code, in Fpdu f, string why)
+    {
+        _pendingTerminate = (code, f.Header, (ushort)Math.Min(f.WireLength, ushort.MaxValue), why);
+        return false;
+    }
+
+    private bool OnFpdu(Fpdu f)
+    {
+        var h = f.Header;
+        uint len = (uint)f.Payload.Length;
+        switch (h.Opcode)
+        {
+            case RdmapOpcode.RdmaWrite:
+                {
+                    var st = Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out var mr, out long off);
+                    if (st != WcStatus.Success) return Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
+                    return CopyIn(mr!, off, f.Payload) || Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
+                }
+            case RdmapOpcode.RdmaReadRequest:
+                {
+                    if (h.MessageSequenceNumber != _expectReadMsn)
+                        return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMsnRange), f, "Read Request out of sequence");
+                    _expectReadMsn++;
+                    var rr = f.ReadRequest;
+                    var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
+                    if (st != WcStatus.Success)
+                        return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "RDMA Read of an invalid or foreign region");
+                    var status = StreamOut(mr, off, rr.MessageSize, tagged: true, RdmapOpcode.RdmaReadResponse, rr.SinkSTag, rr.SinkTaggedOffset, 0, 0);
+                    return status == WcStatus.Success || Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "region revoked during RDMA Read");
+                }
+            case RdmapOpcode.RdmaReadResponse:
+                return OnReadResponse(f);
+            case RdmapOpcode.Send:
+            case RdmapOpcode.SendWithSolicitedEvent:
+            case RdmapOpcode.SendWithInvalidate:
+            case RdmapOpcode.SendWithSolicitedEventAndInvalidate:
+                return OnSend(f);
+            case RdmapOpcode.Terminate:
+                LastTerminateReceived = f.Terminate.Code;
+                return false;
+            default:
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), f, $"unexpected opcode {h.Opcode}");
+        }
+    }
+
+    private TerminateCode TaggedError(uint stag, ulong to, uint len, AccessFlags need)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        if (mr is null || mr.Pd != _qp.Pd || !mr.IsValid) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag);
+        if ((mr.Access & need) != need || (_qp.RemoteAccess & need) == 0) return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.AccessRightsViolation);
+        return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds);
+    }
+
+    private static bool CopyIn(MemoryRegion mr, long off, in ReadOnlySequence<byte> payload)
+    {
+        if (payload.IsEmpty) return true;
+        if (!mr.TryEnter()) return false;
+        try
+        {
+            foreach (var seg in payload)
+            {
+                mr.WriteAt(off, seg.Span);
+                off += seg.Length;
+            }
+        }
+        finally
+        {
+            mr.Exit();
+        }
+        return true;
+    }
+
+    private bool OnReadResponse(in Fpdu f)
+    {
+        var h = f.Header;
+        PendingRead? p;
+        lock (_readsLock) _reads.TryPeek(out p);
+        uint len = (uint)f.Payload.Length;
+        if (p is null || h.STag != p.SinkSTag || h.TaggedOffset != p.SinkTo + p.Received || p.Received + len > p.Length)
+            return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "Read Response outside the outstanding read's sink");
+        if (len > 0 && !CopyIn(p.Sink!, p.SinkOffset + p.Received, f.Payload))
+        {
+            CompleteHeadRead(WcStatus.LocProtErr);
+            return false;
+        }
+        p.Received += len;
+        if (h.Last)
+        {
+            if (p.Received != p.Length)
+                return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "short Read Response");
+            CompleteHeadRead(WcStatus.Success);
+        }
+        return true;
+    }
+
+    private void CompleteHeadRead(WcStatus status)
+    {
+        PendingRead? p;
+        lock (_readsLock) _reads.TryDequeue(out p);
+        if (p is null) return;
+        if (status != WcStatus.Success || p.Signaled)
+            _qp.SendCq.Push(new WorkCompletion(p.WrId, status, WcOpcode.RdmaRead, status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0));
+        p.Sink = null;
+        _readPool.Return(p);
+        if (status != WcStatus.Success) _qp.EnterError();
+    }
+
+    private bool OnSend(in Fpdu f)
+    {
+        var h = f.Header;
+        if (h.MessageOffset == 0 && !_inSend)
+        {
+            if (h.MessageSequenceNumber != _expectSendMsn)
+                return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMsnRange), f, "Send out of sequence");
+            if (!_qp.TryTakeRecv(out _recv))
+                return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMsnNoBuffer), f, "no receive posted");
+            var sge = _recv.Local;
+            var st = DmaEngine.ResolveLocal(_qp, in sge, write: true, out _recvMr, out _recvOffset);
+            if (st != WcStatus.Success)
+            {
+                _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, st, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.CatastrophicLocalizedToStream), f, "receive buffer invalid");
+            }
+            _inSend = true;
+            _recvBytes = 0;
+        }
+        else if (!_inSend || h.MessageSequenceNumber != _expectSendMsn || h.MessageOffset != _recvBytes)
+        {
+            return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMo), f, "Send segment out of order");
+        }
+        uint len = (uint)f.Payload.Length;
+        if (_recvBytes + len > _recv.Local.Length)
+        {
+            _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.LocLenErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+            _inSend = false;
+            return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedMessageTooLong), f, "Send longer than the posted receive");
+        }
+        if (len > 0 && !CopyIn(_recvMr!, _recvOffset + _recvBytes, f.Payload))
+            return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.CatastrophicLocalizedToStream), f, "receive region revoked");
+        _recvBytes += len;
+        if (!h.Last) return true;
+        _inSend = false;
+        _expectSendMsn++;
+        var flags = WcFlags.None;
+        uint invalidated = 0;
+        if (h.Opcode is RdmapOpcode.SendWithInvalidate or RdmapOpcode.SendWithSolicitedEventAndInvalidate)
+        {
+            var target = _qp.Pd.Device.Keys.Lookup(h.InvalidateSTag);
+            if (target is null || target.Pd != _qp.Pd)
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.StagCannotBeInvalidated), f, "Send with Invalidate names a foreign STag");
+            target.Invalidate();
+            flags |= WcFlags.WithInv;
+            invalidated = h.InvalidateSTag;
+        }
+        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.Success, WcOpcode.Recv, _recvBytes, _qp.QpNumber, flags, 0, invalidated));
+        return true;
+    }
+
+    // ------------------------------------------------------------ teardown
+
+    private void SendTerminate(TerminateCode code, DdpRdmapHeader? header, ushort segmentLength)
+    {
+        LastTerminateSent = code;
+        try
+        {
+            lock (_sendLock)
+            {
+                var t = new TerminateMessage { Code = code, TerminatedDdpHeader = header, DdpSegmentLength = segmentLength, SegmentLengthValid = header.HasValue };
+                _encoder.WriteTerminate(_out, _termMsn++, t);
+                Flush();
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+        }
+    }
+
+    /// <summary>Ends the connection: the QP moves to Error, outstanding reads complete with an error, the socket closes.</summary>
+    public void Close(string reason)
+    {
+        if (Interlocked.Exchange(ref _closed, 1) != 0) return;
+        CloseReason = reason;
+        try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
+        _socket.Dispose();
+        var status = LastTerminateReceived is { Layer: TerminateLayer.Rdmap or TerminateLayer.Ddp } ? WcStatus.RemAccessErr : WcStatus.RetryExcErr;
+        while (true)
+        {
+            lock (_readsLock)
+                if (_reads.Count == 0) break;
+            CompleteHeadRead(status);
+        }
+        _qp.EnterError();
+    }
+
+    public void Dispose() => Close("closed locally");
+}

@@ -1,0 +1,202 @@
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using PinnedDma.Internal;
+using PinnedDma.Verbs.Iwarp;
+
+namespace PinnedDma.Verbs;
+
+/// <summary>iWARP connection settings (MPA, RFC 5044 and RFC 6581).</summary>
+public sealed class IwarpOptions
+{
+    /// <summary>MPA revision to offer: 1, or 2 for the enhanced connection setup with IRD/ORD. Default 1.</summary>
+    public byte MpaRevision { get; init; } = 1;
+
+    /// <summary>Ask for CRC32c on every FPDU. Default true.</summary>
+    public bool Crc { get; init; } = true;
+
+    /// <summary>Inbound RDMA Read depth advertised in revision 2. Default 16.</summary>
+    public ushort Ird { get; init; } = 16;
+
+    /// <summary>Outbound RDMA Read depth advertised in revision 2. Default 16.</summary>
+    public ushort Ord { get; init; } = 16;
+
+    /// <summary>Largest FPDU sent (length field to CRC). Default 16 KiB; at most 65 535 + 6.</summary>
+    public int MaxFpduSize { get; init; } = 16 * 1024;
+
+    /// <summary>Time allowed for the MPA exchange. Default 5 s.</summary>
+    public TimeSpan SetupTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    internal MpaLocalSettings ToMpa(ReadOnlyMemory<byte> privateData) => new()
+    {
+        Revision = MpaRevision,
+        WantCrc = Crc,
+        Ird = Ird,
+        Ord = Ord,
+        PrivateData = privateData,
+    };
+
+    internal void Validate()
+    {
+        if (MpaRevision is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(MpaRevision), MpaRevision, "MPA revision is 1 or 2.");
+        if (MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 64 to 65541 bytes.");
+    }
+}
+
+/// <summary>
+/// Listens for iWARP connections on a TCP endpoint (rdma_listen). Each incoming MPA request becomes an
+/// <see cref="IwarpConnectionRequest"/> to accept onto a queue pair or reject, with private data both ways.
+/// </summary>
+public sealed class IwarpListener : IDisposable
+{
+    private readonly Socket _listener;
+    private readonly IwarpOptions _options;
+
+    /// <summary>Binds and listens on <paramref name="endpoint"/> (use port 0 for an ephemeral port).</summary>
+    public IwarpListener(IPEndPoint endpoint, IwarpOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        _options = options ?? new IwarpOptions();
+        _options.Validate();
+        _listener = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        _listener.Bind(endpoint);
+        _listener.Listen(64);
+    }
+
+    /// <summary>Where it listens.</summary>
+    public IPEndPoint LocalEndPoint => (IPEndPoint)_listener.LocalEndPoint!;
+
+    /// <summary>Waits for a TCP connection and its MPA request. A peer that sends garbage is answered with a reject and dropped, and the wait goes on.</summary>
+    public async Task<IwarpConnectionRequest> AcceptAsync(CancellationToken cancellationToken = default)
+    {
+        while (true)
+        {
+            var socket = await _listener.AcceptAsync(cancellationToken).ConfigureAwait(false);
+            socket.NoDelay = true;
+            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false));
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(_options.SetupTimeout);
+            try
+            {
+                var request = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Request, timeout.Token).ConfigureAwait(false);
+                return new IwarpConnectionRequest(socket, reader, request, _options);
+            }
+            catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or IOException or SocketException)
+            {
+                if (cancellationToken.IsCancellationRequested) { socket.Dispose(); throw; }
+                if (e is IwarpProtocolException)
+                {
+                    // Answer a malformed request with a reject reply, then drop it (RFC 5044 §7.1.5).
+                    try
+                    {
+                        var reject = new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = 1 };
+                        socket.Send(reject.ToArray());
+                    }
+                    catch (SocketException) { }
+                }
+                socket.Dispose();
+                await reader.CompleteAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Stops listening.</summary>
+    public void Dispose() => _listener.Dispose();
+}
+
+/// <summary>An incoming iWARP connection waiting for <see cref="Accept"/> or <see cref="Reject"/>.</summary>
+public sealed class IwarpConnectionRequest
+{
+    private readonly Socket _socket;
+    private readonly PipeReader _reader;
+    private readonly MpaFrame _request;
+    private readonly IwarpOptions _options;
+    private int _decided;
+
+    internal IwarpConnectionRequest(Socket socket, PipeReader reader, MpaFrame request, IwarpOptions options)
+    {
+        _socket = socket;
+        _reader = reader;
+        _request = request;
+        _options = options;
+    }
+
+    /// <summary>The initiator's private data.</summary>
+    public ReadOnlyMemory<byte> PrivateData => _request.PrivateData;
+
+    /// <summary>The initiator's address.</summary>
+    public IPEndPoint RemoteEndPoint => (IPEndPoint)_socket.RemoteEndPoint!;
+
+    /// <summary>The MPA revision the initiator offered.</summary>
+    public byte MpaRevision => _request.Revision;
+
+    /// <summary>Accepts onto <paramref name="qp"/> (in Reset or Init); the QP moves to RTS.</summary>
+    public void Accept(QueuePair qp, ReadOnlySpan<byte> privateData = default)
+    {
+        ArgumentNullException.ThrowIfNull(qp);
+        if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
+        var decision = MpaNegotiation.Respond(_request, _options.ToMpa(privateData.ToArray()));
+        _socket.Send(decision.Reply.ToArray());
+        if (!decision.Accepted)
+        {
+            _socket.Dispose();
+            throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
+        }
+        qp.AttachConnection(new IwarpConnection(_socket, _reader, qp, decision.Negotiated, _options.MaxFpduSize));
+    }
+
+    /// <summary>Rejects with an MPA reply that has the R flag set.</summary>
+    public void Reject(ReadOnlySpan<byte> privateData = default)
+    {
+        if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
+        var reply = new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = _request.Revision == 2 ? (byte)1 : _request.Revision, Crc = _request.Crc, PrivateData = privateData.ToArray() };
+        try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
+        _socket.Dispose();
+    }
+}
+
+/// <summary>The active side of the iWARP connection manager (rdma_connect).</summary>
+public static class IwarpConnector
+{
+    /// <summary>
+    /// Connects <paramref name="qp"/> (in Reset or Init) to a listener: TCP connect, MPA request with
+    /// <paramref name="privateData"/>, reply. Returns the responder's private data; the QP is in RTS. A reject throws
+    /// <see cref="PinnedDmaError.ConnectionRejected"/>.
+    /// </summary>
+    public static async Task<ReadOnlyMemory<byte>> ConnectAsync(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData = default, IwarpOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(qp);
+        ArgumentNullException.ThrowIfNull(endpoint);
+        options ??= new IwarpOptions();
+        options.Validate();
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(options.SetupTimeout);
+            await socket.ConnectAsync(endpoint, timeout.Token).ConfigureAwait(false);
+            var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
+            await socket.SendAsync(request.ToArray(), SocketFlags.None, timeout.Token).ConfigureAwait(false);
+            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false));
+            MpaFrame reply;
+            try
+            {
+                reply = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Reply, timeout.Token).ConfigureAwait(false);
+            }
+            catch (IwarpProtocolException e)
+            {
+                throw new PinnedDmaException(PinnedDmaError.ProtocolError, $"Bad MPA reply: {e.Error}");
+            }
+            var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
+            if (error.IsError)
+                throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
+            qp.AttachConnection(new IwarpConnection(socket, reader, qp, negotiated, options.MaxFpduSize));
+            return reply.PrivateData;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+}
