@@ -82,9 +82,39 @@ public sealed partial class XfsDifferentialTests : IDisposable
     [InlineData(20240611)]
     public void FixedSeedSequencesMatchXfs(int seed) => RunSequence(seed, 1000 + seed % 1000, opCount: 60);
 
+    /// <summary>Remap edge cases, each checked against XFS: same-file overlaps, partial EOF blocks, ranges past EOF.</summary>
+    [Fact]
+    public void RemapEdgeCasesMatchXfs()
+    {
+        var data = new byte[20000];
+        new Random(7).NextBytes(data);
+        var copy = data.AsSpan(0, 12000).ToArray();
+        RunSequence(0, 2000, opCount: 0, script:
+        [
+            new Op(Kind.Write, 0, 0, data.Length, Data: data),
+            new Op(Kind.Write, 1, 0, copy.Length, Data: copy),
+            // Same file, same or overlapping ranges, lengths that dedupe rounds down: EINVAL before any compare.
+            new Op(Kind.Dedupe, 0, 4096, 13806, Source: 0, SourceOffset: 4096),
+            new Op(Kind.Dedupe, 0, 4096, 10000, Source: 0, SourceOffset: 8192),
+            new Op(Kind.Dedupe, 0, 0, 8192, Source: 0, SourceOffset: 4096),
+            // Different files: rounded down, both at EOF, past EOF.
+            new Op(Kind.Dedupe, 1, 0, 10000, Source: 0, SourceOffset: 0),
+            new Op(Kind.Dedupe, 1, 8192, 3808, Source: 0, SourceOffset: 8192),
+            new Op(Kind.Dedupe, 1, 8192, 4000, Source: 0, SourceOffset: 8192),
+            new Op(Kind.Dedupe, 1, 8192, 5000, Source: 0, SourceOffset: 8192),
+            // Clone: the partial EOF block may not land inside the destination, may land at or past its EOF.
+            new Op(Kind.Clone, 1, 0, 20000 - 16384, Source: 0, SourceOffset: 16384),
+            new Op(Kind.Clone, 1, 8192, 20000 - 16384, Source: 0, SourceOffset: 16384),
+            new Op(Kind.Clone, 1, 40960, 20000 - 16384, Source: 0, SourceOffset: 16384),
+            new Op(Kind.Clone, 0, 4096, 8192, Source: 0, SourceOffset: 8192),
+            new Op(Kind.Clone, 0, 24576, 8192, Source: 0, SourceOffset: 0),
+            new Op(Kind.Clone, 2, 0, 4096, Source: 0, SourceOffset: 45056),
+        ]);
+    }
+
     // ------------------------------------------------------------------ the driver
 
-    private void RunSequence(int seed, int index, int opCount)
+    private void RunSequence(int seed, int index, int opCount, Op[]? script = null)
     {
         var rng = new Random(seed);
         var log = new List<string>();
@@ -94,7 +124,7 @@ public sealed partial class XfsDifferentialTests : IDisposable
         // The COW granule changes which blocks a write copies, never what the files read.
         int granule = new[] { 1, 1, 2, 4, 16 }[rng.Next(5)];
         // Some sequences work far into the file (past 4 GiB), behind a hole, where 32-bit offset arithmetic would break.
-        long far = rng.Next(4) == 0 ? (1L << 32) + rng.Next(0, 1 << 16) * (long)Block : 0;
+        long far = script is null && rng.Next(4) == 0 ? (1L << 32) + rng.Next(0, 1 << 16) * (long)Block : 0;
         log.Add($"volume: CowGranuleBlocks={granule}; operations start at byte {far}");
         var volume = Volume.Create(volPath, new VolumeOptions { BlockCount = 8192, CowGranuleBlocks = granule, DurableCommits = false });
         try
@@ -107,16 +137,17 @@ public sealed partial class XfsDifferentialTests : IDisposable
                 files[i] = volume.CreateFile($"f{i}");
             }
             var state = new SequenceState(rng, files, handles, far);
+            if (script is not null) opCount = script.Length;
             for (int step = 0; step < opCount; step++)
             {
-                if (rng.Next(12) == 0)
+                if (script is null && rng.Next(12) == 0)
                 {
                     // Volume-only housekeeping that must not change any file's contents.
                     string what = Housekeeping(rng.Next(4), ref volume, volPath, files);
                     log.Add($"{step}: (volume {what})");
                     for (int f = 0; f < FileCount; f++) Compare(seed, log, f, handles[f], files[f], "after " + what);
                 }
-                var op = state.NextOp();
+                var op = script?[step] ?? state.NextOp();
                 string linux = op.RunLinux(handles);
                 string ours = op.RunVolume(files);
                 log.Add($"{step}: {op} -> xfs {linux}, volume {ours}");
