@@ -344,7 +344,7 @@ public sealed partial class Volume
     private void Deallocate(Inode inode, long offset, long length, ConflictPolicy? policy, bool zeroRange, bool keepSize)
     {
         CheckFileRange(offset, length);
-        if (length == 0) return;
+        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
         Mutate(new RemapContext(zeroRange ? "zero range" : "punch hole", policy), ctx =>
         {
             Live(inode);
@@ -409,7 +409,7 @@ public sealed partial class Volume
     internal void Allocate(Inode inode, long offset, long length, bool keepSize)
     {
         CheckFileRange(offset, length);
-        if (length == 0) return;
+        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
         Mutate(new RemapContext("allocate", null), ctx =>
         {
             Live(inode);
@@ -507,11 +507,17 @@ public sealed partial class Volume
     {
         CheckFileRange(srcOffset, length);
         CheckFileRange(dstOffset, length);
-        if (length == 0) return;
         Mutate(new RemapContext("clone range", policy), ctx =>
         {
             Live(src);
             Live(dst);
+            if (length == 0)
+            {
+                // FICLONERANGE: length 0 means "to the source's EOF".
+                if (srcOffset >= src.Size) return 0;
+                length = src.Size - srcOffset;
+                CheckFileRange(dstOffset, length);
+            }
             long blocks = RemapBlocks(src, srcOffset, dst, dstOffset, length, dedupe: false);
             ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks);
             if (dstOffset + length > dst.Size) PrimSetSize(dst, dstOffset + length);
@@ -615,7 +621,7 @@ public sealed partial class Volume
     internal void UnshareRange(Inode inode, long offset, long length, ConflictPolicy? policy)
     {
         CheckFileRange(offset, length);
-        if (length == 0) return;
+        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
         Mutate(new RemapContext("unshare range", policy), ctx =>
         {
             Live(inode);

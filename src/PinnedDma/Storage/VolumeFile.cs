@@ -71,7 +71,7 @@ public sealed class VolumeFile
     /// <summary>Inserts a block-aligned hole and shifts the rest up (FALLOC_FL_INSERT_RANGE). The offset must be before EOF.</summary>
     public void InsertRange(long offset, long length, ConflictPolicy? policy = null) => Volume.InsertRange(Inode, offset, length, policy);
 
-    /// <summary>Reflinks <paramref name="length"/> bytes of <paramref name="source"/> at <paramref name="sourceOffset"/> into this file at <paramref name="offset"/> (FICLONERANGE).</summary>
+    /// <summary>Reflinks <paramref name="length"/> bytes of <paramref name="source"/> at <paramref name="sourceOffset"/> into this file at <paramref name="offset"/> (FICLONERANGE). A length of 0 clones to the source's EOF.</summary>
     public void CloneRangeFrom(VolumeFile source, long sourceOffset, long offset, long length, ConflictPolicy? policy = null)
     {
         ArgumentNullException.ThrowIfNull(source);
