@@ -234,3 +234,38 @@ public class IwarpKnownAnswerTests
         Assert.Equal(new TerminateCode(TerminateLayer.Llp, 0, 4), e.Terminate);
     }
 }
+
+public class IwarpAllocationTests
+{
+    [Fact]
+    public void Steady_state_encode_and_parse_do_not_allocate()
+    {
+        var options = new FpduOptions { Crc = true };
+        var enc = new FpduEncoder(options);
+        var dec = new FpduDecoder(options);
+        var writer = new System.Buffers.ArrayBufferWriter<byte>(64 * 1024);
+        byte[] payload = new byte[4000];
+        var rr = new RdmaReadRequest(1, 2, 3, 4, 5);
+        var term = new TerminateMessage { Code = TerminateCode.Mpa(MpaErrorCode.CrcMismatch) };
+
+        void Round()
+        {
+            writer.ResetWrittenCount();
+            enc.WriteRdmaWrite(writer, 1, 2, true, payload);
+            enc.WriteSend(writer, RdmapOpcode.SendWithSolicitedEvent, 1, 0, true, payload.AsSpan(0, 33));
+            enc.WriteReadRequest(writer, 2, rr);
+            enc.WriteReadResponse(writer, 9, 0, false, payload.AsSpan(0, 1001));
+            enc.WriteTerminate(writer, 3, term);
+            var seq = new System.Buffers.ReadOnlySequence<byte>(writer.WrittenMemory);
+            int frames = 0;
+            while (dec.TryParse(ref seq, out Fpdu f, out _) == ParseStatus.Frame) frames += f.WireLength > 0 ? 1 : 0;
+            if (frames != 5) throw new InvalidOperationException($"parsed {frames} frames");
+        }
+
+        for (int i = 0; i < 50; i++) Round(); // warm up (JIT, tiering)
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 200; i++) Round();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, allocated);
+    }
+}
