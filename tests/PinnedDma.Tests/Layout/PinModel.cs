@@ -61,7 +61,9 @@ internal sealed class PinModel : IDisposable
         public required ScatterGatherEntry[] Sgl;
         public PinAccess Access;
         public PinStatus Expected = PinStatus.Active;
-        public byte[]? Buf; // detached: the pin's own bytes [Off, Off+Len)
+        // Detached: the bytes of the file as it was when the pin left it. Pins detached together share it, as
+        // overlapping ones share device blocks; indexed by file offset.
+        public byte[]? Detached;
         public bool Live => Expected is PinStatus.Active or PinStatus.Detached;
         public bool Attached => Expected == PinStatus.Active;
         public override string ToString() => $"pin#{Id} {F.Name}[{Off},+{Len}) {Access}{(Unbreakable ? " unbreakable" : "")} {Expected}";
@@ -75,6 +77,7 @@ internal sealed class PinModel : IDisposable
         public required bool Direct;
         public required int Owner;
         public bool Disposed;
+        public byte[]? Detached; // a Direct mapping of a deleted file stores into the blocks the file's pins kept
         public bool Seal => Direct && !Disposed && !F.Deleted;
     }
 
@@ -227,13 +230,14 @@ internal sealed class PinModel : IDisposable
             case ConflictPolicyKind.Defer when deferrable && conflicts.All(s => s.Deferrable):
                 var others = Seals(f).Where(s => !conflicts.Contains(s) && conflicts.Any(c => c.First < s.End && s.First < c.End)).ToList();
                 if (others.Count > 0) return PinnedDmaError.Busy;
-                var snap = conflicts.Select(c => (c.Pin!, Slice(f, c.Pin!.Off, c.Pin!.Len))).ToList();
+                var detached = conflicts.Select(c => c.Pin!).ToList();
+                var snap = Slice(f, 0, detached.Max(p => p.End) * Bs);
                 effects.Add(() =>
                 {
-                    foreach (var (p, buf) in snap)
+                    foreach (var p in detached)
                     {
                         p.Expected = PinStatus.Detached;
-                        p.Buf = buf;
+                        p.Detached = snap;
                     }
                 });
                 return null;
@@ -463,11 +467,14 @@ internal sealed class PinModel : IDisposable
             {
                 var f = PickFile(op.A);
                 if (f is null) return;
-                var snap = _pins.Where(p => p.Attached && p.F == f).Select(p => (p, Slice(f, p.Off, p.Len))).ToList();
+                var detached = _pins.Where(p => p.Attached && p.F == f).ToList();
+                var detachedMaps = _maps.Where(m => m.Seal && m.F == f).ToList();
+                var snap = Slice(f, 0, RoundUp(f.Data.Length) + 8 * Bs);
                 act = () => _v.DeleteFile(f.Name);
                 effects.Add(() =>
                 {
-                    foreach (var (p, buf) in snap) { p.Expected = PinStatus.Detached; p.Buf = buf; }
+                    foreach (var m in detachedMaps) m.Detached = snap;
+                    foreach (var p in detached) { p.Expected = PinStatus.Detached; p.Detached = snap; }
                     f.Deleted = true;
                 });
                 Note(f.Name);
@@ -503,7 +510,7 @@ internal sealed class PinModel : IDisposable
                     Equal(charge, h.ChargedBytes, "charged bytes");
                     // DESIGN "Pins and leases" step 1: after pinning, no block of the range is shared.
                     foreach (var e in f.H.GetExtents(first * Bs, (stop - first) * Bs))
-                        if (e.Flags.HasFlag(FileExtentFlags.Shared))
+                        if (e.Flags.HasFlag(FileExtentFlags.Shared) && e.FileOffset < stop * Bs && e.FileOffset + e.Length > first * Bs)
                             Fail($"{p}: pinned block at file offset {e.FileOffset} is still shared after pinning (COW was not broken)");
                 };
                 break;
@@ -538,7 +545,7 @@ internal sealed class PinModel : IDisposable
                 {
                     // Through an attached pin DMA changes the file; through a detached one only the pin's blocks.
                     if (p.Attached) data.CopyTo(p.F.Data, p.Off + o);
-                    else if (p.Expected == PinStatus.Detached) data.CopyTo(p.Buf!, o);
+                    else if (p.Expected == PinStatus.Detached) data.CopyTo(p.Detached!, p.Off + o);
                 });
                 break;
             }
@@ -593,7 +600,7 @@ internal sealed class PinModel : IDisposable
                     if (n <= 0) { Note("skip past EOF"); return; }
                     var data = Bytes(op.D, (int)n);
                     act = () => StoreThroughSpans(m.M, o, data);
-                    effects.Add(() => { if (!m.F.Deleted) data.CopyTo(m.F.Data, m.Off + o); });
+                    effects.Add(() => data.CopyTo(m.F.Deleted ? m.Detached! : m.F.Data, m.Off + o));
                 }
                 else
                 {
@@ -731,7 +738,7 @@ internal sealed class PinModel : IDisposable
             bool ok = p.H.TryRead(0, buf);
             Equal(p.Live, ok, $"{p} TryRead");
             if (!p.Live) continue;
-            var want = p.Attached ? Slice(p.F, p.Off, p.Len) : p.Buf!;
+            var want = p.Attached ? Slice(p.F, p.Off, p.Len) : p.Detached!.AsSpan((int)p.Off, (int)p.Len).ToArray();
             int diff = buf.AsSpan().CommonPrefixLength(want);
             if (diff != want.Length) Fail($"{p}: DMA read differs from the model at byte {diff}");
             if (p.Attached) CheckTranslation(p);
