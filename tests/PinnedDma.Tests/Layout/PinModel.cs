@@ -151,7 +151,7 @@ internal sealed class PinModel : IDisposable
 
     private void Note(string s) => _trace.Append(s).Append(' ');
 
-    // ------------------------------------------------------------------ helpers
+    // ------------------------------------------------------------------ model utilities
 
     private List<MFile> LiveFiles => _files.Where(f => !f.Deleted).ToList();
 
