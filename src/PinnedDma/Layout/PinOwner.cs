@@ -75,7 +75,7 @@ public sealed class PinOwner : IDisposable
                     var s = new PinSeal(this, inode, fb, count, frozen, access, (options & PinOptions.Unbreakable) != 0, offset, length, charge);
                     lock (_sync) _pins.Add(s);
                     return s;
-                });
+                }, readPin: access == PinAccess.Read);
             return new PinHandle(seal);
         }
         catch

@@ -579,23 +579,18 @@ public sealed partial class Volume
             CheckDetachable(ctx, conflicts);
             need += DetachCost(conflicts);
         }
-        var pieces = new List<(Extent Piece, bool Copy)>();
-        foreach (var e in src.Map.GetRange(sFirst, blocks))
-        {
-            long k = 0;
-            while (k < e.Count)
-            {
-                bool copy = src.IsWriteSealed(e.FileBlock + k);
-                long n = 1;
-                while (k + n < e.Count && src.IsWriteSealed(e.FileBlock + k + n) == copy) n++;
-                pieces.Add((new Extent(e.FileBlock + k, e.DeviceBlock + k, n, e.Generation), copy));
-                if (copy) need += n;
-                k += n;
-            }
-        }
+        var pieces = SourcePieces(src, sFirst, blocks, ref need);
         EnsureSpace(need);
         CheckMetadataRoom(pieces.Count + 2);
-        if (verdict == Verdict.Detach) foreach (var s in conflicts) DetachSeal(s);
+        if (verdict == Verdict.Detach)
+        {
+            foreach (var s in conflicts) DetachSeal(s);
+            // Detaching gave every other mapping of the pins' blocks a private copy, the source's included (the
+            // source may be the pinned file itself, or a clone of it): share the source's blocks as they are now,
+            // never the blocks the detached pins own. Fewer blocks are write-sealed now, so the space planned holds.
+            long ignored = 0;
+            pieces = SourcePieces(src, sFirst, blocks, ref ignored);
+        }
         PrimUnmap(dst, dFirst, blocks);
         foreach (var (p, copy) in pieces)
         {
@@ -616,6 +611,26 @@ public sealed partial class Volume
                 done += r.Count;
             }
         }
+    }
+
+    /// <summary>The source runs of a clone, each marked copy (a write pin holds it) or share; adds the copies to <paramref name="need"/>.</summary>
+    private static List<(Extent Piece, bool Copy)> SourcePieces(Inode src, long sFirst, long blocks, ref long need)
+    {
+        var pieces = new List<(Extent Piece, bool Copy)>();
+        foreach (var e in src.Map.GetRange(sFirst, blocks))
+        {
+            long k = 0;
+            while (k < e.Count)
+            {
+                bool copy = src.IsWriteSealed(e.FileBlock + k);
+                long n = 1;
+                while (k + n < e.Count && src.IsWriteSealed(e.FileBlock + k + n) == copy) n++;
+                pieces.Add((new Extent(e.FileBlock + k, e.DeviceBlock + k, n, e.Generation), copy));
+                if (copy) need += n;
+                k += n;
+            }
+        }
+        return pieces;
     }
 
     internal void UnshareRange(Inode inode, long offset, long length, ConflictPolicy? policy)

@@ -8,12 +8,19 @@ namespace PinnedDma.Storage;
 public sealed partial class Volume
 {
     /// <summary>
+    /// Mutation-testing switch, never set by the library: when true, READ pins on this volume skip the COW break at
+    /// pin time (holes are still populated). The property tests turn it on to prove that they catch the bug the
+    /// seeds describe; it is per volume so that tests running in parallel are not affected.
+    /// </summary>
+    internal bool DisableReadPinCowBreakForMutationTest;
+
+    /// <summary>
     /// Breaks COW over [offset, offset+length) (for READ and WRITE alike), populates holes, then freezes the
     /// translation and hands it to <paramref name="createSeal"/>, which builds the seal; it is attached before the
     /// lock is released. Conflicts (another pinned sharer that would have to move) follow the policy.
     /// </summary>
     internal Seal CreateSeal(Inode inode, long offset, long length, ConflictPolicy? policy, bool requirePrivate,
-        Func<Inode, long, long, Extent[], Seal> createSeal)
+        Func<Inode, long, long, Extent[], Seal> createSeal, bool readPin = false)
     {
         ThrowHelper.CheckRange(offset, length);
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "A pin or mapping needs a non-empty range.");
@@ -31,12 +38,22 @@ public sealed partial class Volume
                 if (SharedRuns(inode, first, end).Count > 0)
                     ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "A Direct mapping without Populate needs an unshared range.");
             }
-            var conflicts = new List<Seal>();
-            long need = PlanWrite(inode, first, end, WriteMode.Touch, conflicts);
-            Check(ctx, conflicts, deferrable: false);
-            EnsureSpace(need);
-            CheckMetadataRoom(2 + need);
-            ExecWrite(inode, first << BlockShift, (end - first) << BlockShift, default, WriteMode.Touch);
+            if (readPin && DisableReadPinCowBreakForMutationTest)
+            {
+                long holes = end - first - MappedBlocks(inode, first, end);
+                EnsureSpace(holes);
+                CheckMetadataRoom(2 + holes);
+                FillHoles(inode, first, end, 0, 0);
+            }
+            else
+            {
+                var conflicts = new List<Seal>();
+                long need = PlanWrite(inode, first, end, WriteMode.Touch, conflicts);
+                Check(ctx, conflicts, deferrable: false);
+                EnsureSpace(need);
+                CheckMetadataRoom(2 + need);
+                ExecWrite(inode, first << BlockShift, (end - first) << BlockShift, default, WriteMode.Touch);
+            }
             var frozen = inode.Map.GetRange(first, end - first).ToArray();
             var seal = createSeal(inode, first, end - first, frozen);
             inode.Seals.Add(seal);
