@@ -293,6 +293,28 @@ public sealed class VolumeBadInputTests : IDisposable
         AssertClean(v);
     }
 
+    public static TheoryData<int, long, int, int> BadGeometries => new()
+    {
+        { 1000, 512, 8, 1 },     // block size not a power of two
+        { 256, 512, 8, 1 },      // block size too small
+        { 131072, 64, 8, 1 },    // block size too large
+        { 4096, 0, 8, 1 },       // no blocks
+        { 4096, -5, 8, 1 },
+        { 4096, 16, 8, 1 },      // no room for data after the metadata
+        { 4096, 512, 0, 1 },     // no files
+        { 4096, 512, 8, 0 },     // no COW granule
+        { 4096, 512, 8, 5000 },  // COW granule too large
+    };
+
+    [Theory]
+    [MemberData(nameof(BadGeometries))]
+    public void CreateWithBadOptions_ThrowsArgumentException(int blockSize, long blockCount, int maxFiles, int granule)
+    {
+        var options = new VolumeOptions { BlockSize = blockSize, BlockCount = blockCount, MaxFiles = maxFiles, CowGranuleBlocks = granule, TryMapSync = false };
+        Assert.ThrowsAny<ArgumentException>(() => Volume.Create(PathOf("bad.img"), options).Dispose());
+        Assert.ThrowsAny<ArgumentException>(() => Volume.CreateInMemory(options).Dispose());
+    }
+
     [Fact]
     public void DisposedVolume_RefusesEverything()
     {
@@ -556,16 +578,7 @@ public sealed class VolumeBadInputTests : IDisposable
         // Operations that reach the disk only through a checkpoint (no commit before it), then committed records on
         // top of that checkpoint. If the newest superblock copy is lost, the older copy must not replay records that
         // belong to the newer checkpoint: that would build a state that never existed ("b" without "a").
-        string path = PathOf("live.img");
-        byte[] image;
-        using (var v = Volume.Create(path, Options()))
-        {
-            v.CreateFile("a").Write(0, Bytes(1, 3 * Bs));
-            v.Checkpoint();
-            v.CreateFile("b").Write(0, Bytes(2, 2 * Bs));
-            v.Commit();
-            image = ReadImage(path);
-        }
+        var image = CheckpointThenCommitImage();
         var (newest, _) = Newest(image);
         image[newest * Bs + 30] ^= 0x04;
         using var recovered = OpenImage(image, "older.img");
@@ -573,6 +586,18 @@ public sealed class VolumeBadInputTests : IDisposable
         var names = string.Join(",", recovered.FileNames);
         Assert.Contains(names, new[] { "", "a", "a,b" });
         if (recovered.FileExists("a")) Assert.Equal(Bytes(1, 3 * Bs), ReadAll(recovered.OpenFile("a")));
+    }
+
+    /// <summary>A crash copy: "a" reached the disk through a checkpoint only, "b" through committed records after it.</summary>
+    private byte[] CheckpointThenCommitImage()
+    {
+        string path = PathOf("live-ckpt.img");
+        using var v = Volume.Create(path, Options());
+        v.CreateFile("a").Write(0, Bytes(1, 3 * Bs));
+        v.Checkpoint();
+        v.CreateFile("b").Write(0, Bytes(2, 2 * Bs));
+        v.Commit();
+        return ReadImage(path);
     }
 
     /// <summary>
@@ -679,10 +704,13 @@ public sealed class VolumeBadInputTests : IDisposable
         public override string ToString() => $"{Region}@{Where}^0x{Mask:X2}";
     }
 
-    public sealed record Damage(bool Crashed, Flip[] Flips)
+    public sealed record Damage(int Image, Flip[] Flips)
     {
-        public override string ToString() => $"{(Crashed ? "crash image" : "closed volume")}: {string.Join(", ", Flips.AsEnumerable())}";
+        public override string ToString() => $"image {Image}: {string.Join(", ", Flips.AsEnumerable())}";
     }
+
+    /// <summary>An undamaged volume image and the file sets (names, in order) its history went through.</summary>
+    private sealed record BaseImage(string What, byte[] Bytes, string[] States);
 
     private static readonly Gen<Flip> FlipGen =
         from region in Gen.Frequency(
@@ -700,7 +728,7 @@ public sealed class VolumeBadInputTests : IDisposable
     {
         for (int i = 0; i < d.Flips.Length && d.Flips.Length > 1; i++)
             yield return d with { Flips = d.Flips.Where((_, k) => k != i).ToArray() };
-        if (d.Crashed) yield return d with { Crashed = false };
+        if (d.Image > 0) yield return d with { Image = 0 };
     }
 
     /// <summary>Resolves a flip to an offset inside the metadata area (blocks before the data area) of the image.</summary>
@@ -727,20 +755,25 @@ public sealed class VolumeBadInputTests : IDisposable
         string closedPath = MakeClosedVolume("base.img");
         long dataStart;
         using (var v = Volume.Open(closedPath)) dataStart = v.DataStartBlock;
-        var closed = File.ReadAllBytes(closedPath);
-        var crashed = CrashImage(out _);
+        var images = new[]
+        {
+            new BaseImage("closed volume", File.ReadAllBytes(closedPath), new[] { "", "a", "a,b", "a,b,c" }),
+            new BaseImage("crash after commits", CrashImage(out _), new[] { "", "a", "a,b" }),
+            new BaseImage("crash after checkpoint and commit", CheckpointThenCommitImage(), new[] { "", "a", "a,b" }),
+        };
         int opened = 0, corrupt = 0, run = 0;
         var arb = Arb.From(
-            from crash in Gen.Elements(false, true)
+            from image in Gen.Choose(0, images.Length - 1)
             from flips in Gen.Choose(1, 6).SelectMany(n => Gen.ArrayOf(FlipGen, n))
-            select new Damage(crash, flips),
+            select new Damage(image, flips),
             ShrinkDamage);
-        var config = Config.QuickThrowOnFailure.WithMaxTest(120).WithName("metadata damage");
+        var config = Config.QuickThrowOnFailure.WithMaxTest(150).WithName("metadata damage");
         Check.One(config, Prop.ForAll(arb, (Damage d) =>
         {
-            var image = (byte[])(d.Crashed ? crashed : closed).Clone();
+            var baseImage = images[d.Image];
+            var image = (byte[])baseImage.Bytes.Clone();
             // Resolve all offsets against the undamaged image, then damage.
-            var offsets = d.Flips.Select(f => Locate(f, d.Crashed ? crashed : closed, dataStart)).ToArray();
+            var offsets = d.Flips.Select(f => Locate(f, baseImage.Bytes, dataStart)).ToArray();
             for (int i = 0; i < offsets.Length; i++)
             {
                 Assert.InRange(offsets[i], 0, dataStart * Bs - 1);
@@ -762,6 +795,10 @@ public sealed class VolumeBadInputTests : IDisposable
             {
                 var report = v.Fsck();
                 if (!report.IsClean) throw new InvalidOperationException($"{d}: opened but fsck says {report}");
+                // Whatever survived is a state the volume went through, never a mix.
+                string names = string.Join(",", v.FileNames);
+                if (!baseImage.States.Contains(names))
+                    throw new InvalidOperationException($"{d} ({baseImage.What}): recovered files [{names}], a set that never existed");
                 foreach (var name in v.FileNames) ReadAll(v.OpenFile(name));
                 // It stays usable.
                 v.CreateFile("after-damage").Write(0, new byte[100]);
