@@ -48,7 +48,7 @@ public sealed class PinOwner : IDisposable
 
     /// <summary>
     /// mpin: breaks COW (READ and WRITE), populates holes, freezes the translation of [offset, offset+length) and takes a
-    /// layout lease. The range must lie within the file (up to EOF rounded up to a block).
+    /// layout lease. The range must lie within the file's size.
     /// </summary>
     /// <param name="file">The file.</param>
     /// <param name="offset">Byte offset.</param>

@@ -235,6 +235,11 @@ public sealed partial class Volume
         _sb.Sequence = sbSeq;
         _sb.ActiveCheckpoint = slot;
         _sb.CheckpointLength = w.Length;
+        // Every checkpoint starts the journal at a sequence number no earlier copy names: a superblock copy older
+        // than this checkpoint must never replay the records written after it (when no record was committed
+        // between two checkpoints, both would otherwise name the same base and the older one would build a state
+        // that never existed).
+        _nextSeq++;
         _sb.JournalBaseSeq = _nextSeq;
         long sbAt = (long)(sbSeq % 2) * _sb.BlockSize;
         _sb.Write(_device.GetSpan(sbAt, Superblock.Size));

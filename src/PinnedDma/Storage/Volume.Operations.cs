@@ -486,8 +486,13 @@ public sealed partial class Volume
             // does not land in the middle of the destination.
             bool srcEof = srcOffset + length == src.Size;
             bool dstEof = dstOffset + length >= dst.Size;
-            // Dedupe rounds down unless both ranges end at EOF; the overlap check below applies either way.
-            if (!dedupe || (srcEof && dstOffset + length == dst.Size))
+            if (dedupe)
+            {
+                // Dedupe rounds down, unless both ranges end at their files' EOF. The same-file overlap check
+                // below applies to the rounded range too.
+                if (srcEof && dstOffset + length == dst.Size) blocks++;
+            }
+            else
             {
                 if (!srcEof || !dstEof)
                     ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "A clone length that is not a block multiple must end at the source's EOF and at or past the destination's.");

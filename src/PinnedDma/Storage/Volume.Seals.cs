@@ -27,8 +27,9 @@ public sealed partial class Volume
         return Mutate(new RemapContext("pin", policy), ctx =>
         {
             Live(inode);
-            long fileEnd = (inode.Size + BlockSize - 1) & ~(long)(BlockSize - 1);
-            if (offset + length > fileEnd)
+            // Within EOF, as mmap past EOF is SIGBUS: DMA can then never leave bytes past EOF that a later extension
+            // would expose.
+            if (offset + length > inode.Size)
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Range [{offset}, +{length}) goes past EOF ({inode.Size}) of '{inode.Name}'.");
             var (first, end) = BlockSpan(offset, length);
             if (requirePrivate)

@@ -487,7 +487,7 @@ internal sealed class PinModel : IDisposable
             {
                 var f = PickFile(op.A);
                 if (f is null || f.Data.Length == 0) return;
-                long end = RoundUp(f.Data.Length);
+                long end = f.Data.Length; // pins and mappings lie within EOF
                 long off = op.B % end;
                 long len = 1 + op.C % Math.Min(end - off, 6 * Bs);
                 int owner = op.D % 2;
@@ -567,7 +567,7 @@ internal sealed class PinModel : IDisposable
             {
                 var f = PickFile(op.A);
                 if (f is null || f.Data.Length == 0) return;
-                long end = RoundUp(f.Data.Length);
+                long end = f.Data.Length; // pins and mappings lie within EOF
                 long off = op.B % end;
                 long len = 1 + op.C % Math.Min(end - off, 6 * Bs);
                 var flags = MapFlags.Shared | (MapFlags)((op.D % 8) * 2);
