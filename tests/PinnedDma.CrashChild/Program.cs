@@ -4,25 +4,29 @@ using PinnedDma.CrashChild;
 using PinnedDma.Storage;
 
 // The crash child: opens (or creates) a volume and runs generated operations on it until it is killed.
-// args: <volume path> <seed> <first op index> [max ops]
+// args: <volume path> <seed> <first op index> [max ops] [durable|fast]
+// ("fast" commits without msync/fsync: the same journal writes, for runs that crash the process, not the machine)
 // stdout, one flushed line each: "ready <hash of all files>" once the volume is open, "begin <i>" before op i,
 // "end <i> <hash of the file op i changed>" after it, "commit <i>" after a commit that followed op i,
 // "done" after the last op, "error <message>" when an operation throws.
 if (args.Length < 3)
 {
-    Console.Error.WriteLine("usage: PinnedDma.CrashChild <volume> <seed> <first op index> [max ops]");
+    Console.Error.WriteLine("usage: PinnedDma.CrashChild <volume> <seed> <first op index> [max ops] [durable|fast]");
     return 2;
 }
 string path = args[0];
 int seed = int.Parse(args[1], CultureInfo.InvariantCulture);
 long first = long.Parse(args[2], CultureInfo.InvariantCulture);
 long maxOps = args.Length > 3 ? long.Parse(args[3], CultureInfo.InvariantCulture) : 1_000_000;
+bool durable = args.Length <= 4 || args[4] != "fast";
 var output = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
 long i = first;
 try
 {
     // Never disposed: the process ends by SIGKILL, or exits without the clean-close checkpoint.
-    var volume = File.Exists(path) ? Volume.Open(path) : Volume.Create(path, CrashWorkload.Options);
+    var volume = File.Exists(path)
+        ? Volume.Open(path, new VolumeOptions { DurableCommits = durable })
+        : Volume.Create(path, CrashWorkload.Options);
     var lengths = CrashWorkload.Lengths(volume);
     ulong all = CrashWorkload.HashAll(volume.FileNames.Select(n => (n, CrashWorkload.ReadAll(volume.OpenFile(n)))));
     output.WriteLine($"ready {all}");

@@ -17,8 +17,9 @@ namespace PinnedDma.Tests.Storage;
 /// </summary>
 public sealed class CrashRecoveryTests : IDisposable
 {
-    /// <summary>Children started; every one is killed unless it fails, so this bounds and sets the kill count.</summary>
-    private const int Children = 225;
+    /// <summary>Children started per chain; every one is killed unless it fails, so this bounds and sets the kill count.</summary>
+    private const int ChildrenPerChain = 113;
+    private const int Chains = 2;
     private const int MinKills = 200;
     private static readonly TimeSpan ChildTimeout = TimeSpan.FromSeconds(60);
 
@@ -38,51 +39,102 @@ public sealed class CrashRecoveryTests : IDisposable
         int masterSeed = Environment.GetEnvironmentVariable("PINNEDDMA_CRASH_SEED") is { } s
             ? int.Parse(s, CultureInfo.InvariantCulture)
             : Random.Shared.Next();
-        var master = new Random(masterSeed);
-        string volume = Path.Combine(_dir, "crash.img");
-        string copy = Path.Combine(_dir, "check.img");
-        using (Volume.Create(volume, CrashWorkload.Options)) { }
+        var clock = Stopwatch.StartNew();
+        // Independent chains of children, each on its own volume, overlap one child's start-up with another's run.
+        var stats = new ChainStats[Chains];
+        var failures = new Exception?[Chains];
+        var threads = new Thread[Chains];
+        for (int k = 0; k < Chains; k++)
+        {
+            int chain = k;
+            stats[chain] = new ChainStats();
+            threads[chain] = new Thread(() =>
+            {
+                try
+                {
+                    RunChain(host, childDll, masterSeed, chain, stats[chain]);
+                }
+                catch (Exception e)
+                {
+                    failures[chain] = e;
+                }
+            });
+            threads[chain].Start();
+        }
+        foreach (var t in threads) t.Join();
+        clock.Stop();
+        foreach (var f in failures)
+            if (f is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(f).Throw();
 
+        var total = new ChainStats();
+        foreach (var c in stats) total.Add(c);
+        _output.WriteLine(
+            $"crash recovery: master seed {masterSeed}, {Chains} chains; {total.Kills} kills ({total.KilledBeforeReady} before the volume was open, " +
+            $"{total.FastChildren} without msync), {total.Ops} ops, {total.Commits} commits, {total.Recoveries} recoveries " +
+            $"({total.RecoveriesOfCopies} of copies, the rest in place); {total.FilesChecked} untouched files compared exactly, " +
+            $"{total.FilesTouched} touched files, {total.OpsAfterLastCommit} ops after the last reported commit; {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(total.Kills >= MinKills, $"Only {total.Kills} kills (want at least {MinKills}).");
+        Assert.True(total.Commits > 0 && total.Ops > total.Commits, $"The children ran {total.Ops} ops and {total.Commits} commits: the workload did not run.");
+    }
+
+    private sealed class ChainStats
+    {
+        public long Kills, KilledBeforeReady, FastChildren, Recoveries, RecoveriesOfCopies, Ops, Commits, FilesChecked, FilesTouched, OpsAfterLastCommit;
+
+        public void Add(ChainStats o)
+        {
+            Kills += o.Kills; KilledBeforeReady += o.KilledBeforeReady; FastChildren += o.FastChildren; Recoveries += o.Recoveries;
+            RecoveriesOfCopies += o.RecoveriesOfCopies; Ops += o.Ops; Commits += o.Commits; FilesChecked += o.FilesChecked;
+            FilesTouched += o.FilesTouched; OpsAfterLastCommit += o.OpsAfterLastCommit;
+        }
+    }
+
+    private void RunChain(string host, string childDll, int masterSeed, int chain, ChainStats stats)
+    {
+        var master = new Random(HashCode.Combine(masterSeed, chain));
+        string volume = Path.Combine(_dir, $"crash{chain}.img");
+        string copy = Path.Combine(_dir, $"check{chain}.img");
+        using (Volume.Create(volume, CrashWorkload.Options)) { }
         var model = new CrashModel();
         long nextOp = 0;
-        int kills = 0, killedBeforeReady = 0, recoveries = 0, recoveriesOfCopies = 0;
-        long ops = 0, commits = 0, filesChecked = 0, filesTouched = 0, opsAfterLastCommit = 0;
-        var clock = Stopwatch.StartNew();
-        for (int c = 0; c < Children; c++)
+        for (int c = 0; c < ChildrenPerChain; c++)
         {
             int seed = master.Next();
             int mode = master.Next(100);
             // Mostly kill while operations run (sometimes within the first few), sometimes during start-up and recovery.
-            bool waitReady = mode >= 6;
-            int delayMs = mode < 6 ? master.Next(0, 120) : mode < 30 ? master.Next(0, 8) : master.Next(8, 220);
-            string where = $"child {c} (seed {seed}, first op {nextOp}, master seed {masterSeed}; rerun with PINNEDDMA_CRASH_SEED={masterSeed})";
+            bool waitReady = mode >= 5;
+            int delayMs = mode < 5 ? master.Next(0, 400) : mode < 25 ? master.Next(0, 8) : master.Next(8, 160);
+            // Half the children commit without msync: the journal logic is the same, they just run more operations.
+            bool durable = master.Next(2) == 0;
+            string where = $"chain {chain} child {c} (seed {seed}, first op {nextOp}, {(durable ? "durable" : "fast")}; rerun with PINNEDDMA_CRASH_SEED={masterSeed})";
 
-            var run = RunChild(host, childDll, volume, seed, nextOp, waitReady, delayMs, where);
-            if (run.Killed) kills++;
-            else Assert.Fail($"{where}: exited on its own with code {run.ExitCode} instead of being killed.\n{run.Tail()}\nstderr: {run.Stderr}");
+            var run = RunChild(host, childDll, volume, seed, nextOp, durable, waitReady, delayMs, where);
+            if (!run.Killed)
+                Assert.Fail($"{where}: exited on its own with code {run.ExitCode} instead of being killed.\n{run.Tail()}\nstderr: {run.Stderr}");
+            stats.Kills++;
+            if (!durable) stats.FastChildren++;
 
             var replay = Replay(model, seed, nextOp, run, where);
-            if (!replay.Ready) killedBeforeReady++;
+            if (!replay.Ready) stats.KilledBeforeReady++;
             nextOp += replay.Begun;
-            ops += replay.Begun;
-            commits += replay.Commits;
-            filesTouched += replay.Touched.Count;
-            opsAfterLastCommit += replay.OpsAfterCommit;
+            stats.Ops += replay.Begun;
+            stats.Commits += replay.Commits;
+            stats.FilesTouched += replay.Touched.Count;
+            stats.OpsAfterLastCommit += replay.OpsAfterCommit;
 
             // Recover a copy (three times in four) so that the next child recovers the very same image itself and
             // appends to a journal that was never cleanly closed; or recover the image in place (which ends with a
             // clean-close checkpoint).
-            bool onCopy = master.Next(4) != 0;
             string target = volume;
-            if (onCopy)
+            if (master.Next(4) != 0)
             {
                 File.Copy(volume, copy, overwrite: true);
                 target = copy;
-                recoveriesOfCopies++;
+                stats.RecoveriesOfCopies++;
             }
             using (var v = Volume.Open(target))
             {
-                recoveries++;
+                stats.Recoveries++;
                 var report = v.Fsck();
                 if (!report.IsClean) Assert.Fail($"{where}: fsck after recovery: {report}\n{replay.Log()}");
                 var names = v.FileNames;
@@ -94,7 +146,7 @@ public sealed class CrashRecoveryTests : IDisposable
                     var actual = CrashWorkload.ReadAll(v.OpenFile(name));
                     if (!actual.AsSpan().SequenceEqual(expected))
                         Assert.Fail($"{where}: '{name}' (untouched since the commit after op {replay.LastCommit}) differs after recovery: {Difference(expected, actual)}.\n{replay.Log()}");
-                    filesChecked++;
+                    stats.FilesChecked++;
                 }
                 foreach (var name in names)
                 {
@@ -105,14 +157,6 @@ public sealed class CrashRecoveryTests : IDisposable
                 model = new CrashModel(names.Select(n => KeyValuePair.Create(n, CrashWorkload.ReadAll(v.OpenFile(n)))));
             }
         }
-        clock.Stop();
-        _output.WriteLine(
-            $"crash recovery: master seed {masterSeed}; {kills} kills ({killedBeforeReady} before the volume was open), " +
-            $"{ops} ops, {commits} commits, {recoveries} recoveries ({recoveriesOfCopies} of copies, the rest in place), " +
-            $"{filesChecked} untouched files compared exactly, {filesTouched} touched files, {opsAfterLastCommit} ops lost to the kill window; " +
-            $"{clock.Elapsed.TotalSeconds:F1} s");
-        Assert.True(kills >= MinKills, $"Only {kills} kills (want at least {MinKills}).");
-        Assert.True(commits > 0 && ops > commits, $"The children ran {ops} ops and {commits} commits: the workload did not run.");
     }
 
     [Fact]
@@ -162,7 +206,7 @@ public sealed class CrashRecoveryTests : IDisposable
         public string Tail() => "stdout (last lines): " + string.Join(" | ", Lines.TakeLast(12));
     }
 
-    private static ChildRun RunChild(string host, string dll, string volume, int seed, long first, bool waitReady, int delayMs, string where)
+    private static ChildRun RunChild(string host, string dll, string volume, int seed, long first, bool durable, bool waitReady, int delayMs, string where)
     {
         var psi = new ProcessStartInfo(host)
         {
@@ -174,6 +218,8 @@ public sealed class CrashRecoveryTests : IDisposable
         psi.ArgumentList.Add(volume);
         psi.ArgumentList.Add(seed.ToString(CultureInfo.InvariantCulture));
         psi.ArgumentList.Add(first.ToString(CultureInfo.InvariantCulture));
+        psi.ArgumentList.Add("1000000");
+        psi.ArgumentList.Add(durable ? "durable" : "fast");
         var lines = new List<string>();
         var stderr = new StringBuilder();
         using var started = new ManualResetEventSlim();
