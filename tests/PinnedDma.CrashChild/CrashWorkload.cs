@@ -24,6 +24,7 @@ internal sealed record CrashOp(CrashOpKind Kind, string File, string Source, lon
         CrashOpKind.Zero => $"Zero {File} [{Offset}, +{Length}) keepSize={Flag}",
         CrashOpKind.Compact or CrashOpKind.Checkpoint => Kind.ToString(),
         CrashOpKind.Delete or CrashOpKind.Create => $"{Kind} {File}",
+        CrashOpKind.Truncate => $"Truncate {File} to {Offset}",
         _ => $"{Kind} {File} [{Offset}, +{Length})",
     } + (Commit ? " +commit" : "");
 }

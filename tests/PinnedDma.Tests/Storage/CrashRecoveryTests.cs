@@ -18,7 +18,7 @@ namespace PinnedDma.Tests.Storage;
 public sealed class CrashRecoveryTests : IDisposable
 {
     /// <summary>Children started per chain; every one is killed unless it fails, so this bounds and sets the kill count.</summary>
-    private const int ChildrenPerChain = 113;
+    private const int ChildrenPerChain = 105;
     private const int Chains = 2;
     private const int MinKills = 200;
     private static readonly TimeSpan ChildTimeout = TimeSpan.FromSeconds(60);
