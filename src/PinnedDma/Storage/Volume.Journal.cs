@@ -278,6 +278,32 @@ public sealed partial class Volume
             foreach (var e in inode.Map.Extents) _alloc.Claim(e.DeviceBlock, e.Count, e.Generation);
         }
         if (_alloc.NextGeneration < nextGen) _alloc.NextGeneration = nextGen;
+        foreach (var inode in _byId.Values) ZeroPastEof(inode);
+    }
+
+    /// <summary>
+    /// Zeroes the mapped bytes past a recovered file's EOF. Data writes go to private blocks in place and are not
+    /// journaled, so a write that extended the file before a crash can leave its bytes past the EOF that recovery
+    /// restored (the size change was lost with the uncommitted record); growing the file again must read zeros
+    /// there, not those bytes. Past-EOF bytes of a block shared by clones lie past every sharer's committed data.
+    /// </summary>
+    private void ZeroPastEof(Inode inode)
+    {
+        int shift = BlockShift;
+        long eofBlock = inode.Size >> shift;
+        long tail = inode.Size & (BlockSize - 1);
+        if (eofBlock >= MaxFileBlocks) return;
+        foreach (var e in inode.Map.GetRange(eofBlock, MaxFileBlocks - eofBlock))
+        {
+            long db = e.DeviceBlock, n = e.Count;
+            if (e.FileBlock == eofBlock && tail != 0)
+            {
+                _device.GetSpan((db << shift) + tail, (int)(BlockSize - tail)).Clear();
+                db++;
+                n--;
+            }
+            if (n > 0) _device.ZeroBlocks(db, n);
+        }
     }
 
     private void LoadCheckpoint()
