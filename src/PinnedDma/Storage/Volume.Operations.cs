@@ -26,7 +26,7 @@ public sealed partial class Volume
             foreach (var e in inode.Map.GetRange(first, end - first)) mapped += e.Count;
             need += end - first - mapped;
         }
-        if (_alloc.SharedBlocks == 0) return need;
+        if (!_alloc.AnyShared) return need;
         foreach (var (runFirst, runEnd, sealedByWriter) in SharedRuns(inode, first, end))
         {
             if (sealedByWriter)
@@ -65,7 +65,7 @@ public sealed partial class Volume
             for (long k = 0; k < e.Count; k++)
             {
                 long fb = e.FileBlock + k;
-                bool shared = _alloc.RefCount(e.DeviceBlock + k) > 1;
+                bool shared = _alloc.IsShared(e.DeviceBlock + k);
                 bool sealedHere = shared && inode.IsSealed(fb);
                 if (runStart >= 0 && (!shared || sealedHere != runSealed || fb != runEnd))
                 {
@@ -138,7 +138,7 @@ public sealed partial class Volume
         if (length == 0) return;
         int shift = BlockShift;
         long first = offset >> shift, end = ((offset + length - 1) >> shift) + 1;
-        if (_alloc.SharedBlocks > 0)
+        if (_alloc.AnyShared)
         {
             foreach (var (runFirst, runEnd, sealedByWriter) in SharedRuns(inode, first, end))
             {

@@ -46,6 +46,19 @@ internal sealed class BlockAllocator
 
     /// <summary>Blocks with more than one reference; zero lets the write and pin paths skip per-block checks.</summary>
     public long SharedBlocks { get; private set; }
+
+    /// <summary>
+    /// Blocks whose sharing ended in an operation not yet committed (a sharer was deleted, punched or COWed away).
+    /// They stay "shared" for the write path until the commit: after a crash the old sharer comes back, and an
+    /// in-place write would have changed its bytes.
+    /// </summary>
+    private readonly HashSet<long> _recentlyUnshared = new();
+
+    /// <summary>True when there is any block a write must not change in place for sharing reasons.</summary>
+    public bool AnyShared => SharedBlocks > 0 || _recentlyUnshared.Count > 0;
+
+    /// <summary>Shared now, or shared in the last durable state.</summary>
+    public bool IsShared(long block) => _refs[block] > 1 || (_recentlyUnshared.Count > 0 && _recentlyUnshared.Contains(block));
     public ulong NextGeneration { get; set; } = 1;
 
     public int RefCount(long block) => _refs[block];
@@ -130,7 +143,11 @@ internal sealed class BlockAllocator
         for (long b = start; b < start + count; b++)
         {
             if (_refs[b] <= 0) throw new InvalidOperationException($"release of free block {b}");
-            if (_refs[b] == 2) SharedBlocks--;
+            if (_refs[b] == 2)
+            {
+                SharedBlocks--;
+                _recentlyUnshared.Add(b);
+            }
             if (--_refs[b] == 0)
             {
                 if (runStart < 0) runStart = b;
@@ -150,6 +167,7 @@ internal sealed class BlockAllocator
     /// <summary>After a durable commit: busy blocks become free.</summary>
     public void ReleaseBusy()
     {
+        _recentlyUnshared.Clear();
         foreach (var r in _busy)
             for (long b = r.Start; b < r.End; b++)
                 if (_refs[b] == 0) { SetUsed(b, false); _free++; }
@@ -164,6 +182,7 @@ internal sealed class BlockAllocator
         Array.Clear(_gen);
         Array.Clear(_used);
         _busy.Clear();
+        _recentlyUnshared.Clear();
         BusyBlocks = 0;
         SharedBlocks = 0;
         for (long b = 0; b < _dataStart; b++) SetUsed(b, true);
