@@ -114,7 +114,6 @@ public sealed class QueuePair : IDisposable
                 lock (Fabric)
                     if (!Fabric.TryGetValue(dest, out peer)) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"No queue pair 0x{dest:x} on the fabric.");
         }
-        bool flush = false;
         lock (Sync)
         {
             if (!IsLegal(_state, attributes.State))
@@ -134,13 +133,12 @@ public sealed class QueuePair : IDisposable
                     DestQpNumber = attributes.DestQpNumber!.Value;
                     break;
                 case QpState.Error:
-                    flush = true;
+                    FlushAllLocked();
                     break;
             }
             if (attributes.RnrTimeout is TimeSpan t) RnrTimeout = t;
             _state = attributes.State;
         }
-        if (flush) FlushAll();
         if (attributes.State is QpState.Rts) Pd.Device.Engine.Ring(this);
     }
 
@@ -200,7 +198,8 @@ public sealed class QueuePair : IDisposable
     {
         lock (Sync)
         {
-            if (_sqCount == 0 || _state is not (QpState.Rts or QpState.Sqd or QpState.Error)) { wr = default; return false; }
+            // Sqd: the send queue is drained; posted work waits for the move back to Rts.
+            if (_sqCount == 0 || _state is not (QpState.Rts or QpState.Error)) { wr = default; return false; }
             wr = _sq[_sqHead];
             return true;
         }
@@ -241,34 +240,28 @@ public sealed class QueuePair : IDisposable
         {
             if (_state == QpState.Error) return;
             _state = QpState.Error;
+            FlushAllLocked();
         }
-        FlushAll();
     }
 
-    private void FlushAll()
+    /// <summary>
+    /// Flushes everything outstanding, in order. Runs under <see cref="Sync"/> so that a PostSend or PostRecv racing
+    /// the move to Error (which completes its request at once) cannot overtake the requests flushed here.
+    /// </summary>
+    private void FlushAllLocked()
     {
-        while (true)
+        while (_sqCount > 0)
         {
-            SendWorkRequest s;
-            lock (Sync)
-            {
-                if (_sqCount == 0) break;
-                s = _sq[_sqHead];
-                _sqHead = (_sqHead + 1) % _sq.Length;
-                _sqCount--;
-            }
+            var s = _sq[_sqHead];
+            _sqHead = (_sqHead + 1) % _sq.Length;
+            _sqCount--;
             SendCq.Push(new WorkCompletion(s.WrId, WcStatus.WrFlushErr, ToWcOpcode(s.Opcode), 0, QpNumber, WcFlags.None, 0, 0));
         }
-        while (true)
+        while (_rqCount > 0)
         {
-            RecvWorkRequest r;
-            lock (Sync)
-            {
-                if (_rqCount == 0) break;
-                r = _rq[_rqHead];
-                _rqHead = (_rqHead + 1) % _rq.Length;
-                _rqCount--;
-            }
+            var r = _rq[_rqHead];
+            _rqHead = (_rqHead + 1) % _rq.Length;
+            _rqCount--;
             RecvCq.Push(new WorkCompletion(r.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, QpNumber, WcFlags.None, 0, 0));
         }
     }

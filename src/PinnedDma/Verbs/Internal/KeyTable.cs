@@ -12,6 +12,7 @@ internal sealed class KeyTable
 {
     private readonly object _sync = new();
     private MemoryRegion?[] _slots = new MemoryRegion?[64];
+    private byte[] _lastKeyByte = new byte[64]; // the key byte last handed out at each index (under _sync)
     private readonly Stack<int> _free = new();
     private int _next = 1; // index 0 is never used, so key 0 is never valid
 
@@ -25,11 +26,17 @@ internal sealed class KeyTable
             {
                 if (_next >= 1 << 24) ThrowHelper.Throw(PinnedDmaError.NoSpace, "No memory region keys left.");
                 index = _next++;
-                if (index >= _slots.Length) Array.Resize(ref _slots, _slots.Length * 2);
+                if (index >= _slots.Length)
+                {
+                    Array.Resize(ref _slots, _slots.Length * 2);
+                    Array.Resize(ref _lastKeyByte, _slots.Length);
+                }
             }
+            // Never hand out the key byte the index carried last: the stale key would name the new region.
             byte keyByte;
             do keyByte = (byte)RandomNumberGenerator.GetInt32(256);
-            while (mr.LKey != 0 && keyByte == (byte)mr.LKey);
+            while ((mr.LKey != 0 && keyByte == (byte)mr.LKey) || (_lastKeyByte[index] != 0 && keyByte == _lastKeyByte[index]) || keyByte == 0);
+            _lastKeyByte[index] = keyByte;
             uint key = ((uint)index << 8) | keyByte;
             mr.LKey = key;
             Volatile.Write(ref _slots[index], mr);
