@@ -12,7 +12,7 @@ public sealed class DmaDrain
     private const int Closed = 1 << 30;
     private const int CountMask = Closed - 1;
     private int _state;
-    private readonly ManualResetEventSlim _drained = new(false);
+    private ManualResetEventSlim? _drained; // created only when Close has to wait
 
     /// <summary>True once <see cref="Close"/> was called.</summary>
     public bool IsClosed => (Volatile.Read(ref _state) & Closed) != 0;
@@ -37,7 +37,7 @@ public sealed class DmaDrain
     public void Exit()
     {
         int s = Interlocked.Decrement(ref _state);
-        if (s == Closed) _drained.Set();
+        if (s == Closed) Volatile.Read(ref _drained)?.Set();
         else if ((s & CountMask) == CountMask) throw new InvalidOperationException("DmaDrain.Exit without TryEnter.");
     }
 
@@ -48,6 +48,7 @@ public sealed class DmaDrain
         if ((s & CountMask) == 0 || (Volatile.Read(ref _state) & CountMask) == 0) return;
         var spin = new SpinWait();
         for (int i = 0; i < 50 && (Volatile.Read(ref _state) & CountMask) != 0; i++) spin.SpinOnce();
-        while ((Volatile.Read(ref _state) & CountMask) != 0) _drained.Wait(1);
+        var ev = LazyInitializer.EnsureInitialized(ref _drained, () => new ManualResetEventSlim(false));
+        while ((Volatile.Read(ref _state) & CountMask) != 0) ev.Wait(1);
     }
 }

@@ -20,12 +20,8 @@ public sealed partial class Volume
     private long PlanWrite(Inode inode, long first, long end, WriteMode mode, List<Seal> conflicts)
     {
         long need = 0;
-        if (mode != WriteMode.Zeros)
-        {
-            long mapped = 0;
-            foreach (var e in inode.Map.GetRange(first, end - first)) mapped += e.Count;
-            need += end - first - mapped;
-        }
+        if (mode != WriteMode.Zeros && !inode.Map.IsFullyMapped(first, end - first))
+            need += end - first - MappedBlocks(inode, first, end);
         if (!_alloc.AnyShared) return need;
         foreach (var (runFirst, runEnd, sealedByWriter) in SharedRuns(inode, first, end))
         {
@@ -158,7 +154,7 @@ public sealed partial class Volume
                 }
             }
         }
-        if (mode != WriteMode.Zeros) FillHoles(inode, first, end, offset, offset + length);
+        if (mode != WriteMode.Zeros && !inode.Map.IsFullyMapped(first, end - first)) FillHoles(inode, first, end, offset, offset + length);
         if (mode == WriteMode.Touch) return;
         // Copy through the (now private) translation.
         long pos = offset, stop = offset + length;

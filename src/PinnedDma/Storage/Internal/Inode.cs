@@ -18,7 +18,7 @@ internal sealed class Inode
     public bool Deleted { get; set; }
 
     /// <summary>Attached seals (their translation must stay frozen). Guarded by the volume lock.</summary>
-    public List<Seal> Seals { get; } = new();
+    public HashSet<Seal> Seals { get; } = new();
 
     /// <summary>Per-file conflict policy override; null means the volume's default.</summary>
     public ConflictPolicy? Policy { get; set; }
