@@ -235,7 +235,7 @@ public sealed partial class Volume
     /// <summary>Refuses an operation that could push the metadata past what a checkpoint can hold.</summary>
     private void CheckMetadataRoom(long newExtents)
     {
-        long max = MaxExtentsFor(_sb.BlockCount) - 1024;
+        long max = MaxExtentsFor(_sb.BlockCount) - 256;
         if (ExtentCount() + newExtents > max)
             ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata full: the volume tracks at most {max} extents.");
     }

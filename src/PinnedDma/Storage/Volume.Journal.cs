@@ -34,7 +34,7 @@ public sealed partial class Volume
     /// <summary>Checkpoints written since the volume was opened.</summary>
     public long CheckpointsWritten { get; private set; }
 
-    internal static long MaxExtentsFor(long blockCount) => 2 * blockCount + 4096;
+    internal static long MaxExtentsFor(long blockCount) => 2 * blockCount + 512;
 
     // ---------------------------------------------------------------- primitives (shared by operations and replay)
 

@@ -32,6 +32,9 @@ public sealed partial class Volume
             if (offset + length > inode.Size)
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Range [{offset}, +{length}) goes past EOF ({inode.Size}) of '{inode.Name}'.");
             var (first, end) = BlockSpan(offset, length);
+            // A block whose sharing ended in an uncommitted operation would be copied (a crash could bring the old
+            // sharer back); committing first makes it private for good, so the pin keeps the block the user sees.
+            if (RecentlyUnshared(inode, first, end)) CommitLocked();
             if (requirePrivate)
             {
                 if (!inode.Map.IsFullyMapped(first, end - first))
@@ -60,6 +63,15 @@ public sealed partial class Volume
             inode.Seals.Add(seal);
             return seal;
         });
+    }
+
+    private bool RecentlyUnshared(Inode inode, long first, long end)
+    {
+        if (!_alloc.AnyShared) return false;
+        foreach (var e in inode.Map.GetRange(first, end - first))
+            for (long b = e.DeviceBlock; b < e.DeviceEnd; b++)
+                if (_alloc.IsRecentlyUnshared(b)) return true;
+        return false;
     }
 
     /// <summary>Upgrading a pin to WRITE: other files sharing its blocks (clones made after the pin) get copies.</summary>

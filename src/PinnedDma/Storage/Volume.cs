@@ -107,15 +107,16 @@ public sealed partial class Volume : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         if (options.BlockSize != device.BlockSize || options.BlockCount != device.BlockCount)
             throw new ArgumentException("Options geometry differs from the device.", nameof(options));
-        if (options.MaxFiles < 1 || options.MaxFiles > 1 << 20)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MaxFiles, "MaxFiles must be from 1 to 2^20.");
+        if (options.MaxFiles < 0 || options.MaxFiles > 1 << 20)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxFiles, "MaxFiles must be from 1 to 2^20 (0 picks one).");
+        int maxFiles = options.MaxFiles > 0 ? options.MaxFiles : (int)Math.Clamp(device.BlockCount / 16, 16, 1024);
         if (options.CowGranuleBlocks < 1 || options.CowGranuleBlocks > 4096)
             throw new ArgumentOutOfRangeException(nameof(options), options.CowGranuleBlocks, "CowGranuleBlocks must be from 1 to 4096.");
         long bc = device.BlockCount;
         int bs = device.BlockSize;
         long journal = options.JournalBlocks > 0 ? options.JournalBlocks : Math.Clamp(bc / 32, 16, 8192);
         // A checkpoint holds every file and extent; size it for the extent limit (see MaxExtents).
-        long ckptBytes = 64 + (long)options.MaxFiles * (8 + 8 + 2 + 255 + 4) + MaxExtentsFor(bc) * ExtentRecordBytes;
+        long ckptBytes = 64 + (long)maxFiles * (8 + 8 + 2 + 255 + 4) + MaxExtentsFor(bc) * ExtentRecordBytes;
         long ckpt = (ckptBytes + bs - 1) / bs;
         var sb = new Superblock
         {
@@ -128,7 +129,7 @@ public sealed partial class Volume : IDisposable
             CheckpointBlocks = ckpt,
             DataStart = 2 + journal + 2 * ckpt,
             CowGranuleBlocks = options.CowGranuleBlocks,
-            MaxFiles = options.MaxFiles,
+            MaxFiles = maxFiles,
             JournalBaseSeq = 1,
         };
         if (sb.DataStart + 8 > bc)

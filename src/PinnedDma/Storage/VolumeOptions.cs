@@ -12,8 +12,8 @@ public sealed class VolumeOptions
     /// <summary>Journal size in blocks; 0 picks one from the volume size.</summary>
     public long JournalBlocks { get; init; }
 
-    /// <summary>Most files (live names) the volume holds. Default 1024.</summary>
-    public int MaxFiles { get; init; } = 1024;
+    /// <summary>Most files (live names) the volume holds; 0 (the default) picks BlockCount/16, from 16 to 1024.</summary>
+    public int MaxFiles { get; init; }
 
     /// <summary>
     /// COW granule in blocks (XFS's cowextsize): a write to a shared block copies the whole aligned granule around it,

@@ -301,7 +301,7 @@ public sealed class VolumeBadInputTests : IDisposable
         { 4096, 0, 8, 1 },       // no blocks
         { 4096, -5, 8, 1 },
         { 4096, 16, 8, 1 },      // no room for data after the metadata
-        { 4096, 512, 0, 1 },     // no files
+        { 4096, 512, -1, 1 },    // negative file limit (0 picks one)
         { 4096, 512, 8, 0 },     // no COW granule
         { 4096, 512, 8, 5000 },  // COW granule too large
     };

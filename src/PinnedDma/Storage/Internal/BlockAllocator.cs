@@ -57,6 +57,9 @@ internal sealed class BlockAllocator
     /// <summary>True when there is any block a write must not change in place for sharing reasons.</summary>
     public bool AnyShared => SharedBlocks > 0 || _recentlyUnshared.Count > 0;
 
+    /// <summary>True when sharing of <paramref name="block"/> ended in an operation not yet committed.</summary>
+    public bool IsRecentlyUnshared(long block) => _recentlyUnshared.Count > 0 && _refs[block] == 1 && _recentlyUnshared.Contains(block);
+
     /// <summary>Shared now, or shared in the last durable state.</summary>
     public bool IsShared(long block) => _refs[block] > 1 || (_recentlyUnshared.Count > 0 && _recentlyUnshared.Contains(block));
     public ulong NextGeneration { get; set; } = 1;
