@@ -250,7 +250,7 @@ internal sealed class IwarpConnection : IDisposable
                     var rr = f.ReadRequest;
                     var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
                     if (st != WcStatus.Success)
-                        return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "RDMA Read of an invalid or foreign region");
+                        return Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
                     var status = StreamOut(mr, off, rr.MessageSize, tagged: true, RdmapOpcode.RdmaReadResponse, rr.SinkSTag, rr.SinkTaggedOffset, 0, 0);
                     return status == WcStatus.Success || Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "region revoked during RDMA Read");
                 }
@@ -272,9 +272,22 @@ internal sealed class IwarpConnection : IDisposable
     private TerminateCode TaggedError(uint stag, ulong to, uint len, AccessFlags need)
     {
         var mr = _qp.Pd.Device.Keys.Lookup(stag);
-        if (mr is null || mr.Pd != _qp.Pd || !mr.IsValid) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag);
+        if (mr is null || !mr.IsValid) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag);
+        // A region of another protection domain is not associated with this stream (RFC 5041 §7.2, code 0x02).
+        if (mr.Pd != _qp.Pd) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedStagNotAssociated);
         if ((mr.Access & need) != need || (_qp.RemoteAccess & need) == 0) return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.AccessRightsViolation);
         return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds);
+    }
+
+    /// <summary>RDMAP Remote Protection code for an RDMA Read Request whose source failed validation (RFC 5040 §7.2).</summary>
+    private TerminateCode ReadSourceError(uint stag)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        byte code = mr is null || !mr.IsValid ? RdmapErrorCode.InvalidStag
+            : mr.Pd != _qp.Pd ? RdmapErrorCode.StagNotAssociated
+            : (mr.Access & AccessFlags.RemoteRead) == 0 || (_qp.RemoteAccess & AccessFlags.RemoteRead) == 0 ? RdmapErrorCode.AccessRightsViolation
+            : RdmapErrorCode.BaseOrBoundsViolation;
+        return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, code);
     }
 
     private static bool CopyIn(MemoryRegion mr, long off, in ReadOnlySequence<byte> payload)
