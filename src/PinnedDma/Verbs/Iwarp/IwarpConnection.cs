@@ -203,9 +203,11 @@ internal sealed class IwarpConnection : IDisposable
         }
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException or OperationCanceledException)
         {
+            FlushPartialSend();
             Close($"connection lost: {e.Message}");
             return;
         }
+        FlushPartialSend();
         if (_pendingTerminate is { } t)
         {
             SendTerminate(t.Code, t.Header, t.SegmentLength);
@@ -223,6 +225,14 @@ internal sealed class IwarpConnection : IDisposable
     }
 
     private (TerminateCode Code, DdpRdmapHeader? Header, ushort SegmentLength, string Why)? _pendingTerminate;
+
+    /// <summary>A receive taken by the first segment of a Send that never got its last segment is flushed, not lost.</summary>
+    private void FlushPartialSend()
+    {
+        if (!_inSend) return;
+        _inSend = false;
+        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+    }
 
     private bool Fail(TerminateCode code, in Fpdu f, string why)
     {
@@ -375,7 +385,11 @@ internal sealed class IwarpConnection : IDisposable
             return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedMessageTooLong), f, "Send longer than the posted receive");
         }
         if (len > 0 && !CopyIn(_recvMr!, _recvOffset + _recvBytes, f.Payload))
+        {
+            _inSend = false;
+            _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.LocProtErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
             return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.CatastrophicLocalizedToStream), f, "receive region revoked");
+        }
         _recvBytes += len;
         if (!h.Last) return true;
         _inSend = false;
@@ -386,7 +400,11 @@ internal sealed class IwarpConnection : IDisposable
         {
             var target = _qp.Pd.Device.Keys.Lookup(h.InvalidateSTag);
             if (target is null || target.Pd != _qp.Pd)
+            {
+                // The receive was consumed: it completes with an error instead of vanishing.
+                _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.RemInvReqErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
                 return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.StagCannotBeInvalidated), f, "Send with Invalidate names a foreign STag");
+            }
             target.Invalidate();
             flags |= WcFlags.WithInv;
             invalidated = h.InvalidateSTag;
