@@ -21,32 +21,10 @@ public class IwarpWireTests
 
     public IwarpWireTests(ITestOutputHelper output) => _out = output;
 
-    private static string? FindOnPath(string name)
-    {
-        foreach (string dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
-        {
-            string candidate = Path.Combine(dir, name);
-            if (File.Exists(candidate)) return candidate;
-        }
-        return null;
-    }
+    private static string? FindOnPath(string name) => TsharkCapture.FindOnPath(name);
 
-    private static (int ExitCode, string StdOut, string StdErr) Run(string file, IEnumerable<string> args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start {file}");
-        Task<string> so = p.StandardOutput.ReadToEndAsync();
-        Task<string> se = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            p.WaitForExit(5000);
-            throw new TimeoutException($"{file} {string.Join(' ', args)} did not finish within {timeout}.");
-        }
-        p.WaitForExit();
-        return (p.ExitCode, so.Result, se.Result);
-    }
+    private static (int ExitCode, string StdOut, string StdErr) Run(string file, IEnumerable<string> args, TimeSpan timeout) =>
+        TsharkCapture.Run(file, args, timeout);
 
     private sealed record Received(DdpRdmapHeader Header, byte[] Payload, RdmaReadRequest ReadRequest, TerminateMessage Terminate);
 

@@ -203,9 +203,11 @@ internal sealed class IwarpConnection : IDisposable
         }
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException or OperationCanceledException)
         {
+            FlushPartialSend();
             Close($"connection lost: {e.Message}");
             return;
         }
+        FlushPartialSend();
         if (_pendingTerminate is { } t)
         {
             SendTerminate(t.Code, t.Header, t.SegmentLength);
@@ -223,6 +225,14 @@ internal sealed class IwarpConnection : IDisposable
     }
 
     private (TerminateCode Code, DdpRdmapHeader? Header, ushort SegmentLength, string Why)? _pendingTerminate;
+
+    /// <summary>A receive taken by the first segment of a Send that never got its last segment is flushed, not lost.</summary>
+    private void FlushPartialSend()
+    {
+        if (!_inSend) return;
+        _inSend = false;
+        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+    }
 
     private bool Fail(TerminateCode code, in Fpdu f, string why)
     {
@@ -250,7 +260,7 @@ internal sealed class IwarpConnection : IDisposable
                     var rr = f.ReadRequest;
                     var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
                     if (st != WcStatus.Success)
-                        return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "RDMA Read of an invalid or foreign region");
+                        return Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
                     var status = StreamOut(mr, off, rr.MessageSize, tagged: true, RdmapOpcode.RdmaReadResponse, rr.SinkSTag, rr.SinkTaggedOffset, 0, 0);
                     return status == WcStatus.Success || Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "region revoked during RDMA Read");
                 }
@@ -272,9 +282,22 @@ internal sealed class IwarpConnection : IDisposable
     private TerminateCode TaggedError(uint stag, ulong to, uint len, AccessFlags need)
     {
         var mr = _qp.Pd.Device.Keys.Lookup(stag);
-        if (mr is null || mr.Pd != _qp.Pd || !mr.IsValid) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag);
+        if (mr is null || !mr.IsValid) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag);
+        // A region of another protection domain is not associated with this stream (RFC 5041 §7.2, code 0x02).
+        if (mr.Pd != _qp.Pd) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedStagNotAssociated);
         if ((mr.Access & need) != need || (_qp.RemoteAccess & need) == 0) return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.AccessRightsViolation);
         return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds);
+    }
+
+    /// <summary>RDMAP Remote Protection code for an RDMA Read Request whose source failed validation (RFC 5040 §7.2).</summary>
+    private TerminateCode ReadSourceError(uint stag)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        byte code = mr is null || !mr.IsValid ? RdmapErrorCode.InvalidStag
+            : mr.Pd != _qp.Pd ? RdmapErrorCode.StagNotAssociated
+            : (mr.Access & AccessFlags.RemoteRead) == 0 || (_qp.RemoteAccess & AccessFlags.RemoteRead) == 0 ? RdmapErrorCode.AccessRightsViolation
+            : RdmapErrorCode.BaseOrBoundsViolation;
+        return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, code);
     }
 
     private static bool CopyIn(MemoryRegion mr, long off, in ReadOnlySequence<byte> payload)
@@ -362,7 +385,11 @@ internal sealed class IwarpConnection : IDisposable
             return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedMessageTooLong), f, "Send longer than the posted receive");
         }
         if (len > 0 && !CopyIn(_recvMr!, _recvOffset + _recvBytes, f.Payload))
+        {
+            _inSend = false;
+            _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.LocProtErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
             return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.CatastrophicLocalizedToStream), f, "receive region revoked");
+        }
         _recvBytes += len;
         if (!h.Last) return true;
         _inSend = false;
@@ -373,7 +400,11 @@ internal sealed class IwarpConnection : IDisposable
         {
             var target = _qp.Pd.Device.Keys.Lookup(h.InvalidateSTag);
             if (target is null || target.Pd != _qp.Pd)
+            {
+                // The receive was consumed: it completes with an error instead of vanishing.
+                _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.RemInvReqErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
                 return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.StagCannotBeInvalidated), f, "Send with Invalidate names a foreign STag");
+            }
             target.Invalidate();
             flags |= WcFlags.WithInv;
             invalidated = h.InvalidateSTag;
