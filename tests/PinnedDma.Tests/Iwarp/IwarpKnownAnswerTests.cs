@@ -263,9 +263,15 @@ public class IwarpAllocationTests
         }
 
         for (int i = 0; i < 50; i++) Round(); // warm up (JIT, tiering)
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 200; i++) Round();
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        // The runtime itself may allocate on this thread once in a while (tier-up of the methods above); a
+        // per-frame allocation would show in every round, so the quietest of a few rounds must be zero.
+        long allocated = long.MaxValue;
+        for (int attempt = 0; attempt < 5 && allocated != 0; attempt++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 200; i++) Round();
+            allocated = Math.Min(allocated, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
         Assert.Equal(0, allocated);
     }
 }
