@@ -45,12 +45,18 @@ public sealed class IwarpOptions
 
 /// <summary>
 /// Listens for iWARP connections on a TCP endpoint (rdma_listen). Each incoming MPA request becomes an
-/// <see cref="IwarpConnectionRequest"/> to accept onto a queue pair or reject, with private data both ways.
+/// <see cref="IwarpConnectionRequest"/> to accept onto a queue pair or reject, with private data both ways. Handshakes
+/// run concurrently, each bounded by <see cref="IwarpOptions.SetupTimeout"/>, so a silent or hostile client cannot hold
+/// up the others.
 /// </summary>
 public sealed class IwarpListener : IDisposable
 {
     private readonly Socket _listener;
     private readonly IwarpOptions _options;
+    private readonly System.Threading.Channels.Channel<IwarpConnectionRequest> _ready =
+        System.Threading.Channels.Channel.CreateBounded<IwarpConnectionRequest>(new System.Threading.Channels.BoundedChannelOptions(64) { FullMode = System.Threading.Channels.BoundedChannelFullMode.Wait });
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _acceptLoop;
 
     /// <summary>Binds and listens on <paramref name="endpoint"/> (use port 0 for an ephemeral port).</summary>
     public IwarpListener(IPEndPoint endpoint, IwarpOptions? options = null)
@@ -61,47 +67,81 @@ public sealed class IwarpListener : IDisposable
         _listener = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         _listener.Bind(endpoint);
         _listener.Listen(64);
+        _acceptLoop = Task.Run(AcceptLoopAsync);
     }
 
     /// <summary>Where it listens.</summary>
     public IPEndPoint LocalEndPoint => (IPEndPoint)_listener.LocalEndPoint!;
 
-    /// <summary>Waits for a TCP connection and its MPA request. A peer that sends garbage is answered with a reject and dropped, and the wait goes on.</summary>
+    /// <summary>Waits for the next client whose MPA request arrived and was well formed.</summary>
     public async Task<IwarpConnectionRequest> AcceptAsync(CancellationToken cancellationToken = default)
     {
-        while (true)
+        try
         {
-            var socket = await _listener.AcceptAsync(cancellationToken).ConfigureAwait(false);
-            socket.NoDelay = true;
-            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false));
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            timeout.CancelAfter(_options.SetupTimeout);
-            try
-            {
-                var request = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Request, timeout.Token).ConfigureAwait(false);
-                return new IwarpConnectionRequest(socket, reader, request, _options);
-            }
-            catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or IOException or SocketException)
-            {
-                if (cancellationToken.IsCancellationRequested) { socket.Dispose(); throw; }
-                if (e is IwarpProtocolException)
-                {
-                    // Answer a malformed request with a reject reply, then drop it (RFC 5044 §7.1.5).
-                    try
-                    {
-                        var reject = new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = 1 };
-                        socket.Send(reject.ToArray());
-                    }
-                    catch (SocketException) { }
-                }
-                socket.Dispose();
-                await reader.CompleteAsync().ConfigureAwait(false);
-            }
+            return await _ready.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (System.Threading.Channels.ChannelClosedException)
+        {
+            throw new ObjectDisposedException(nameof(IwarpListener));
         }
     }
 
-    /// <summary>Stops listening.</summary>
-    public void Dispose() => _listener.Dispose();
+    private async Task AcceptLoopAsync()
+    {
+        try
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                var socket = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+                _ = HandshakeAsync(socket);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
+        {
+        }
+        finally
+        {
+            _ready.Writer.TryComplete();
+        }
+    }
+
+    private async Task HandshakeAsync(Socket socket)
+    {
+        socket.NoDelay = true;
+        var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false));
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+        timeout.CancelAfter(_options.SetupTimeout);
+        try
+        {
+            var request = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Request, timeout.Token).ConfigureAwait(false);
+            await _ready.Writer.WriteAsync(new IwarpConnectionRequest(socket, reader, request, _options), _stop.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or IOException or SocketException or System.Threading.Channels.ChannelClosedException)
+        {
+            if (e is IwarpProtocolException)
+            {
+                // Answer a malformed request with a reject reply, then drop it (RFC 5044 section 7.1.5).
+                try
+                {
+                    socket.Send(new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = 1 }.ToArray());
+                }
+                catch (Exception se) when (se is SocketException or ObjectDisposedException)
+                {
+                }
+            }
+            socket.Dispose();
+            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Stops listening; handshakes in progress are dropped.</summary>
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Dispose();
+        _ready.Writer.TryComplete();
+        while (_ready.Reader.TryRead(out var pending)) pending.Reject();
+    }
 }
 
 /// <summary>An incoming iWARP connection waiting for <see cref="Accept"/> or <see cref="Reject"/>.</summary>
