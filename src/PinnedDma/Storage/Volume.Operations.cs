@@ -419,47 +419,45 @@ public sealed partial class Volume
         });
     }
 
-    internal void CollapseRange(Inode inode, long offset, long length, ConflictPolicy? policy)
-    {
-        CheckFileRange(offset, length);
-        CheckAligned(offset, "offset");
-        CheckAligned(length, "length");
-        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "Collapse length must not be zero.");
-        Mutate(new RemapContext("collapse range", policy), ctx =>
-        {
-            Live(inode);
-            if (offset + length >= inode.Size)
-                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Collapse range [{offset}, +{length}) must end before EOF ({inode.Size}).");
-            int shift = BlockShift;
-            long first = offset >> shift, count = length >> shift;
-            Check(ctx, inode.Seals.Where(s => s.EndBlock > first).ToList(), deferrable: false);
-            CheckMetadataRoom(2);
-            PrimUnmap(inode, first, count);
-            PrimShift(inode, first + count, -count);
-            PrimSetSize(inode, inode.Size - length);
-            return 0;
-        });
-    }
+    internal void CollapseRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
+        ShiftRange(inode, offset, length, policy, collapse: true);
 
-    internal void InsertRange(Inode inode, long offset, long length, ConflictPolicy? policy)
+    internal void InsertRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
+        ShiftRange(inode, offset, length, policy, collapse: false);
+
+    /// <summary>
+    /// Collapse range (remove a block-aligned range, shift the rest down) or insert range (shift up, leaving a hole).
+    /// Every pin at or after the offset would move, so any such pin conflicts, and Defer cannot help.
+    /// </summary>
+    private void ShiftRange(Inode inode, long offset, long length, ConflictPolicy? policy, bool collapse)
     {
+        string name = collapse ? "collapse range" : "insert range";
         CheckFileRange(offset, length);
         CheckAligned(offset, "offset");
         CheckAligned(length, "length");
-        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "Insert length must not be zero.");
-        Mutate(new RemapContext("insert range", policy), ctx =>
+        if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"The {name} length must not be zero.");
+        Mutate(new RemapContext(name, policy), ctx =>
         {
             Live(inode);
-            if (offset >= inode.Size)
+            if (collapse && offset + length >= inode.Size)
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Collapse range [{offset}, +{length}) must end before EOF ({inode.Size}).");
+            if (!collapse && offset >= inode.Size)
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Insert offset {offset} must be before EOF ({inode.Size}).");
-            if (inode.Size + length > MaxFileSize || Math.Max(inode.Map.EndBlock, 0) + (length >> BlockShift) > MaxFileBlocks)
+            if (!collapse && (inode.Size + length > MaxFileSize || inode.Map.EndBlock + (length >> BlockShift) > MaxFileBlocks))
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "Insert would grow the file past the largest file size (EFBIG).");
-            int shift = BlockShift;
-            long first = offset >> shift, count = length >> shift;
+            long first = offset >> BlockShift, count = length >> BlockShift;
             Check(ctx, inode.Seals.Where(s => s.EndBlock > first).ToList(), deferrable: false);
             CheckMetadataRoom(2);
-            PrimShift(inode, first, count);
-            PrimSetSize(inode, inode.Size + length);
+            if (collapse)
+            {
+                PrimUnmap(inode, first, count);
+                PrimShift(inode, first + count, -count);
+            }
+            else
+            {
+                PrimShift(inode, first, count);
+            }
+            PrimSetSize(inode, collapse ? inode.Size - length : inode.Size + length);
             return 0;
         });
     }
