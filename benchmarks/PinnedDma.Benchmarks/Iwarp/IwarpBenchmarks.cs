@@ -87,10 +87,11 @@ public unsafe class IwarpBandwidthBenchmarks
             LoopbackSocketPair.SendAll(client, new ReadOnlySpan<byte>(_src + VerbsBench.SlotOffset(i, size), size));
         _expected += (long)Batch * size;
         long deadline = Environment.TickCount64 + 60_000;
+        var spin = new SpinWait();
         while (Volatile.Read(ref _received) < _expected)
         {
             if (Environment.TickCount64 > deadline) throw new TimeoutException("socket receiver stalled for 60 s");
-            Thread.SpinWait(20);
+            spin.SpinOnce(sleep1Threshold: -1);
         }
     }
 

@@ -138,6 +138,7 @@ public unsafe class LoopbackVerbsLatencyBenchmarks
         _responder = new Thread(() =>
         {
             long seen = 0;
+            var spin = new SpinWait();
             while (!_stop)
             {
                 long v = Volatile.Read(ref _flags[0]);
@@ -145,10 +146,11 @@ public unsafe class LoopbackVerbsLatencyBenchmarks
                 {
                     seen = v;
                     Volatile.Write(ref _flags[16], v);
+                    spin.Reset();
                 }
                 else
                 {
-                    Thread.SpinWait(1);
+                    spin.SpinOnce(sleep1Threshold: -1);
                 }
             }
         }) { IsBackground = true, Name = "ping-responder" };

@@ -72,6 +72,7 @@ public static class VerbsBench
         ulong first = nextWrId;
         long posted = 0, done = 0;
         long deadline = Environment.TickCount64 + 60_000;
+        var spin = new SpinWait();
         while (done < count)
         {
             while (posted < count && posted - done < depth)
@@ -98,7 +99,11 @@ public static class VerbsBench
             if (n == 0)
             {
                 if (Environment.TickCount64 > deadline) throw new TimeoutException($"{op} batch: {done}/{count} completed after 60 s");
-                Thread.SpinWait(20);
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+            else
+            {
+                spin.Reset();
             }
         }
         nextWrId = first + (ulong)count;
@@ -108,6 +113,7 @@ public static class VerbsBench
     public static WorkCompletion WaitOne(CompletionQueue cq, WorkCompletion[] wcs)
     {
         long deadline = Environment.TickCount64 + 30_000;
+        var spin = new SpinWait();
         while (true)
         {
             if (cq.Poll(wcs.AsSpan(0, 1)) == 1)
@@ -116,7 +122,7 @@ public static class VerbsBench
                 return wcs[0];
             }
             if (Environment.TickCount64 > deadline) throw new TimeoutException("no completion in 30 s");
-            Thread.SpinWait(1);
+            spin.SpinOnce(sleep1Threshold: -1);
         }
     }
 
@@ -124,9 +130,10 @@ public static class VerbsBench
     public static unsafe void SpinUntil(byte* p, ulong value)
     {
         long spins = 0, deadline = 0;
+        var spin = new SpinWait();
         while (Volatile.Read(ref *(ulong*)p) != value)
         {
-            Thread.SpinWait(1);
+            spin.SpinOnce(sleep1Threshold: -1);
             if ((++spins & 0xFFFF) == 0)
             {
                 long now = Environment.TickCount64;
