@@ -1,10 +1,10 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plots bandwidth (MB/s) against message size from BenchmarkDotNet CSV reports.
 
 Reads the reports of LoopbackVerbsBandwidthBenchmarks and IwarpBandwidthBenchmarks and writes bandwidth.png next to
 this script (or to --out). Needs matplotlib (Debian: apt-get install python3-matplotlib).
 
-    python3 benchmarks/plot.py [RESULTS_DIR] [--out PATH]
+    /usr/bin/python3 benchmarks/plot.py [RESULTS_DIR] [--out PATH]   (Debian's python3, which has python3-matplotlib)
 
 RESULTS_DIR defaults to BenchmarkDotNet.Artifacts/results in the current directory. Per-message bandwidth is
 Size / Mean (the benchmarks use OperationsPerInvoke, so Mean is per message); MB = 10^6 bytes, as perftest reports.
