@@ -24,6 +24,12 @@ public sealed class IwarpOptions
     /// <summary>Largest FPDU sent (length field to CRC). Default 16 KiB; at most 65 535 + 6.</summary>
     public int MaxFpduSize { get; init; } = 16 * 1024;
 
+    /// <summary>
+    /// Receive pipe segments: the default 4 KiB segments cost one receive system call (and one trip through the
+    /// socket event loop) per 4 KiB; 64 KiB segments hold a whole maximal FPDU.
+    /// </summary>
+    internal static readonly StreamPipeReaderOptions ReaderOptions = new(bufferSize: 64 * 1024, minimumReadSize: 8 * 1024);
+
     /// <summary>Time allowed for the MPA exchange. Default 5 s.</summary>
     public TimeSpan SetupTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
@@ -108,7 +114,7 @@ public sealed class IwarpListener : IDisposable
     private async Task HandshakeAsync(Socket socket)
     {
         socket.NoDelay = true;
-        var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false));
+        var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false), IwarpOptions.ReaderOptions);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
         timeout.CancelAfter(_options.SetupTimeout);
         try
@@ -217,7 +223,7 @@ public static class IwarpConnector
             await socket.ConnectAsync(endpoint, timeout.Token).ConfigureAwait(false);
             var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
             await socket.SendAsync(request.ToArray(), SocketFlags.None, timeout.Token).ConfigureAwait(false);
-            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false));
+            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false), IwarpOptions.ReaderOptions);
             MpaFrame reply;
             try
             {

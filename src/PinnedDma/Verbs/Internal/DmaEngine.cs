@@ -88,6 +88,10 @@ internal sealed class DmaEngine : IDisposable
         {
             if (!qp.TryPeekSend(out var wr)) return;
             if (qp.State == QpState.Error) return; // EnterError flushed it
+            // An RDMA Read over the network completes from the receive loop, possibly before Execute returns: free its
+            // send-queue slot first, or a poster that saw the completion and refills the queue gets a false "full".
+            bool popFirst = qp.Connection is not null && wr.Opcode == WrOpcode.RdmaRead;
+            if (popFirst) qp.PopSend();
             var status = Execute(qp, in wr, out uint bytes, out bool rnr);
             if (rnr)
             {
@@ -101,7 +105,7 @@ internal sealed class DmaEngine : IDisposable
                 status = WcStatus.RnrRetryExcErr;
             }
             qp.RnrDeadline = 0;
-            qp.PopSend();
+            if (!popFirst) qp.PopSend();
             Interlocked.Increment(ref Executed);
             if (status == WcStatus.Success && bytes == uint.MaxValue)
             {
