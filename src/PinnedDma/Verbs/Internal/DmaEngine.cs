@@ -84,6 +84,14 @@ internal sealed class DmaEngine : IDisposable
 
     private void Process(QueuePair qp)
     {
+        var connection = qp.Connection;
+        connection?.ServiceInbound();
+        ProcessSendQueue(qp);
+        connection?.FlushPending();
+    }
+
+    private void ProcessSendQueue(QueuePair qp)
+    {
         for (int n = 0; n < Budget; n++)
         {
             if (!qp.TryPeekSend(out var wr)) return;

@@ -27,6 +27,8 @@ internal sealed class IwarpConnection : IDisposable
     private readonly Queue<PendingRead> _reads = new();
     private readonly ObjectPool<PendingRead> _readPool = new DefaultObjectPool<PendingRead>(new DefaultPooledObjectPolicy<PendingRead>(), 64);
     private readonly object _readsLock = new();
+    private readonly Queue<InboundRead> _inboundReads = new();
+    private const int MaxInboundReads = 1024;
     private uint _sendMsn = 1, _readMsn = 1, _termMsn = 1;
     private uint _expectSendMsn = 1, _expectReadMsn = 1;
     // Responder-side assembly of an incoming multi-segment Send.
@@ -62,6 +64,9 @@ internal sealed class IwarpConnection : IDisposable
     public Task Completion { get; private set; } = Task.CompletedTask;
 
     public void Start() => Completion = Task.Run(ReceiveLoopAsync);
+
+    /// <summary>An RDMA Read Request accepted by the receive loop, answered by the DMA engine thread.</summary>
+    private readonly record struct InboundRead(MemoryRegion Source, long Offset, uint Size, uint SinkSTag, ulong SinkTo);
 
     private sealed class PendingRead
     {
@@ -111,11 +116,7 @@ internal sealed class IwarpConnection : IDisposable
                         p.Received = 0;
                         lock (_readsLock) _reads.Enqueue(p);
                         var req = new RdmaReadRequest(wr.Local.LKey, wr.Local.Address, wr.Local.Length, wr.RKey, wr.RemoteAddress);
-                        lock (_sendLock)
-                        {
-                            _encoder.WriteReadRequest(_out, _readMsn++, req);
-                            Flush();
-                        }
+                        lock (_sendLock) _encoder.WriteReadRequest(_out, _readMsn++, req);
                         if (wr.Local.Length == 0) CompleteHeadRead(WcStatus.Success);
                         deferred = true;
                         return WcStatus.Success;
@@ -170,7 +171,6 @@ internal sealed class IwarpConnection : IDisposable
                     done += (uint)n;
                 }
                 while (done < length);
-                Flush();
             }
         }
         finally
@@ -178,6 +178,58 @@ internal sealed class IwarpConnection : IDisposable
             if (length > 0) mr!.Exit();
         }
         return WcStatus.Success;
+    }
+
+    /// <summary>DMA engine thread: answers accepted RDMA Read Requests, in order.</summary>
+    public void ServiceInbound()
+    {
+        // One servicer at a time keeps responses in request order (the receive loop services the rest before a Terminate).
+        lock (_serviceLock) ServiceInboundLocked();
+    }
+
+    private readonly object _serviceLock = new();
+
+    private void ServiceInboundLocked()
+    {
+        while (Volatile.Read(ref _closed) == 0)
+        {
+            InboundRead r;
+            lock (_inboundReads)
+            {
+                if (!_inboundReads.TryDequeue(out r)) return;
+            }
+            WcStatus st;
+            try
+            {
+                st = StreamOut(r.Source, r.Offset, r.Size, tagged: true, RdmapOpcode.RdmaReadResponse, r.SinkSTag, r.SinkTo, 0, 0);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+            {
+                Close($"send failed: {e.Message}");
+                return;
+            }
+            if (st != WcStatus.Success)
+            {
+                SendTerminate(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), null, 0);
+                Close("region revoked during an RDMA Read");
+                return;
+            }
+        }
+    }
+
+    /// <summary>DMA engine thread: sends what the last batch of work requests encoded (one system call for many small messages).</summary>
+    public void FlushPending()
+    {
+        if (Volatile.Read(ref _closed) != 0) return;
+        try
+        {
+            lock (_sendLock)
+                if (_out.WrittenCount > 0) Flush();
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            Close($"send failed: {e.Message}");
+        }
     }
 
     private void Flush()
@@ -210,11 +262,14 @@ internal sealed class IwarpConnection : IDisposable
         FlushPartialSend();
         if (_pendingTerminate is { } t)
         {
+            // Requests that arrived before the bad one are answered first, in order.
+            ServiceInbound();
             SendTerminate(t.Code, t.Header, t.SegmentLength);
             Close($"protocol error: {t.Why}");
         }
         else if (error.IsError)
         {
+            ServiceInbound();
             SendTerminate(error.Terminate, null, 0);
             Close($"protocol error: {error}");
         }
@@ -261,8 +316,16 @@ internal sealed class IwarpConnection : IDisposable
                     var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
                     if (st != WcStatus.Success)
                         return Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
-                    var status = StreamOut(mr, off, rr.MessageSize, tagged: true, RdmapOpcode.RdmaReadResponse, rr.SinkSTag, rr.SinkTaggedOffset, 0, 0);
-                    return status == WcStatus.Success || Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.InvalidStag), f, "region revoked during RDMA Read");
+                    // The response goes out from the DMA engine thread: a receive loop that blocked in a send could
+                    // deadlock with a peer doing the same.
+                    lock (_inboundReads)
+                    {
+                        if (_inboundReads.Count >= MaxInboundReads)
+                            return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
+                        _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
+                    }
+                    _qp.Pd.Device.Engine.Ring(_qp);
+                    return true;
                 }
             case RdmapOpcode.RdmaReadResponse:
                 return OnReadResponse(f);
