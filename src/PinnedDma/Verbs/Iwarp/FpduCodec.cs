@@ -103,34 +103,40 @@ internal sealed class FpduEncoder
     /// <summary>Writes one FPDU carrying <paramref name="header"/> and <paramref name="payload"/>; returns its wire length.</summary>
     public int Write(IBufferWriter<byte> writer, in DdpRdmapHeader header, ReadOnlySpan<byte> payload)
     {
-        ArgumentNullException.ThrowIfNull(writer);
-        int hl = header.Length;
-        int ulpdu = CheckedUlpdu(hl, payload.Length);
-        int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
-        Span<byte> span = writer.GetSpan(total).Slice(0, total);
-        BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
-        header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
-        payload.CopyTo(span.Slice(Fpdu.LengthFieldSize + hl));
-        Finish(span, ulpdu);
-        writer.Advance(total);
-        return total;
+        var span = Begin(writer, header, payload.Length, out int payloadAt, out int ulpdu);
+        payload.CopyTo(span.Slice(payloadAt));
+        return End(writer, span, ulpdu);
     }
 
     /// <summary>Same as <see cref="Write(IBufferWriter{byte}, in DdpRdmapHeader, ReadOnlySpan{byte})"/> for a segmented payload.</summary>
     public int Write(IBufferWriter<byte> writer, in DdpRdmapHeader header, in ReadOnlySequence<byte> payload)
     {
         if (payload.IsSingleSegment) return Write(writer, header, payload.FirstSpan);
+        var span = Begin(writer, header, payload.Length > int.MaxValue ? int.MaxValue : (int)payload.Length, out int payloadAt, out int ulpdu);
+        payload.CopyTo(span.Slice(payloadAt));
+        return End(writer, span, ulpdu);
+    }
+
+    /// <summary>Reserves the whole FPDU in the writer and fills in the length field and the header.</summary>
+    private Span<byte> Begin(IBufferWriter<byte> writer, in DdpRdmapHeader header, int payloadLength, out int payloadAt, out int ulpdu)
+    {
         ArgumentNullException.ThrowIfNull(writer);
         int hl = header.Length;
-        int ulpdu = CheckedUlpdu(hl, payload.Length > int.MaxValue ? int.MaxValue : (int)payload.Length);
+        ulpdu = CheckedUlpdu(hl, payloadLength);
         int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
         Span<byte> span = writer.GetSpan(total).Slice(0, total);
         BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
         header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
-        payload.CopyTo(span.Slice(Fpdu.LengthFieldSize + hl));
+        payloadAt = Fpdu.LengthFieldSize + hl;
+        return span;
+    }
+
+    /// <summary>Pads, appends the CRC and commits the FPDU to the writer.</summary>
+    private int End(IBufferWriter<byte> writer, Span<byte> span, int ulpdu)
+    {
         Finish(span, ulpdu);
-        writer.Advance(total);
-        return total;
+        writer.Advance(span.Length);
+        return span.Length;
     }
 
     public int WriteRdmaWrite(IBufferWriter<byte> writer, uint sinkSTag, ulong sinkTaggedOffset, bool last, ReadOnlySpan<byte> payload) =>
