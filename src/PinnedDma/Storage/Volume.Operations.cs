@@ -27,13 +27,7 @@ public sealed partial class Volume
         {
             if (sealedByWriter)
             {
-                foreach (var e in inode.Map.GetRange(runFirst, runEnd - runFirst))
-                    foreach (var (other, piece) in FindMappings(e.DeviceBlock, e.Count))
-                    {
-                        if (other == inode && piece.FileBlock >= runFirst && piece.FileEnd <= runEnd) continue;
-                        need += piece.Count;
-                        conflicts.AddRange(SealsOverlapping(other, piece.FileBlock, piece.FileEnd));
-                    }
+                need += PlanMoveOtherSharers(inode, runFirst, runEnd, conflicts);
             }
             else
             {
@@ -41,6 +35,38 @@ public sealed partial class Volume
             }
         }
         return need;
+    }
+
+    /// <summary>Every other mapping of the device blocks behind file blocks [first, end) of <paramref name="inode"/>.</summary>
+    private List<(Inode Inode, Extent Piece)> OtherSharers(Inode inode, long first, long end)
+    {
+        var others = new List<(Inode, Extent)>();
+        foreach (var e in inode.Map.GetRange(first, end - first))
+            foreach (var (other, piece) in FindMappings(e.DeviceBlock, e.Count))
+                if (!(other == inode && piece.FileBlock >= first && piece.FileEnd <= end)) others.Add((other, piece));
+        return others;
+    }
+
+    /// <summary>The pinned side keeps its blocks: what moving the other sharers costs, and whose seals it violates.</summary>
+    private long PlanMoveOtherSharers(Inode inode, long first, long end, List<Seal> conflicts)
+    {
+        long need = 0;
+        foreach (var (other, piece) in OtherSharers(inode, first, end))
+        {
+            need += piece.Count;
+            conflicts.AddRange(SealsOverlapping(other, piece.FileBlock, piece.FileEnd));
+        }
+        return need;
+    }
+
+    /// <summary>Gives every other sharer of file blocks [first, end) a private copy (planned and checked before).</summary>
+    private void MoveOtherSharers(Inode inode, long first, long end)
+    {
+        foreach (var (other, piece) in OtherSharers(inode, first, end))
+        {
+            if (other.IsSealed(piece.FileBlock, piece.FileEnd)) throw new InvalidOperationException("unchecked conflict");
+            RelocateRange(other, piece.FileBlock, piece.Count);
+        }
     }
 
     private long MappedBlocks(Inode inode, long first, long end)
@@ -140,13 +166,7 @@ public sealed partial class Volume
             {
                 if (sealedByWriter)
                 {
-                    foreach (var e in inode.Map.GetRange(runFirst, runEnd - runFirst))
-                        foreach (var (other, piece) in FindMappings(e.DeviceBlock, e.Count))
-                        {
-                            if (other == inode && piece.FileBlock >= runFirst && piece.FileEnd <= runEnd) continue;
-                            if (other.IsSealed(piece.FileBlock, piece.FileEnd)) throw new InvalidOperationException("unchecked conflict");
-                            RelocateRange(other, piece.FileBlock, piece.Count);
-                        }
+                    MoveOtherSharers(inode, runFirst, runEnd);
                 }
                 else
                 {
@@ -646,25 +666,15 @@ public sealed partial class Volume
             long need = 0;
             foreach (var (a, b, sealedByWriter) in SharedRuns(inode, first, stop))
             {
-                if (!sealedByWriter) { need += b - a; continue; }
-                foreach (var e in inode.Map.GetRange(a, b - a))
-                    foreach (var (other, piece) in FindMappings(e.DeviceBlock, e.Count))
-                    {
-                        if (other == inode && piece.FileBlock >= a && piece.FileEnd <= b) continue;
-                        need += piece.Count;
-                        conflicts.AddRange(SealsOverlapping(other, piece.FileBlock, piece.FileEnd));
-                    }
+                need += sealedByWriter ? PlanMoveOtherSharers(inode, a, b, conflicts) : b - a;
             }
             Check(ctx, conflicts, deferrable: false);
             EnsureSpace(need);
             CheckMetadataRoom(2 + need);
             foreach (var (a, b, sealedByWriter) in SharedRuns(inode, first, stop))
             {
-                if (!sealedByWriter) { RelocateRange(inode, a, b - a); continue; }
-                foreach (var e in inode.Map.GetRange(a, b - a))
-                    foreach (var (other, piece) in FindMappings(e.DeviceBlock, e.Count))
-                        if (!(other == inode && piece.FileBlock >= a && piece.FileEnd <= b))
-                            RelocateRange(other, piece.FileBlock, piece.Count);
+                if (sealedByWriter) MoveOtherSharers(inode, a, b);
+                else RelocateRange(inode, a, b - a);
             }
             return 0;
         });

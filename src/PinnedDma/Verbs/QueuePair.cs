@@ -198,8 +198,8 @@ public sealed class QueuePair : IDisposable
     {
         lock (Sync)
         {
-            // Sqd: the send queue is drained; posted work waits for the move back to Rts.
-            if (_sqCount == 0 || _state is not (QpState.Rts or QpState.Error)) { wr = default; return false; }
+            // Sqd: the send queue is drained; posted work waits for the move back to Rts. Error: the move flushed it.
+            if (_sqCount == 0 || _state != QpState.Rts) { wr = default; return false; }
             wr = _sq[_sqHead];
             return true;
         }

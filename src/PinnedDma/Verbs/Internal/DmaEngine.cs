@@ -95,7 +95,6 @@ internal sealed class DmaEngine : IDisposable
         for (int n = 0; n < Budget; n++)
         {
             if (!qp.TryPeekSend(out var wr)) return;
-            if (qp.State == QpState.Error) return; // EnterError flushed it
             // An RDMA Read over the network completes from the receive loop, possibly before Execute returns: free its
             // send-queue slot first, or a poster that saw the completion and refills the queue gets a false "full".
             bool popFirst = qp.Connection is not null && wr.Opcode == WrOpcode.RdmaRead;
