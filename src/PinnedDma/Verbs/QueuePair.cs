@@ -245,6 +245,21 @@ public sealed class QueuePair : IDisposable
     }
 
     /// <summary>
+    /// Completes a failed request and moves to Error in one step, as hardware does: whoever polls the error
+    /// completion already sees the QP in Error, and the flushed requests follow it in order.
+    /// </summary>
+    internal void FailRequest(CompletionQueue cq, in WorkCompletion failed)
+    {
+        lock (Sync)
+        {
+            cq.Push(failed);
+            if (_state == QpState.Error) return;
+            _state = QpState.Error;
+            FlushAllLocked();
+        }
+    }
+
+    /// <summary>
     /// Flushes everything outstanding, in order. Runs under <see cref="Sync"/> so that a PostSend or PostRecv racing
     /// the move to Error (which completes its request at once) cannot overtake the requests flushed here.
     /// </summary>

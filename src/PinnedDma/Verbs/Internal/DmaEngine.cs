@@ -125,8 +125,7 @@ internal sealed class DmaEngine : IDisposable
             }
             else
             {
-                qp.SendCq.Push(new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), 0, qp.QpNumber, WcFlags.None, 0, 0));
-                qp.EnterError();
+                qp.FailRequest(qp.SendCq, new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), 0, qp.QpNumber, WcFlags.None, 0, 0));
                 return;
             }
         }
@@ -223,8 +222,7 @@ internal sealed class DmaEngine : IDisposable
                     if (rs != WcStatus.Success || recv.Local.Length < wr.Local.Length)
                     {
                         var st = rs != WcStatus.Success ? rs : WcStatus.LocLenErr;
-                        peer.RecvCq.Push(new WorkCompletion(recv.WrId, st, WcOpcode.Recv, 0, peer.QpNumber, WcFlags.None, 0, 0));
-                        peer.EnterError();
+                        peer.FailRequest(peer.RecvCq, new WorkCompletion(recv.WrId, st, WcOpcode.Recv, 0, peer.QpNumber, WcFlags.None, 0, 0));
                         return st == WcStatus.LocLenErr ? WcStatus.RemInvReqErr : WcStatus.RemOpErr;
                     }
                     var cs = Copy(lmr, loff, rmr, roff, wr.Local.Length, sourceIsLocal: true);

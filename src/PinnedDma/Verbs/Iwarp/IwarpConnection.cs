@@ -410,11 +410,12 @@ internal sealed class IwarpConnection : IDisposable
         PendingRead? p;
         lock (_readsLock) _reads.TryDequeue(out p);
         if (p is null) return;
-        if (status != WcStatus.Success || p.Signaled)
-            _qp.SendCq.Push(new WorkCompletion(p.WrId, status, WcOpcode.RdmaRead, status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0));
+        var wc = new WorkCompletion(p.WrId, status, WcOpcode.RdmaRead, status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0);
+        bool signaled = p.Signaled;
         p.Sink = null;
         _readPool.Return(p);
-        if (status != WcStatus.Success) _qp.EnterError();
+        if (status != WcStatus.Success) _qp.FailRequest(_qp.SendCq, wc);
+        else if (signaled) _qp.SendCq.Push(wc);
     }
 
     private bool OnSend(in Fpdu f)
