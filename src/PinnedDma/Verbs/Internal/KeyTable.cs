@@ -4,16 +4,17 @@ using PinnedDma.Internal;
 namespace PinnedDma.Verbs.Internal;
 
 /// <summary>
-/// The NIC's translation-table index: key = index (24 bits) and a random key byte (8 bits), as mlx5 and rxe do, so a
-/// reused index with a stale key byte does not name the new region. Lookups are lock-free reads of an array that
-/// only grows.
+/// The NIC's translation-table index: key = index (24 bits) and a key byte (8 bits), as mlx5 and rxe do. Each index
+/// starts at a random key byte and advances it on every reuse, so a stale key names nothing for the next 255
+/// registrations at that index (a random byte per reuse could repeat one from two registrations back). Freed indexes
+/// are reused oldest first. Lookups are lock-free reads of an array that only grows.
 /// </summary>
 internal sealed class KeyTable
 {
     private readonly object _sync = new();
     private MemoryRegion?[] _slots = new MemoryRegion?[64];
-    private byte[] _lastKeyByte = new byte[64]; // the key byte last handed out at each index (under _sync)
-    private readonly Stack<int> _free = new();
+    private byte[] _lastKeyByte = new byte[64]; // the key byte last handed out at each index, 0 = never (under _sync)
+    private readonly Queue<int> _free = new();
     private int _next = 1; // index 0 is never used, so key 0 is never valid
 
     public uint Add(MemoryRegion mr)
@@ -21,7 +22,7 @@ internal sealed class KeyTable
         lock (_sync)
         {
             int index;
-            if (_free.Count > 0) index = _free.Pop();
+            if (_free.Count > 0) index = _free.Dequeue();
             else
             {
                 if (_next >= 1 << 24) ThrowHelper.Throw(PinnedDmaError.NoSpace, "No memory region keys left.");
@@ -32,10 +33,10 @@ internal sealed class KeyTable
                     Array.Resize(ref _lastKeyByte, _slots.Length);
                 }
             }
-            // Never hand out the key byte the index carried last: the stale key would name the new region.
-            byte keyByte;
-            do keyByte = (byte)RandomNumberGenerator.GetInt32(256);
-            while ((mr.LKey != 0 && keyByte == (byte)mr.LKey) || (_lastKeyByte[index] != 0 && keyByte == _lastKeyByte[index]) || keyByte == 0);
+            // Advance the index's key byte (skipping 0, which marks "never used"); random for a fresh index.
+            byte keyByte = _lastKeyByte[index] == 0
+                ? (byte)RandomNumberGenerator.GetInt32(1, 256)
+                : (byte)(_lastKeyByte[index] == 255 ? 1 : _lastKeyByte[index] + 1);
             _lastKeyByte[index] = keyByte;
             uint key = ((uint)index << 8) | keyByte;
             mr.LKey = key;
@@ -61,7 +62,7 @@ internal sealed class KeyTable
             if (index < _slots.Length && _slots[index] == mr)
             {
                 Volatile.Write(ref _slots[index], null);
-                _free.Push(index);
+                _free.Enqueue(index);
             }
         }
     }
