@@ -139,6 +139,37 @@ internal sealed class FpduEncoder
         return span.Length;
     }
 
+    /// <summary>
+    /// Queues one FPDU whose payload stays where it lies: the length field and header, then a reference to
+    /// <paramref name="payload"/> (native memory that stays valid until the queue flushes), then pad and CRC.
+    /// </summary>
+    public int WriteReferenced(FpduSendQueue queue, in DdpRdmapHeader header, ReadOnlySpan<byte> payload)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        int head = Fpdu.LengthFieldSize + header.Length;
+        int ulpdu = CheckedUlpdu(header.Length, payload.Length);
+        int pad = Fpdu.PadLength(ulpdu);
+        Span<byte> span = queue.GetSpan(head).Slice(0, head);
+        BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
+        header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
+        uint state = Options.Crc ? Crc32C.Append(0xFFFFFFFFu, span) : 0;
+        queue.Advance(head);
+        queue.Reference(payload);
+        int tail = pad + (Options.Crc ? Fpdu.CrcSize : 0);
+        if (tail > 0)
+        {
+            Span<byte> trailer = queue.GetSpan(tail).Slice(0, tail);
+            trailer.Slice(0, pad).Clear();
+            if (Options.Crc)
+            {
+                state = Crc32C.Append(Crc32C.Append(state, payload), trailer.Slice(0, pad));
+                BinaryPrimitives.WriteUInt32LittleEndian(trailer.Slice(pad), ~state);
+            }
+            queue.Advance(tail);
+        }
+        return head + payload.Length + tail;
+    }
+
     public int WriteRdmaWrite(IBufferWriter<byte> writer, uint sinkSTag, ulong sinkTaggedOffset, bool last, ReadOnlySpan<byte> payload) =>
         Write(writer, DdpRdmapHeader.ForTagged(RdmapOpcode.RdmaWrite, sinkSTag, sinkTaggedOffset, last), payload);
 

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Microsoft.Extensions.ObjectPool;
@@ -16,13 +17,18 @@ namespace PinnedDma.Verbs.Iwarp;
 internal sealed class IwarpConnection : IDisposable
 {
     private const int SendBatch = 256 * 1024;
+    // Payloads of at least this many bytes are sent by reference and, without CRC, received straight into the region.
+    private const int ZeroCopyMin = 4096;
+    // Read bound while a large tagged segment is expected: its header (and a previous pad), not its payload.
+    private const int HeaderProbe = 64;
     private readonly Socket _socket;
     private readonly PipeReader _reader;
+    private readonly SocketReceiveStream _stream;
     private readonly QueuePair _qp;
     private readonly FpduEncoder _encoder;
     private readonly FpduDecoder _decoder;
     private readonly object _sendLock = new();
-    private readonly ArrayBufferWriter<byte> _out = new(SendBatch + 70 * 1024);
+    private readonly FpduSendQueue _out;
     private readonly byte[] _scratch = GC.AllocateUninitializedArray<byte>(64 * 1024, pinned: true);
     private readonly Queue<PendingRead> _reads = new();
     private readonly ObjectPool<PendingRead> _readPool = new DefaultObjectPool<PendingRead>(new DefaultPooledObjectPolicy<PendingRead>(), 64);
@@ -38,11 +44,15 @@ internal sealed class IwarpConnection : IDisposable
     private long _recvOffset;
     private uint _recvBytes;
     private int _closed;
+    // Pad bytes of a directly placed segment still to be skipped in the pipe.
+    private int _skip;
 
-    public IwarpConnection(Socket socket, PipeReader reader, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
+    public IwarpConnection(Socket socket, PipeReader reader, SocketReceiveStream stream, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
     {
         _socket = socket;
         _reader = reader;
+        _stream = stream;
+        _out = new FpduSendQueue(socket, SendBatch + 2 * maxFpduSize);
         _qp = qp;
         Negotiated = negotiated;
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize) };
@@ -144,6 +154,7 @@ internal sealed class IwarpConnection : IDisposable
             lock (_sendLock)
             {
                 uint done = 0;
+                bool referenced = false;
                 do
                 {
                     int n = (int)Math.Min(max, length - done);
@@ -166,11 +177,22 @@ internal sealed class IwarpConnection : IDisposable
                     var header = tagged
                         ? DdpRdmapHeader.ForTagged(op, stag, to + done, last)
                         : DdpRdmapHeader.ForUntagged(op, DdpQueue.Send, msn, done, last, invalidate);
-                    _encoder.Write(_out, header, payload);
-                    if (_out.WrittenCount >= SendBatch) Flush();
+                    if (n >= ZeroCopyMin && !mr!.IsOnDemand)
+                    {
+                        _encoder.WriteReferenced(_out, header, payload);
+                        referenced = true;
+                    }
+                    else
+                    {
+                        _encoder.Write(_out, header, payload);
+                    }
+                    if (_out.QueuedBytes >= SendBatch) _out.Flush();
                     done += (uint)n;
                 }
                 while (done < length);
+                // Referenced payload must reach the kernel before the region's drain is left (and before the work
+                // request completes: the caller may reuse the buffer).
+                if (referenced) _out.Flush();
             }
         }
         finally
@@ -223,8 +245,7 @@ internal sealed class IwarpConnection : IDisposable
         if (Volatile.Read(ref _closed) != 0) return;
         try
         {
-            lock (_sendLock)
-                if (_out.WrittenCount > 0) Flush();
+            lock (_sendLock) _out.Flush();
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
@@ -232,26 +253,14 @@ internal sealed class IwarpConnection : IDisposable
         }
     }
 
-    private void Flush()
-    {
-        var span = _out.WrittenSpan;
-        while (!span.IsEmpty)
-        {
-            int n = _socket.Send(span, SocketFlags.None);
-            span = span[n..];
-        }
-        _out.ResetWrittenCount();
-    }
-
     // ------------------------------------------------------------ responder side (receive loop)
 
     private async Task ReceiveLoopAsync()
     {
         IwarpError error;
-        Func<Fpdu, bool> onFpdu = OnFpdu;
         try
         {
-            error = await FpduPipeReader.ReadAllAsync(_reader, _decoder, onFpdu).ConfigureAwait(false);
+            error = await ReceiveFpdusAsync().ConfigureAwait(false);
         }
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException or OperationCanceledException)
         {
@@ -280,6 +289,192 @@ internal sealed class IwarpConnection : IDisposable
     }
 
     private (TerminateCode Code, DdpRdmapHeader? Header, ushort SegmentLength, string Why)? _pendingTerminate;
+
+    /// <summary>
+    /// Parses FPDUs from the pipe until the stream ends or the peer breaks the protocol (the error, or a pending
+    /// Terminate, is the result). Without CRC, a large tagged segment whose header is in the pipe is placed directly:
+    /// the buffered part of its payload is copied, then the rest is received from the socket straight into the region.
+    /// With CRC nothing is acted on before its CRC checks, so every FPDU is parsed whole from the pipe.
+    /// </summary>
+    private async Task<IwarpError> ReceiveFpdusAsync()
+    {
+        bool direct = !_decoder.Options.Crc;
+        while (true)
+        {
+            ReadResult result = await _reader.ReadAsync().ConfigureAwait(false);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (_skip > 0)
+            {
+                int k = (int)Math.Min(_skip, buffer.Length);
+                buffer = buffer.Slice(k);
+                _skip -= k;
+            }
+            IwarpError error = default;
+            bool stop = false;
+            while (true)
+            {
+                ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
+                if (status != ParseStatus.Frame) break;
+                _stream.ReadLimit = direct && fpdu.Payload.Length >= ZeroCopyMin ? HeaderProbe : int.MaxValue;
+                if (!OnFpdu(fpdu))
+                {
+                    stop = true;
+                    break;
+                }
+            }
+            if (error.IsError || stop)
+            {
+                _reader.AdvanceTo(buffer.Start);
+                return error;
+            }
+            if (direct && !result.IsCompleted && !result.IsCanceled && TryDirectTarget(buffer, out var target))
+            {
+                // Everything buffered belongs to this segment: place it, hand the pipe back empty, receive the rest.
+                var placed = PlaceBuffered(target, buffer);
+                _reader.AdvanceTo(buffer.End);
+                if (placed == Placement.Done) placed = await ReceiveDirectAsync(target).ConfigureAwait(false);
+                if (placed == Placement.Stop) return default;
+                if (placed == Placement.Truncated)
+                    return IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended inside a directly placed FPDU.");
+                continue;
+            }
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                bool clean = buffer.IsEmpty && _skip == 0;
+                _reader.AdvanceTo(buffer.Start, buffer.End);
+                if (result.IsCanceled) throw new OperationCanceledException("The pipe read was canceled.");
+                return clean ? IwarpError.None
+                    : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({buffer.Length} bytes left).");
+            }
+            _reader.AdvanceTo(buffer.Start, buffer.End);
+        }
+    }
+
+    private enum Placement { Done, Stop, Truncated }
+
+    /// <summary>A tagged segment being placed directly: where its payload goes and how much of it arrived so far.</summary>
+    private sealed class DirectTarget
+    {
+        public DdpRdmapHeader Header;
+        public MemoryRegion? Region;
+        public long Offset;
+        public int PayloadLength;
+        public int Placed;
+        public int WireLength;
+        public PendingRead? Read;
+    }
+
+    private readonly DirectTarget _direct = new();
+    private readonly byte[] _probe = new byte[Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength];
+
+    /// <summary>
+    /// Whether the incomplete FPDU at the front of <paramref name="buffer"/> is a large tagged segment for a valid
+    /// region (or outstanding read) of this stream. Anything unusual returns false: the ordinary path then parses the
+    /// whole FPDU and reports exactly what is wrong with it.
+    /// </summary>
+    private bool TryDirectTarget(in ReadOnlySequence<byte> buffer, out DirectTarget target)
+    {
+        target = _direct;
+        const int head = Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength;
+        if (buffer.Length < head) return false;
+        byte[] bytes = _probe;
+        buffer.Slice(0, head).CopyTo(bytes);
+        int ulpdu = BinaryPrimitives.ReadUInt16BigEndian(bytes);
+        if ((bytes[Fpdu.LengthFieldSize] & 0x80) == 0 || ulpdu > _decoder.Options.ReceiveLimit || ulpdu - DdpRdmapHeader.TaggedLength < ZeroCopyMin)
+            return false;
+        var ulpduHead = new ReadOnlySequence<byte>(bytes, Fpdu.LengthFieldSize, DdpRdmapHeader.TaggedLength);
+        if (!FpduDecoder.TryDecodeUlpdu(ulpduHead, out var h, out _, out _, out _, out _)) return false;
+        uint len = (uint)(ulpdu - DdpRdmapHeader.TaggedLength);
+        MemoryRegion? mr;
+        long off;
+        PendingRead? p = null;
+        if (h.Opcode == RdmapOpcode.RdmaWrite)
+        {
+            if (Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out mr, out off) != WcStatus.Success) return false;
+        }
+        else if (h.Opcode == RdmapOpcode.RdmaReadResponse)
+        {
+            if (!ReadResponseFits(h, len, out p)) return false;
+            mr = p!.Sink;
+            off = p.SinkOffset + p.Received;
+        }
+        else
+        {
+            return false;
+        }
+        if (mr is null || mr.IsOnDemand) return false;
+        target.Header = h;
+        target.Region = mr;
+        target.Offset = off;
+        target.PayloadLength = (int)len;
+        target.Placed = 0;
+        target.WireLength = Fpdu.WireLengthFor(ulpdu, crc: false);
+        target.Read = p;
+        return true;
+    }
+
+    /// <summary>Copies the part of the segment already in the pipe (payload, then perhaps some pad).</summary>
+    private Placement PlaceBuffered(DirectTarget t, in ReadOnlySequence<byte> buffer)
+    {
+        const int head = Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength;
+        int inPipe = (int)(buffer.Length - head);
+        int payload = Math.Min(inPipe, t.PayloadLength);
+        if (!CopyIn(t.Region!, t.Offset, buffer.Slice(head, payload))) return RevokedDuringPlacement(t);
+        t.Placed = payload;
+        _skip = t.WireLength - head - t.PayloadLength - (inPipe - payload);
+        return Placement.Done;
+    }
+
+    /// <summary>
+    /// Receives the rest of the payload from the socket into the region. The region's drain is held only around a
+    /// receive of bytes already in the socket, never while waiting for the peer, so a stalled peer cannot hold off a
+    /// lease break.
+    /// </summary>
+    private async ValueTask<Placement> ReceiveDirectAsync(DirectTarget t)
+    {
+        var mr = t.Region!;
+        while (t.Placed < t.PayloadLength)
+        {
+            if (!mr.TryEnter()) return RevokedDuringPlacement(t);
+            int n;
+            try
+            {
+                int available = _socket.Available;
+                n = available > 0 ? _socket.Receive(mr.Piece(t.Offset + t.Placed, Math.Min(t.PayloadLength - t.Placed, available)), SocketFlags.None) : -1;
+            }
+            finally
+            {
+                mr.Exit();
+            }
+            if (n < 0)
+            {
+                // Wait for bytes without holding the region (a zero-byte receive completes when data is available).
+                await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+                if (_socket.Available == 0) return Placement.Truncated;
+                continue;
+            }
+            if (n == 0) return Placement.Truncated;
+            t.Placed += n;
+        }
+        _stream.ReadLimit = HeaderProbe;
+        var f = new Fpdu(t.Header, default, default, default, t.WireLength);
+        if (t.Read is { } p && !FinishReadResponse(f, p, (uint)t.PayloadLength)) return Placement.Stop;
+        return Placement.Done;
+    }
+
+    private Placement RevokedDuringPlacement(DirectTarget t)
+    {
+        var f = new Fpdu(t.Header, default, default, default, t.WireLength);
+        if (t.Read is null)
+        {
+            Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
+        }
+        else
+        {
+            CompleteHeadRead(WcStatus.LocProtErr);
+        }
+        return Placement.Stop;
+    }
 
     /// <summary>A receive taken by the first segment of a Send that never got its last segment is flushed, not lost.</summary>
     private void FlushPartialSend()
@@ -384,19 +579,29 @@ internal sealed class IwarpConnection : IDisposable
 
     private bool OnReadResponse(in Fpdu f)
     {
-        var h = f.Header;
-        PendingRead? p;
-        lock (_readsLock) _reads.TryPeek(out p);
         uint len = (uint)f.Payload.Length;
-        if (p is null || h.STag != p.SinkSTag || h.TaggedOffset != p.SinkTo + p.Received || p.Received + len > p.Length)
+        if (!ReadResponseFits(f.Header, len, out var p))
             return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "Read Response outside the outstanding read's sink");
-        if (len > 0 && !CopyIn(p.Sink!, p.SinkOffset + p.Received, f.Payload))
+        if (len > 0 && !CopyIn(p!.Sink!, p.SinkOffset + p.Received, f.Payload))
         {
             CompleteHeadRead(WcStatus.LocProtErr);
             return false;
         }
+        return FinishReadResponse(f, p!, len);
+    }
+
+    /// <summary>Whether a Read Response segment continues the oldest outstanding read exactly, within its sink.</summary>
+    private bool ReadResponseFits(in DdpRdmapHeader h, uint len, out PendingRead? p)
+    {
+        lock (_readsLock) _reads.TryPeek(out p);
+        return p is not null && h.STag == p.SinkSTag && h.TaggedOffset == p.SinkTo + p.Received && p.Received + len <= p.Length;
+    }
+
+    /// <summary>Accounts a placed Read Response segment; the last one completes the read.</summary>
+    private bool FinishReadResponse(in Fpdu f, PendingRead p, uint len)
+    {
         p.Received += len;
-        if (h.Last)
+        if (f.Header.Last)
         {
             if (p.Received != p.Length)
                 return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "short Read Response");
@@ -488,7 +693,7 @@ internal sealed class IwarpConnection : IDisposable
             {
                 var t = new TerminateMessage { Code = code, TerminatedDdpHeader = header, DdpSegmentLength = segmentLength, SegmentLengthValid = header.HasValue };
                 _encoder.WriteTerminate(_out, _termMsn++, t);
-                Flush();
+                _out.Flush();
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)

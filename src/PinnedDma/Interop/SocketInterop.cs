@@ -1,0 +1,120 @@
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+
+namespace PinnedDma.Interop;
+
+/// <summary>
+/// Gathered sends straight from native memory: <c>sendmsg</c> with an iovec list, which .NET's <see cref="Socket"/> only
+/// offers for managed arrays. The socket may be in non-blocking mode (it is once any async operation ran on it), so a
+/// full send buffer is waited out with <c>poll</c>.
+/// </summary>
+internal static unsafe partial class SocketInterop
+{
+    private const int EINTR = 4;
+    private const int EAGAIN = 11;
+    private const int MSG_NOSIGNAL = 0x4000;
+    private const short POLLOUT = 0x004;
+
+    /// <summary>Linux caps one sendmsg at IOV_MAX (1024) buffers.</summary>
+    public const int MaxIovecs = 1024;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct MsgHdr
+    {
+        public void* Name;
+        public uint NameLength;
+        public IoVec* Iov;
+        public nuint IovLength;
+        public void* Control;
+        public nuint ControlLength;
+        public int Flags;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Returned;
+    }
+
+    [LibraryImport("libc", EntryPoint = "sendmsg", SetLastError = true)]
+    private static partial nint SendMsg(int fd, MsgHdr* message, int flags);
+
+    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
+    private static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
+
+    /// <summary>
+    /// Sends every byte the <paramref name="count"/> iovecs at <paramref name="iov"/> describe (the array is consumed:
+    /// entries are advanced as bytes go out). Throws <see cref="SocketException"/> when the connection fails and
+    /// <see cref="ObjectDisposedException"/> when the socket is closed meanwhile.
+    /// </summary>
+    public static void SendAll(Socket socket, IoVec* iov, int count)
+    {
+        var handle = socket.SafeHandle;
+        bool added = false;
+        handle.DangerousAddRef(ref added); // the descriptor cannot be closed (and reused) while it is in use here
+        try
+        {
+            int fd = (int)handle.DangerousGetHandle();
+            var message = new MsgHdr { Iov = iov, IovLength = (nuint)count };
+            while (message.IovLength > 0)
+            {
+                nint sent = SendMsg(fd, &message, MSG_NOSIGNAL);
+                if (sent < 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == EINTR) continue;
+                    if (errno != EAGAIN) throw new SocketException((int)ErrnoToSocketError(errno));
+                    var p = new PollFd { Fd = fd, Events = POLLOUT };
+                    // A bounded wait re-checks the socket, so a connection closed meanwhile is noticed.
+                    if (Poll(&p, 1, 200) < 0 && Marshal.GetLastPInvokeError() != EINTR)
+                        throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
+                    ObjectDisposedException.ThrowIf(handle.IsClosed, socket);
+                    continue;
+                }
+                while (sent > 0)
+                {
+                    if ((nint)message.Iov->Length <= sent)
+                    {
+                        sent -= (nint)message.Iov->Length;
+                        message.Iov++;
+                        message.IovLength--;
+                    }
+                    else
+                    {
+                        message.Iov->Base += sent;
+                        message.Iov->Length -= (nuint)sent;
+                        sent = 0;
+                    }
+                }
+                while (message.IovLength > 0 && message.Iov->Length == 0)
+                {
+                    message.Iov++;
+                    message.IovLength--;
+                }
+            }
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+    }
+
+    private static SocketError ErrnoToSocketError(int errno) => errno switch
+    {
+        32 => SocketError.Shutdown,          // EPIPE
+        104 => SocketError.ConnectionReset,  // ECONNRESET
+        107 => SocketError.NotConnected,     // ENOTCONN
+        110 => SocketError.TimedOut,         // ETIMEDOUT
+        9 => SocketError.OperationAborted,   // EBADF
+        _ => SocketError.SocketError,
+    };
+}
