@@ -48,7 +48,7 @@ public sealed class IwarpPair : IDisposable
     public MemoryRegion ServerBuffer { get; }
 
     /// <summary>Connects a fresh pair with MPA revision 1 and the given CRC setting (64 KiB FPDUs).</summary>
-    public static IwarpPair Create(bool crc, int depth)
+    public static IwarpPair Create(bool crc, int depth, bool bufferTarget = false)
     {
         var target = new VerbsBench.FileTarget();
         var serverDev = new RdmaDevice("bench-iwarp-server");
@@ -59,7 +59,9 @@ public sealed class IwarpPair : IDisposable
         var ccq = clientDev.CreateCompletionQueue(1024);
         var server = spd.CreateQueuePair(new QueuePairOptions { SendCq = scq, RecvCq = scq, MaxSendWr = depth, MaxRecvWr = 16 });
         var client = cpd.CreateQueuePair(new QueuePairOptions { SendCq = ccq, RecvCq = ccq, MaxSendWr = depth, MaxRecvWr = 16 });
-        var serverMr = target.Register(spd);
+        var serverMr = bufferTarget
+            ? spd.RegisterBuffer(VerbsBench.Region, AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead)
+            : target.Register(spd);
         var serverBuffer = spd.RegisterBuffer(4096, AccessFlags.LocalWrite);
         var clientMr = cpd.RegisterBuffer(VerbsBench.Region, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
         var options = new IwarpOptions { MpaRevision = 1, Crc = crc, MaxFpduSize = 65536 };

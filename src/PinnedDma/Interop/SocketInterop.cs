@@ -13,6 +13,9 @@ internal static unsafe partial class SocketInterop
     private const int EINTR = 4;
     private const int EAGAIN = 11;
     private const int MSG_NOSIGNAL = 0x4000;
+    private const int MSG_PEEK = 0x2;
+    private const int MSG_DONTWAIT = 0x40;
+    private const short POLLIN = 0x001;
     private const short POLLOUT = 0x004;
 
     /// <summary>Linux caps one sendmsg at IOV_MAX (1024) buffers.</summary>
@@ -47,6 +50,9 @@ internal static unsafe partial class SocketInterop
 
     [LibraryImport("libc", EntryPoint = "sendmsg", SetLastError = true)]
     private static partial nint SendMsg(int fd, MsgHdr* message, int flags);
+
+    [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
+    private static partial nint Recv(int fd, byte* buffer, nuint length, int flags);
 
     [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
     private static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
@@ -105,6 +111,48 @@ internal static unsafe partial class SocketInterop
         finally
         {
             if (added) handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// Receives up to <paramref name="length"/> bytes into <paramref name="buffer"/>, waiting in <c>poll</c> (woken by
+    /// the kernel directly, no event-loop hop) while nothing is there. Returns 0 at the end of the stream. The caller
+    /// holds a reference on the socket's handle (<see cref="System.Runtime.InteropServices.SafeHandle.DangerousAddRef"/>)
+    /// so the descriptor cannot be reused meanwhile.
+    /// </summary>
+    public static int Receive(Socket socket, int fd, byte* buffer, int length)
+    {
+        while (true)
+        {
+            nint got = Recv(fd, buffer, (nuint)length, 0);
+            if (got >= 0) return (int)got;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) throw new SocketException((int)ErrnoToSocketError(errno));
+            var p = new PollFd { Fd = fd, Events = POLLIN };
+            if (Poll(&p, 1, 200) < 0 && Marshal.GetLastPInvokeError() != EINTR)
+                throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
+            ObjectDisposedException.ThrowIf(socket.SafeHandle.IsClosed, socket);
+        }
+    }
+
+    /// <summary>Waits until the socket has bytes to read; false when it reached the end of the stream instead.</summary>
+    public static bool WaitReadable(Socket socket, int fd)
+    {
+        byte one;
+        while (true)
+        {
+            var p = new PollFd { Fd = fd, Events = POLLIN };
+            int ready = Poll(&p, 1, 200);
+            if (ready < 0 && Marshal.GetLastPInvokeError() != EINTR)
+                throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
+            ObjectDisposedException.ThrowIf(socket.SafeHandle.IsClosed, socket);
+            if (ready <= 0) continue;
+            nint got = Recv(fd, &one, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (got > 0) return true;
+            if (got == 0) return false;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno is not (EAGAIN or EINTR)) throw new SocketException((int)ErrnoToSocketError(errno));
         }
     }
 

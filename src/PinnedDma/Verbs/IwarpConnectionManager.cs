@@ -114,14 +114,13 @@ public sealed class IwarpListener : IDisposable
     private async Task HandshakeAsync(Socket socket)
     {
         socket.NoDelay = true;
-        var stream = new SocketReceiveStream(socket);
-        var reader = PipeReader.Create(stream, IwarpOptions.ReaderOptions);
+        var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false), IwarpOptions.ReaderOptions);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
         timeout.CancelAfter(_options.SetupTimeout);
         try
         {
             var request = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Request, timeout.Token).ConfigureAwait(false);
-            await _ready.Writer.WriteAsync(new IwarpConnectionRequest(socket, reader, stream, request, _options), _stop.Token).ConfigureAwait(false);
+            await _ready.Writer.WriteAsync(new IwarpConnectionRequest(socket, reader, request, _options), _stop.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or IOException or SocketException or System.Threading.Channels.ChannelClosedException)
         {
@@ -156,16 +155,14 @@ public sealed class IwarpConnectionRequest
 {
     private readonly Socket _socket;
     private readonly PipeReader _reader;
-    private readonly SocketReceiveStream _stream;
     private readonly MpaFrame _request;
     private readonly IwarpOptions _options;
     private int _decided;
 
-    internal IwarpConnectionRequest(Socket socket, PipeReader reader, SocketReceiveStream stream, MpaFrame request, IwarpOptions options)
+    internal IwarpConnectionRequest(Socket socket, PipeReader reader, MpaFrame request, IwarpOptions options)
     {
         _socket = socket;
         _reader = reader;
-        _stream = stream;
         _request = request;
         _options = options;
     }
@@ -191,7 +188,7 @@ public sealed class IwarpConnectionRequest
             _socket.Dispose();
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
-        qp.AttachConnection(new IwarpConnection(_socket, _reader, _stream, qp, decision.Negotiated, _options.MaxFpduSize));
+        qp.AttachConnection(new IwarpConnection(_socket, _reader, qp, decision.Negotiated, _options.MaxFpduSize));
     }
 
     /// <summary>Rejects with an MPA reply that has the R flag set.</summary>
@@ -226,8 +223,7 @@ public static class IwarpConnector
             await socket.ConnectAsync(endpoint, timeout.Token).ConfigureAwait(false);
             var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
             await socket.SendAsync(request.ToArray(), SocketFlags.None, timeout.Token).ConfigureAwait(false);
-            var stream = new SocketReceiveStream(socket);
-            var reader = PipeReader.Create(stream, IwarpOptions.ReaderOptions);
+            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false), IwarpOptions.ReaderOptions);
             MpaFrame reply;
             try
             {
@@ -240,7 +236,7 @@ public static class IwarpConnector
             var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
             if (error.IsError)
                 throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
-            qp.AttachConnection(new IwarpConnection(socket, reader, stream, qp, negotiated, options.MaxFpduSize));
+            qp.AttachConnection(new IwarpConnection(socket, reader, qp, negotiated, options.MaxFpduSize));
             return reply.PrivateData;
         }
         catch

@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Microsoft.Extensions.ObjectPool;
+using PinnedDma.Interop;
 using PinnedDma.Verbs.Internal;
 
 namespace PinnedDma.Verbs.Iwarp;
@@ -21,9 +22,12 @@ internal sealed class IwarpConnection : IDisposable
     private const int ZeroCopyMin = 4096;
     // Read bound while a large tagged segment is expected: its header (and a previous pad), not its payload.
     private const int HeaderProbe = 64;
+    private const int ReceiveChunk = 64 * 1024;
+    // Staging for received bytes, filled and drained by the receive thread alone (so no pause threshold).
+    private readonly Pipe _rxPipe = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, minimumSegmentSize: ReceiveChunk,
+        readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
     private readonly Socket _socket;
     private readonly PipeReader _reader;
-    private readonly SocketReceiveStream _stream;
     private readonly QueuePair _qp;
     private readonly FpduEncoder _encoder;
     private readonly FpduDecoder _decoder;
@@ -47,11 +51,10 @@ internal sealed class IwarpConnection : IDisposable
     // Pad bytes of a directly placed segment still to be skipped in the pipe.
     private int _skip;
 
-    public IwarpConnection(Socket socket, PipeReader reader, SocketReceiveStream stream, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
+    public IwarpConnection(Socket socket, PipeReader reader, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
     {
         _socket = socket;
         _reader = reader;
-        _stream = stream;
         _out = new FpduSendQueue(socket, SendBatch + 2 * maxFpduSize);
         _qp = qp;
         Negotiated = negotiated;
@@ -73,7 +76,35 @@ internal sealed class IwarpConnection : IDisposable
 
     public Task Completion { get; private set; } = Task.CompletedTask;
 
-    public void Start() => Completion = Task.Run(ReceiveLoopAsync);
+    /// <summary>Starts the receive thread; bytes the handshake reader already took off the socket are parsed first.</summary>
+    public void Start()
+    {
+        if (_reader.TryRead(out ReadResult early))
+        {
+            foreach (var segment in early.Buffer) _rxPipe.Writer.Write(segment.Span);
+            _reader.AdvanceTo(early.Buffer.End);
+            _ = _rxPipe.Writer.FlushAsync();
+        }
+        _reader.Complete();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Completion = done.Task;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                ReceiveLoop();
+            }
+            finally
+            {
+                done.SetResult();
+            }
+        })
+        {
+            IsBackground = true,
+            Name = $"iwarp-rx qp {_qp.QpNumber}",
+        };
+        thread.Start();
+    }
 
     /// <summary>An RDMA Read Request accepted by the receive loop, answered by the DMA engine thread.</summary>
     private readonly record struct InboundRead(MemoryRegion Source, long Offset, uint Size, uint SinkSTag, ulong SinkTo);
@@ -255,18 +286,28 @@ internal sealed class IwarpConnection : IDisposable
 
     // ------------------------------------------------------------ responder side (receive loop)
 
-    private async Task ReceiveLoopAsync()
+    private void ReceiveLoop()
     {
         IwarpError error;
+        var handle = _socket.SafeHandle;
+        bool added = false;
         try
         {
-            error = await ReceiveFpdusAsync().ConfigureAwait(false);
+            // The descriptor stays ours (not closed, not reused) until this loop ends; Close shuts it down to wake us.
+            handle.DangerousAddRef(ref added);
+            error = ReceiveFpdus((int)handle.DangerousGetHandle());
         }
-        catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException or OperationCanceledException)
+        catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
         {
             FlushPartialSend();
             Close($"connection lost: {e.Message}");
             return;
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+            _rxPipe.Reader.Complete();
+            _rxPipe.Writer.Complete();
         }
         FlushPartialSend();
         if (_pendingTerminate is { } t)
@@ -290,18 +331,34 @@ internal sealed class IwarpConnection : IDisposable
 
     private (TerminateCode Code, DdpRdmapHeader? Header, ushort SegmentLength, string Why)? _pendingTerminate;
 
+    /// <summary>A receive taken by the first segment of a Send that never got its last segment is flushed, not lost.</summary>
+    private void FlushPartialSend()
+    {
+        if (!_inSend) return;
+        _inSend = false;
+        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+    }
+
     /// <summary>
-    /// Parses FPDUs from the pipe until the stream ends or the peer breaks the protocol (the error, or a pending
-    /// Terminate, is the result). Without CRC, a large tagged segment whose header is in the pipe is placed directly:
-    /// the buffered part of its payload is copied, then the rest is received from the socket straight into the region.
+    /// Receives and handles FPDUs until the stream ends or the peer breaks the protocol (the error, or a pending
+    /// Terminate, is the result). This thread both fills and drains <see cref="_rxPipe"/>: it receives into the pipe
+    /// with <c>recv</c> (woken by the kernel, no event-loop hop) and parses what the pipe holds. Without CRC, a large
+    /// tagged segment whose header is in the pipe is placed directly: the buffered part of its payload is copied, the
+    /// rest goes from the socket straight into the region, and the next read takes only a header's worth of bytes.
     /// With CRC nothing is acted on before its CRC checks, so every FPDU is parsed whole from the pipe.
     /// </summary>
-    private async Task<IwarpError> ReceiveFpdusAsync()
+    private IwarpError ReceiveFpdus(int fd)
     {
         bool direct = !_decoder.Options.Crc;
+        var reader = _rxPipe.Reader;
+        bool probe = false;
         while (true)
         {
-            ReadResult result = await _reader.ReadAsync().ConfigureAwait(false);
+            if (!reader.TryRead(out ReadResult result))
+            {
+                if (!Fill(fd, probe ? HeaderProbe : int.MaxValue)) return EndOfStream(default);
+                continue;
+            }
             ReadOnlySequence<byte> buffer = result.Buffer;
             if (_skip > 0)
             {
@@ -315,7 +372,7 @@ internal sealed class IwarpConnection : IDisposable
             {
                 ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
                 if (status != ParseStatus.Frame) break;
-                _stream.ReadLimit = direct && fpdu.Payload.Length >= ZeroCopyMin ? HeaderProbe : int.MaxValue;
+                probe = direct && fpdu.Payload.Length >= ZeroCopyMin;
                 if (!OnFpdu(fpdu))
                 {
                     stop = true;
@@ -324,30 +381,45 @@ internal sealed class IwarpConnection : IDisposable
             }
             if (error.IsError || stop)
             {
-                _reader.AdvanceTo(buffer.Start);
+                reader.AdvanceTo(buffer.Start);
                 return error;
             }
-            if (direct && !result.IsCompleted && !result.IsCanceled && TryDirectTarget(buffer, out var target))
+            if (direct && TryDirectTarget(buffer, out var target))
             {
-                // Everything buffered belongs to this segment: place it, hand the pipe back empty, receive the rest.
+                // Everything buffered belongs to this segment: place it, empty the pipe, receive the rest.
                 var placed = PlaceBuffered(target, buffer);
-                _reader.AdvanceTo(buffer.End);
-                if (placed == Placement.Done) placed = await ReceiveDirectAsync(target).ConfigureAwait(false);
+                reader.AdvanceTo(buffer.End);
+                if (placed == Placement.Done) placed = ReceiveDirect(fd, target);
                 if (placed == Placement.Stop) return default;
-                if (placed == Placement.Truncated)
-                    return IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended inside a directly placed FPDU.");
+                if (placed == Placement.Truncated) return EndOfStream(target.WireLength);
+                probe = true;
                 continue;
             }
-            if (result.IsCompleted || result.IsCanceled)
-            {
-                bool clean = buffer.IsEmpty && _skip == 0;
-                _reader.AdvanceTo(buffer.Start, buffer.End);
-                if (result.IsCanceled) throw new OperationCanceledException("The pipe read was canceled.");
-                return clean ? IwarpError.None
-                    : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({buffer.Length} bytes left).");
-            }
-            _reader.AdvanceTo(buffer.Start, buffer.End);
+            reader.AdvanceTo(buffer.Start, buffer.End);
+            if (!Fill(fd, probe ? HeaderProbe : int.MaxValue)) return EndOfStream(buffer.Length);
+            probe = false;
         }
+    }
+
+    /// <summary>The stream ended: cleanly at an FPDU boundary, or inside one (<paramref name="pending"/> bytes held).</summary>
+    private IwarpError EndOfStream(long pending) => pending == 0 && _skip == 0
+        ? IwarpError.None
+        : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({pending} bytes held).");
+
+    /// <summary>One receive of at most <paramref name="limit"/> bytes into the pipe; false at the end of the stream.</summary>
+    private unsafe bool Fill(int fd, int limit)
+    {
+        var writer = _rxPipe.Writer;
+        Span<byte> into = writer.GetSpan(ReceiveChunk);
+        if (into.Length > limit) into = into[..limit];
+        int n;
+        fixed (byte* p = into) n = SocketInterop.Receive(_socket, fd, p, into.Length);
+        if (n == 0) return false;
+        writer.Advance(n);
+        // No pause threshold: the flush completes at once and makes the bytes readable on this same thread.
+        var flush = writer.FlushAsync();
+        if (!flush.IsCompletedSuccessfully) throw new InvalidOperationException("The receive pipe paused its writer.");
+        return true;
     }
 
     private enum Placement { Done, Stop, Truncated }
@@ -430,7 +502,7 @@ internal sealed class IwarpConnection : IDisposable
     /// receive of bytes already in the socket, never while waiting for the peer, so a stalled peer cannot hold off a
     /// lease break.
     /// </summary>
-    private async ValueTask<Placement> ReceiveDirectAsync(DirectTarget t)
+    private unsafe Placement ReceiveDirect(int fd, DirectTarget t)
     {
         var mr = t.Region!;
         while (t.Placed < t.PayloadLength)
@@ -440,7 +512,15 @@ internal sealed class IwarpConnection : IDisposable
             try
             {
                 int available = _socket.Available;
-                n = available > 0 ? _socket.Receive(mr.Piece(t.Offset + t.Placed, Math.Min(t.PayloadLength - t.Placed, available)), SocketFlags.None) : -1;
+                if (available > 0)
+                {
+                    var piece = mr.Piece(t.Offset + t.Placed, Math.Min(t.PayloadLength - t.Placed, available));
+                    fixed (byte* p = piece) n = SocketInterop.Receive(_socket, fd, p, piece.Length);
+                }
+                else
+                {
+                    n = -1;
+                }
             }
             finally
             {
@@ -448,17 +528,15 @@ internal sealed class IwarpConnection : IDisposable
             }
             if (n < 0)
             {
-                // Wait for bytes without holding the region (a zero-byte receive completes when data is available).
-                await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
-                if (_socket.Available == 0) return Placement.Truncated;
+                // Wait for bytes without holding the region.
+                if (!SocketInterop.WaitReadable(_socket, fd)) return Placement.Truncated;
                 continue;
             }
             if (n == 0) return Placement.Truncated;
             t.Placed += n;
         }
-        _stream.ReadLimit = HeaderProbe;
         var f = new Fpdu(t.Header, default, default, default, t.WireLength);
-        if (t.Read is { } p && !FinishReadResponse(f, p, (uint)t.PayloadLength)) return Placement.Stop;
+        if (t.Read is { } p2 && !FinishReadResponse(f, p2, (uint)t.PayloadLength)) return Placement.Stop;
         return Placement.Done;
     }
 
@@ -474,14 +552,6 @@ internal sealed class IwarpConnection : IDisposable
             CompleteHeadRead(WcStatus.LocProtErr);
         }
         return Placement.Stop;
-    }
-
-    /// <summary>A receive taken by the first segment of a Send that never got its last segment is flushed, not lost.</summary>
-    private void FlushPartialSend()
-    {
-        if (!_inSend) return;
-        _inSend = false;
-        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
     }
 
     private bool Fail(TerminateCode code, in Fpdu f, string why)
