@@ -79,11 +79,8 @@ internal static unsafe partial class SocketInterop
                     int errno = Marshal.GetLastPInvokeError();
                     if (errno == EINTR) continue;
                     if (errno != EAGAIN) throw new SocketException((int)ErrnoToSocketError(errno));
-                    var p = new PollFd { Fd = fd, Events = POLLOUT };
                     // A bounded wait re-checks the socket, so a connection closed meanwhile is noticed.
-                    if (Poll(&p, 1, 200) < 0 && Marshal.GetLastPInvokeError() != EINTR)
-                        throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
-                    ObjectDisposedException.ThrowIf(handle.IsClosed, socket);
+                    WaitFor(socket, fd, POLLOUT, long.MaxValue, default);
                     continue;
                 }
                 while (sent > 0)
@@ -115,25 +112,39 @@ internal static unsafe partial class SocketInterop
     }
 
     /// <summary>
-    /// Receives up to <paramref name="length"/> bytes into <paramref name="buffer"/>, waiting in <c>poll</c> (woken by
-    /// the kernel directly, no event-loop hop) while nothing is there. Returns 0 at the end of the stream. The caller
-    /// holds a reference on the socket's handle (<see cref="System.Runtime.InteropServices.SafeHandle.DangerousAddRef"/>)
-    /// so the descriptor cannot be reused meanwhile.
+    /// Receives up to <paramref name="length"/> bytes into <paramref name="buffer"/>; returns 0 at the end of the stream.
+    /// Without a deadline a blocking descriptor sleeps in <c>recv</c> and a non-blocking one in <c>poll</c> (either way the
+    /// kernel wakes this thread directly, with no event-loop hop). With a <paramref name="deadline"/>
+    /// (<see cref="Environment.TickCount64"/>) it waits in <c>poll</c> and throws <see cref="TimeoutException"/> when
+    /// the deadline passes. The caller holds a reference on the socket's handle so the descriptor cannot be reused.
     /// </summary>
-    public static int Receive(Socket socket, int fd, byte* buffer, int length)
+    public static int Receive(Socket socket, int fd, byte* buffer, int length, long deadline = long.MaxValue, CancellationToken cancellationToken = default)
     {
+        bool timed = deadline != long.MaxValue || cancellationToken.CanBeCanceled;
         while (true)
         {
-            nint got = Recv(fd, buffer, (nuint)length, 0);
+            if (timed && !WaitFor(socket, fd, POLLIN, deadline, cancellationToken)) continue;
+            nint got = Recv(fd, buffer, (nuint)length, timed ? MSG_DONTWAIT : 0);
             if (got >= 0) return (int)got;
             int errno = Marshal.GetLastPInvokeError();
             if (errno == EINTR) continue;
             if (errno != EAGAIN) throw new SocketException((int)ErrnoToSocketError(errno));
-            var p = new PollFd { Fd = fd, Events = POLLIN };
-            if (Poll(&p, 1, 200) < 0 && Marshal.GetLastPInvokeError() != EINTR)
-                throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
-            ObjectDisposedException.ThrowIf(socket.SafeHandle.IsClosed, socket);
+            if (!timed) WaitFor(socket, fd, POLLIN, deadline, cancellationToken);
         }
+    }
+
+    /// <summary>One bounded <c>poll</c> for <paramref name="events"/>; true when the descriptor is ready.</summary>
+    private static bool WaitFor(Socket socket, int fd, short events, long deadline, CancellationToken cancellationToken)
+    {
+        long left = deadline == long.MaxValue ? 200 : Math.Min(200, deadline - Environment.TickCount64);
+        if (left <= 0) throw new TimeoutException("The peer did not answer in time.");
+        var p = new PollFd { Fd = fd, Events = events };
+        int ready = Poll(&p, 1, (int)left);
+        if (ready < 0 && Marshal.GetLastPInvokeError() != EINTR)
+            throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
+        cancellationToken.ThrowIfCancellationRequested();
+        ObjectDisposedException.ThrowIf(socket.SafeHandle.IsClosed, socket);
+        return ready > 0;
     }
 
     /// <summary>Waits until the socket has bytes to read; false when it reached the end of the stream instead.</summary>
@@ -142,12 +153,7 @@ internal static unsafe partial class SocketInterop
         byte one;
         while (true)
         {
-            var p = new PollFd { Fd = fd, Events = POLLIN };
-            int ready = Poll(&p, 1, 200);
-            if (ready < 0 && Marshal.GetLastPInvokeError() != EINTR)
-                throw new SocketException((int)ErrnoToSocketError(Marshal.GetLastPInvokeError()));
-            ObjectDisposedException.ThrowIf(socket.SafeHandle.IsClosed, socket);
-            if (ready <= 0) continue;
+            if (!WaitFor(socket, fd, POLLIN, long.MaxValue, default)) continue;
             nint got = Recv(fd, &one, 1, MSG_PEEK | MSG_DONTWAIT);
             if (got > 0) return true;
             if (got == 0) return false;

@@ -1,4 +1,3 @@
-using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Internal;
@@ -24,12 +23,6 @@ public sealed class IwarpOptions
     /// <summary>Largest FPDU sent (length field to CRC). Default 16 KiB; at most 65 535 + 6.</summary>
     public int MaxFpduSize { get; init; } = 16 * 1024;
 
-    /// <summary>
-    /// Receive pipe segments: the default 4 KiB segments cost one receive system call (and one trip through the
-    /// socket event loop) per 4 KiB; 64 KiB segments hold a whole maximal FPDU.
-    /// </summary>
-    internal static readonly StreamPipeReaderOptions ReaderOptions = new(bufferSize: 64 * 1024, minimumReadSize: 8 * 1024);
-
     /// <summary>Time allowed for the MPA exchange. Default 5 s.</summary>
     public TimeSpan SetupTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
@@ -52,8 +45,8 @@ public sealed class IwarpOptions
 /// <summary>
 /// Listens for iWARP connections on a TCP endpoint (rdma_listen). Each incoming MPA request becomes an
 /// <see cref="IwarpConnectionRequest"/> to accept onto a queue pair or reject, with private data both ways. Handshakes
-/// run concurrently, each bounded by <see cref="IwarpOptions.SetupTimeout"/>, so a silent or hostile client cannot hold
-/// up the others.
+/// run concurrently (up to 64, each on its own thread and bounded by
+/// <see cref="IwarpOptions.SetupTimeout"/>), so a silent or hostile client cannot hold up the others.
 /// </summary>
 public sealed class IwarpListener : IDisposable
 {
@@ -62,7 +55,11 @@ public sealed class IwarpListener : IDisposable
     private readonly System.Threading.Channels.Channel<IwarpConnectionRequest> _ready =
         System.Threading.Channels.Channel.CreateBounded<IwarpConnectionRequest>(new System.Threading.Channels.BoundedChannelOptions(64) { FullMode = System.Threading.Channels.BoundedChannelFullMode.Wait });
     private readonly CancellationTokenSource _stop = new();
+    private readonly SemaphoreSlim _handshakes = new(MaxConcurrentHandshakes);
     private readonly Task _acceptLoop;
+
+    /// <summary>Handshakes in progress at once; further connections wait in the TCP backlog.</summary>
+    internal const int MaxConcurrentHandshakes = 64;
 
     /// <summary>Binds and listens on <paramref name="endpoint"/> (use port 0 for an ephemeral port).</summary>
     public IwarpListener(IPEndPoint endpoint, IwarpOptions? options = null)
@@ -98,8 +95,19 @@ public sealed class IwarpListener : IDisposable
         {
             while (!_stop.IsCancellationRequested)
             {
-                var socket = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
-                _ = HandshakeAsync(socket);
+                await _handshakes.WaitAsync(_stop.Token).ConfigureAwait(false);
+                Socket socket;
+                try
+                {
+                    socket = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+                }
+                catch
+                {
+                    _handshakes.Release();
+                    throw;
+                }
+                var thread = new Thread(() => Handshake(socket)) { IsBackground = true, Name = "iwarp-handshake" };
+                thread.Start();
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
@@ -111,18 +119,24 @@ public sealed class IwarpListener : IDisposable
         }
     }
 
-    private async Task HandshakeAsync(Socket socket)
+    /// <summary>
+    /// Reads the MPA request on a thread of its own with blocking receives: the socket never joins the runtime's
+    /// socket event loop, so the connection's own receive thread later gets every wake-up straight from the kernel.
+    /// </summary>
+    private void Handshake(Socket socket)
     {
-        socket.NoDelay = true;
-        var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false), IwarpOptions.ReaderOptions);
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-        timeout.CancelAfter(_options.SetupTimeout);
+        SocketReceivePipe? rx = null;
         try
         {
-            var request = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Request, timeout.Token).ConfigureAwait(false);
-            await _ready.Writer.WriteAsync(new IwarpConnectionRequest(socket, reader, request, _options), _stop.Token).ConfigureAwait(false);
+            socket.NoDelay = true;
+            rx = new SocketReceivePipe(socket);
+            var request = rx.ReadMpaFrame(MpaFrameKind.Request, _options.SetupTimeout, _stop.Token);
+            if (!_ready.Writer.TryWrite(new IwarpConnectionRequest(rx, request, _options)))
+                _ready.Writer.WriteAsync(new IwarpConnectionRequest(rx, request, _options), _stop.Token).AsTask().GetAwaiter().GetResult();
+            rx = null; // the request owns it now
         }
-        catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or IOException or SocketException or System.Threading.Channels.ChannelClosedException)
+        catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or TimeoutException or IOException or SocketException
+            or ObjectDisposedException or System.Threading.Channels.ChannelClosedException)
         {
             if (e is IwarpProtocolException)
             {
@@ -135,8 +149,15 @@ public sealed class IwarpListener : IDisposable
                 {
                 }
             }
-            socket.Dispose();
-            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            if (rx is not null)
+            {
+                rx.Dispose();
+                socket.Dispose();
+            }
+            _handshakes.Release();
         }
     }
 
@@ -154,15 +175,15 @@ public sealed class IwarpListener : IDisposable
 public sealed class IwarpConnectionRequest
 {
     private readonly Socket _socket;
-    private readonly PipeReader _reader;
+    private readonly SocketReceivePipe _rx;
     private readonly MpaFrame _request;
     private readonly IwarpOptions _options;
     private int _decided;
 
-    internal IwarpConnectionRequest(Socket socket, PipeReader reader, MpaFrame request, IwarpOptions options)
+    internal IwarpConnectionRequest(SocketReceivePipe rx, MpaFrame request, IwarpOptions options)
     {
-        _socket = socket;
-        _reader = reader;
+        _socket = rx.Socket;
+        _rx = rx;
         _request = request;
         _options = options;
     }
@@ -185,10 +206,11 @@ public sealed class IwarpConnectionRequest
         _socket.Send(decision.Reply.ToArray());
         if (!decision.Accepted)
         {
+            _rx.Dispose();
             _socket.Dispose();
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
-        qp.AttachConnection(new IwarpConnection(_socket, _reader, qp, decision.Negotiated, _options.MaxFpduSize));
+        qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options.MaxFpduSize));
     }
 
     /// <summary>Rejects with an MPA reply that has the R flag set.</summary>
@@ -197,6 +219,7 @@ public sealed class IwarpConnectionRequest
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         var reply = new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = _request.Revision == 2 ? (byte)1 : _request.Revision, Crc = _request.Crc, PrivateData = privateData.ToArray() };
         try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
+        _rx.Dispose();
         _socket.Dispose();
     }
 }
@@ -209,38 +232,63 @@ public static class IwarpConnector
     /// <paramref name="privateData"/>, reply. Returns the responder's private data; the QP is in RTS. A reject throws
     /// <see cref="PinnedDmaError.ConnectionRejected"/>.
     /// </summary>
-    public static async Task<ReadOnlyMemory<byte>> ConnectAsync(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData = default, IwarpOptions? options = null, CancellationToken cancellationToken = default)
+    public static Task<ReadOnlyMemory<byte>> ConnectAsync(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData = default, IwarpOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(qp);
         ArgumentNullException.ThrowIfNull(endpoint);
         options ??= new IwarpOptions();
         options.Validate();
+        // Blocking calls on a thread of its own: the socket never joins the runtime's socket event loop (see IwarpListener).
+        return Task.Factory.StartNew(() => Connect(qp, endpoint, privateData, options, cancellationToken), cancellationToken,
+            TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    private static ReadOnlyMemory<byte> Connect(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
+    {
+        long deadline = Environment.TickCount64 + (long)options.SetupTimeout.TotalMilliseconds;
         var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        SocketReceivePipe? rx = null;
         try
         {
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            timeout.CancelAfter(options.SetupTimeout);
-            await socket.ConnectAsync(endpoint, timeout.Token).ConfigureAwait(false);
-            var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
-            await socket.SendAsync(request.ToArray(), SocketFlags.None, timeout.Token).ConfigureAwait(false);
-            var reader = PipeReader.Create(new NetworkStream(socket, ownsSocket: false), IwarpOptions.ReaderOptions);
-            MpaFrame reply;
-            try
+            // A blocking connect honours the send timeout; cancellation closes the socket under it.
+            socket.SendTimeout = Math.Max(1, (int)options.SetupTimeout.TotalMilliseconds);
+            using (cancellationToken.Register(() => socket.Dispose()))
             {
-                reply = await FpduPipeReader.ReadMpaFrameAsync(reader, MpaFrameKind.Reply, timeout.Token).ConfigureAwait(false);
+                try
+                {
+                    socket.Connect(endpoint);
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException && cancellationToken.IsCancellationRequested)
+                {
+                    throw new OperationCanceledException("Connection setup was canceled.", e, cancellationToken);
+                }
+                catch (SocketException e) when (e.SocketErrorCode is SocketError.TimedOut or SocketError.WouldBlock or SocketError.InProgress)
+                {
+                    throw new TimeoutException($"TCP connect to {endpoint} took over {options.SetupTimeout}.", e);
+                }
+                socket.SendTimeout = 0;
+                var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
+                socket.Send(request.ToArray());
+                rx = new SocketReceivePipe(socket);
+                MpaFrame reply;
+                try
+                {
+                    reply = rx.ReadMpaFrame(MpaFrameKind.Reply, TimeSpan.FromMilliseconds(Math.Max(1, deadline - Environment.TickCount64)), cancellationToken);
+                }
+                catch (IwarpProtocolException e)
+                {
+                    throw new PinnedDmaException(PinnedDmaError.ProtocolError, $"Bad MPA reply: {e.Error}");
+                }
+                var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
+                if (error.IsError)
+                    throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
+                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options.MaxFpduSize));
+                return reply.PrivateData;
             }
-            catch (IwarpProtocolException e)
-            {
-                throw new PinnedDmaException(PinnedDmaError.ProtocolError, $"Bad MPA reply: {e.Error}");
-            }
-            var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
-            if (error.IsError)
-                throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
-            qp.AttachConnection(new IwarpConnection(socket, reader, qp, negotiated, options.MaxFpduSize));
-            return reply.PrivateData;
         }
         catch
         {
+            rx?.Dispose();
             socket.Dispose();
             throw;
         }

@@ -22,12 +22,9 @@ internal sealed class IwarpConnection : IDisposable
     private const int ZeroCopyMin = 4096;
     // Read bound while a large tagged segment is expected: its header (and a previous pad), not its payload.
     private const int HeaderProbe = 64;
-    private const int ReceiveChunk = 64 * 1024;
-    // Staging for received bytes, filled and drained by the receive thread alone (so no pause threshold).
-    private readonly Pipe _rxPipe = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, minimumSegmentSize: ReceiveChunk,
-        readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
+
     private readonly Socket _socket;
-    private readonly PipeReader _reader;
+    private readonly SocketReceivePipe _rx;
     private readonly QueuePair _qp;
     private readonly FpduEncoder _encoder;
     private readonly FpduDecoder _decoder;
@@ -51,11 +48,11 @@ internal sealed class IwarpConnection : IDisposable
     // Pad bytes of a directly placed segment still to be skipped in the pipe.
     private int _skip;
 
-    public IwarpConnection(Socket socket, PipeReader reader, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
+    public IwarpConnection(SocketReceivePipe rx, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
     {
-        _socket = socket;
-        _reader = reader;
-        _out = new FpduSendQueue(socket, SendBatch + 2 * maxFpduSize);
+        _socket = rx.Socket;
+        _rx = rx;
+        _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize);
         _qp = qp;
         Negotiated = negotiated;
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize) };
@@ -76,16 +73,9 @@ internal sealed class IwarpConnection : IDisposable
 
     public Task Completion { get; private set; } = Task.CompletedTask;
 
-    /// <summary>Starts the receive thread; bytes the handshake reader already took off the socket are parsed first.</summary>
+    /// <summary>Starts the receive thread; bytes that followed the handshake in the receive pipe are parsed first.</summary>
     public void Start()
     {
-        if (_reader.TryRead(out ReadResult early))
-        {
-            foreach (var segment in early.Buffer) _rxPipe.Writer.Write(segment.Span);
-            _reader.AdvanceTo(early.Buffer.End);
-            _ = _rxPipe.Writer.FlushAsync();
-        }
-        _reader.Complete();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Completion = done.Task;
         var thread = new Thread(() =>
@@ -289,13 +279,11 @@ internal sealed class IwarpConnection : IDisposable
     private void ReceiveLoop()
     {
         IwarpError error;
-        var handle = _socket.SafeHandle;
-        bool added = false;
         try
         {
-            // The descriptor stays ours (not closed, not reused) until this loop ends; Close shuts it down to wake us.
-            handle.DangerousAddRef(ref added);
-            error = ReceiveFpdus((int)handle.DangerousGetHandle());
+            // The receive pipe holds the descriptor (not closed, not reused) until this loop ends; Close shuts the
+            // socket down to wake us.
+            error = ReceiveFpdus(_rx.Fd);
         }
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
         {
@@ -305,9 +293,7 @@ internal sealed class IwarpConnection : IDisposable
         }
         finally
         {
-            if (added) handle.DangerousRelease();
-            _rxPipe.Reader.Complete();
-            _rxPipe.Writer.Complete();
+            _rx.Dispose();
         }
         FlushPartialSend();
         if (_pendingTerminate is { } t)
@@ -341,7 +327,7 @@ internal sealed class IwarpConnection : IDisposable
 
     /// <summary>
     /// Receives and handles FPDUs until the stream ends or the peer breaks the protocol (the error, or a pending
-    /// Terminate, is the result). This thread both fills and drains <see cref="_rxPipe"/>: it receives into the pipe
+    /// Terminate, is the result). This thread both fills and drains the receive pipe: it receives into the pipe
     /// with <c>recv</c> (woken by the kernel, no event-loop hop) and parses what the pipe holds. Without CRC, a large
     /// tagged segment whose header is in the pipe is placed directly: the buffered part of its payload is copied, the
     /// rest goes from the socket straight into the region, and the next read takes only a header's worth of bytes.
@@ -350,13 +336,13 @@ internal sealed class IwarpConnection : IDisposable
     private IwarpError ReceiveFpdus(int fd)
     {
         bool direct = !_decoder.Options.Crc;
-        var reader = _rxPipe.Reader;
+        var reader = _rx.Reader;
         bool probe = false;
         while (true)
         {
             if (!reader.TryRead(out ReadResult result))
             {
-                if (!Fill(fd, probe ? HeaderProbe : int.MaxValue)) return EndOfStream(default);
+                if (!_rx.Fill(probe ? HeaderProbe : int.MaxValue)) return EndOfStream(default);
                 continue;
             }
             ReadOnlySequence<byte> buffer = result.Buffer;
@@ -396,7 +382,7 @@ internal sealed class IwarpConnection : IDisposable
                 continue;
             }
             reader.AdvanceTo(buffer.Start, buffer.End);
-            if (!Fill(fd, probe ? HeaderProbe : int.MaxValue)) return EndOfStream(buffer.Length);
+            if (!_rx.Fill(probe ? HeaderProbe : int.MaxValue)) return EndOfStream(buffer.Length);
             probe = false;
         }
     }
@@ -405,22 +391,6 @@ internal sealed class IwarpConnection : IDisposable
     private IwarpError EndOfStream(long pending) => pending == 0 && _skip == 0
         ? IwarpError.None
         : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({pending} bytes held).");
-
-    /// <summary>One receive of at most <paramref name="limit"/> bytes into the pipe; false at the end of the stream.</summary>
-    private unsafe bool Fill(int fd, int limit)
-    {
-        var writer = _rxPipe.Writer;
-        Span<byte> into = writer.GetSpan(ReceiveChunk);
-        if (into.Length > limit) into = into[..limit];
-        int n;
-        fixed (byte* p = into) n = SocketInterop.Receive(_socket, fd, p, into.Length);
-        if (n == 0) return false;
-        writer.Advance(n);
-        // No pause threshold: the flush completes at once and makes the bytes readable on this same thread.
-        var flush = writer.FlushAsync();
-        if (!flush.IsCompletedSuccessfully) throw new InvalidOperationException("The receive pipe paused its writer.");
-        return true;
-    }
 
     private enum Placement { Done, Stop, Truncated }
 

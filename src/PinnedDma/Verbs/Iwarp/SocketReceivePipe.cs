@@ -1,0 +1,95 @@
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using PinnedDma.Interop;
+
+namespace PinnedDma.Verbs.Iwarp;
+
+/// <summary>
+/// The receive side of one iWARP socket: a <see cref="Pipe"/> that the owning thread fills with <c>recv</c> and drains
+/// itself — first the MPA handshake, then (handed to the connection with whatever followed the handshake) the FPDU
+/// stream. The socket is never used asynchronously, so it never joins the runtime's socket event loop: every wake-up
+/// comes from the kernel straight to the thread that waits. A reference on the socket handle is held until
+/// <see cref="Dispose"/>, so the descriptor cannot be closed and reused under a thread still using it.
+/// </summary>
+internal sealed unsafe class SocketReceivePipe : IDisposable
+{
+    /// <summary>Bytes asked of one receive (a whole maximal FPDU).</summary>
+    public const int Chunk = 64 * 1024;
+
+    private readonly Socket _socket;
+    private readonly Pipe _pipe = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, minimumSegmentSize: Chunk,
+        readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
+    private bool _referenced;
+
+    public SocketReceivePipe(Socket socket)
+    {
+        _socket = socket;
+        socket.SafeHandle.DangerousAddRef(ref _referenced);
+        Fd = (int)socket.SafeHandle.DangerousGetHandle();
+    }
+
+    public Socket Socket => _socket;
+
+    public int Fd { get; }
+
+    /// <summary>The parsing side; only the filling thread reads it.</summary>
+    public PipeReader Reader => _pipe.Reader;
+
+    /// <summary>
+    /// One receive of at most <paramref name="limit"/> bytes into the pipe, readable at once on this thread. False at the
+    /// end of the stream. <paramref name="deadline"/> (<see cref="Environment.TickCount64"/>) bounds the wait.
+    /// </summary>
+    public bool Fill(int limit, long deadline = long.MaxValue, CancellationToken cancellationToken = default)
+    {
+        var writer = _pipe.Writer;
+        Span<byte> into = writer.GetSpan(Chunk);
+        if (into.Length > limit) into = into[..limit];
+        int n;
+        fixed (byte* p = into) n = SocketInterop.Receive(_socket, Fd, p, into.Length, deadline, cancellationToken);
+        if (n == 0) return false;
+        writer.Advance(n);
+        // No pause threshold: the flush completes synchronously.
+        var flush = writer.FlushAsync(CancellationToken.None);
+        if (!flush.IsCompletedSuccessfully) throw new InvalidOperationException("The receive pipe paused its writer.");
+        return true;
+    }
+
+    /// <summary>Reads one MPA Request or Reply frame, waiting at most <paramref name="timeout"/>.</summary>
+    public MpaFrame ReadMpaFrame(MpaFrameKind expected, TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        var reader = _pipe.Reader;
+        while (true)
+        {
+            if (reader.TryRead(out ReadResult result))
+            {
+                var buffer = result.Buffer;
+                ParseStatus status = MpaFrame.TryParse(ref buffer, expected, out MpaFrame? frame, out IwarpError error);
+                if (status == ParseStatus.Frame)
+                {
+                    reader.AdvanceTo(buffer.Start);
+                    return frame!;
+                }
+                if (status == ParseStatus.Error)
+                {
+                    reader.AdvanceTo(buffer.Start);
+                    throw new IwarpProtocolException(error);
+                }
+                reader.AdvanceTo(buffer.Start, buffer.End);
+            }
+            if (!Fill(Chunk, deadline, cancellationToken))
+                throw new IwarpProtocolException(IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended during MPA connection setup."));
+        }
+    }
+
+    public void Dispose()
+    {
+        _pipe.Reader.Complete();
+        _pipe.Writer.Complete();
+        if (_referenced)
+        {
+            _referenced = false;
+            _socket.SafeHandle.DangerousRelease();
+        }
+    }
+}
