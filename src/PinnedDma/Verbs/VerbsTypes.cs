@@ -131,7 +131,10 @@ public enum SendFlags
 {
     /// <summary>Unsignaled: no completion on success (errors always complete).</summary>
     None = 0,
-    /// <summary>IBV_SEND_FENCE.</summary>
+    /// <summary>
+    /// IBV_SEND_FENCE: the request starts only after every earlier RDMA Read (and atomic) of the queue pair completed,
+    /// so, for instance, an RDMA Write after a Read of the same remote bytes cannot overtake the Read's response.
+    /// </summary>
     Fence = 1,
     /// <summary>IBV_SEND_SIGNALED: a completion on success too.</summary>
     Signaled = 2,

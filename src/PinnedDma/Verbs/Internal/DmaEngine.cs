@@ -95,6 +95,8 @@ internal sealed class DmaEngine : IDisposable
         for (int n = 0; n < Budget; n++)
         {
             if (!qp.TryPeekSend(out var wr)) return;
+            // Fence: wait for earlier network RDMA Reads; their last completion rings the queue pair again.
+            if ((wr.Flags & SendFlags.Fence) != 0 && qp.Connection is { } fenced && fenced.ParkForFence()) return;
             // An RDMA Read over the network completes from the receive loop, possibly before Execute returns: free its
             // send-queue slot first, or a poster that saw the completion and refills the queue gets a false "full".
             bool popFirst = qp.Connection is not null && wr.Opcode == WrOpcode.RdmaRead;
@@ -121,7 +123,12 @@ internal sealed class DmaEngine : IDisposable
             else if (status == WcStatus.Success)
             {
                 if (qp.SignalAll || (wr.Flags & SendFlags.Signaled) != 0)
-                    qp.SendCq.Push(new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), bytes, qp.QpNumber, WcFlags.None, 0, 0));
+                {
+                    var wc = new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), bytes, qp.QpNumber, WcFlags.None, 0, 0);
+                    // Over the network a completion may have to wait behind an outstanding RDMA Read.
+                    if (qp.Connection is { } connection) connection.CompleteInOrder(wc);
+                    else qp.SendCq.Push(wc);
+                }
             }
             else
             {

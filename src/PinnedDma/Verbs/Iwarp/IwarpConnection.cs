@@ -109,6 +109,23 @@ internal sealed class IwarpConnection : IDisposable
         public uint SinkSTag;
         public uint Length;
         public uint Received;
+        public bool Done;
+        public WcStatus Status;
+    }
+
+    // Send-queue completions leave in posting order: the completion of a request posted after a still outstanding
+    // RDMA Read waits behind the Read's (so a signaled completion means every earlier request finished, as verbs
+    // promise). Entries are reads (in order, completing in order) and held completions of other requests.
+    private readonly Queue<(PendingRead? Read, WorkCompletion Completion)> _order = new();
+
+    /// <summary>DMA engine thread: delivers the completion of a request other than an RDMA Read, in posting order.</summary>
+    public void CompleteInOrder(in WorkCompletion wc)
+    {
+        lock (_readsLock)
+        {
+            if (_order.Count == 0) _qp.SendCq.Push(wc);
+            else _order.Enqueue((null, wc));
+        }
     }
 
     // ------------------------------------------------------------ requester side (DMA engine thread)
@@ -145,10 +162,16 @@ internal sealed class IwarpConnection : IDisposable
                         p.SinkSTag = wr.Local.LKey;
                         p.Length = wr.Local.Length;
                         p.Received = 0;
-                        lock (_readsLock) _reads.Enqueue(p);
+                        p.Done = false;
+                        lock (_readsLock)
+                        {
+                            _reads.Enqueue(p);
+                            _order.Enqueue((p, default));
+                        }
+                        // A zero-length read is answered like any other (one empty, last Read Response segment) and
+                        // completes in its turn behind the reads before it.
                         var req = new RdmaReadRequest(wr.Local.LKey, wr.Local.Address, wr.Local.Length, wr.RKey, wr.RemoteAddress);
                         lock (_sendLock) _encoder.WriteReadRequest(_out, _readMsn++, req);
-                        if (wr.Local.Length == 0) CompleteHeadRead(WcStatus.Success);
                         deferred = true;
                         return WcStatus.Success;
                     }
@@ -621,7 +644,9 @@ internal sealed class IwarpConnection : IDisposable
     {
         uint len = (uint)f.Payload.Length;
         if (!ReadResponseFits(f.Header, len, out var p))
-            return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "Read Response outside the outstanding read's sink");
+            return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, p is null
+                ? $"Read Response (STag 0x{f.Header.STag:x8}, TO 0x{f.Header.TaggedOffset:x}) with no read outstanding"
+                : $"Read Response (STag 0x{f.Header.STag:x8}, TO 0x{f.Header.TaggedOffset:x}, {len} bytes) outside the outstanding read's sink (STag 0x{p.SinkSTag:x8}, next TO 0x{p.SinkTo + p.Received:x}, {p.Length - p.Received} bytes left)");
         if (len > 0 && !CopyIn(p!.Sink!, p.SinkOffset + p.Received, f.Payload))
         {
             CompleteHeadRead(WcStatus.LocProtErr);
@@ -650,17 +675,57 @@ internal sealed class IwarpConnection : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// DMA engine thread: true when a fenced request must wait for outstanding RDMA Reads (the last one to complete
+    /// rings the queue pair); false when none is outstanding.
+    /// </summary>
+    public bool ParkForFence()
+    {
+        lock (_readsLock)
+        {
+            if (_reads.Count == 0) return false;
+            _fenceParked = true;
+            return true;
+        }
+    }
+
+    private bool _fenceParked;
+
     private void CompleteHeadRead(WcStatus status)
     {
-        PendingRead? p;
-        lock (_readsLock) _reads.TryDequeue(out p);
-        if (p is null) return;
-        var wc = new WorkCompletion(p.WrId, status, WcOpcode.RdmaRead, status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0);
-        bool signaled = p.Signaled;
-        p.Sink = null;
-        _readPool.Return(p);
-        if (status != WcStatus.Success) _qp.FailRequest(_qp.SendCq, wc);
-        else if (signaled) _qp.SendCq.Push(wc);
+        bool resume;
+        lock (_readsLock)
+        {
+            if (_reads.TryDequeue(out var done))
+            {
+                done.Done = true;
+                done.Status = status;
+            }
+            resume = _fenceParked && _reads.Count == 0;
+            if (resume) _fenceParked = false;
+            // Deliver, in order, every completion no longer waiting for a read.
+            while (_order.TryPeek(out var next))
+            {
+                if (next.Read is { } p)
+                {
+                    if (!p.Done) break;
+                    _order.Dequeue();
+                    var wc = new WorkCompletion(p.WrId, p.Status, WcOpcode.RdmaRead, p.Status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0);
+                    bool signaled = p.Signaled;
+                    p.Sink = null;
+                    _readPool.Return(p);
+                    if (wc.Status != WcStatus.Success) _qp.FailRequest(_qp.SendCq, wc);
+                    else if (signaled) _qp.SendCq.Push(wc);
+                }
+                else
+                {
+                    _order.Dequeue();
+                    _qp.SendCq.Push(next.Completion);
+                }
+            }
+        }
+        // After the read's own completion, so the fenced request completes behind it.
+        if (resume) _qp.Pd.Device.Engine.Ring(_qp);
     }
 
     private bool OnSend(in Fpdu f)
