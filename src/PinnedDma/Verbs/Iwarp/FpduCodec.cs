@@ -140,34 +140,57 @@ internal sealed class FpduEncoder
     }
 
     /// <summary>
-    /// Queues one FPDU whose payload stays where it lies: the length field and header, then a reference to
-    /// <paramref name="payload"/> (native memory that stays valid until the queue flushes), then pad and CRC.
+    /// Starts a gathered FPDU carrying <paramref name="payloadLength"/> payload bytes: queues the length field and the
+    /// header and returns the running CRC32c state. The payload follows in parts (<see cref="Gather"/>), then
+    /// <see cref="EndGather"/> adds pad and CRC.
     /// </summary>
-    public int WriteReferenced(FpduSendQueue queue, in DdpRdmapHeader header, ReadOnlySpan<byte> payload)
+    public uint BeginGather(FpduSendQueue queue, in DdpRdmapHeader header, int payloadLength)
     {
         ArgumentNullException.ThrowIfNull(queue);
         int head = Fpdu.LengthFieldSize + header.Length;
-        int ulpdu = CheckedUlpdu(header.Length, payload.Length);
-        int pad = Fpdu.PadLength(ulpdu);
+        int ulpdu = CheckedUlpdu(header.Length, payloadLength);
         Span<byte> span = queue.GetSpan(head).Slice(0, head);
         BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
         header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
-        uint state = Options.Crc ? Crc32C.Append(0xFFFFFFFFu, span) : 0;
+        uint crc = Options.Crc ? Crc32C.Append(0xFFFFFFFFu, span) : 0;
         queue.Advance(head);
-        queue.Reference(payload);
-        int tail = pad + (Options.Crc ? Fpdu.CrcSize : 0);
-        if (tail > 0)
+        return crc;
+    }
+
+    /// <summary>
+    /// Adds one part of a gathered FPDU's payload: by reference (native memory that stays valid until the queue
+    /// flushes: nothing is copied in user space) or copied into the queue's stage (for small parts).
+    /// </summary>
+    public void Gather(FpduSendQueue queue, ReadOnlySpan<byte> part, bool byReference, ref uint crc)
+    {
+        if (part.IsEmpty) return;
+        if (byReference)
         {
-            Span<byte> trailer = queue.GetSpan(tail).Slice(0, tail);
-            trailer.Slice(0, pad).Clear();
-            if (Options.Crc)
-            {
-                state = Crc32C.Append(Crc32C.Append(state, payload), trailer.Slice(0, pad));
-                BinaryPrimitives.WriteUInt32LittleEndian(trailer.Slice(pad), ~state);
-            }
-            queue.Advance(tail);
+            queue.Reference(part);
         }
-        return head + payload.Length + tail;
+        else
+        {
+            Span<byte> stage = queue.GetSpan(part.Length).Slice(0, part.Length);
+            part.CopyTo(stage);
+            queue.Advance(part.Length);
+        }
+        if (Options.Crc) crc = Crc32C.Append(crc, part);
+    }
+
+    /// <summary>Ends a gathered FPDU: pad, then the CRC32c when negotiated.</summary>
+    public void EndGather(FpduSendQueue queue, int headerLength, int payloadLength, uint crc)
+    {
+        int pad = Fpdu.PadLength(headerLength + payloadLength);
+        int tail = pad + (Options.Crc ? Fpdu.CrcSize : 0);
+        if (tail == 0) return;
+        Span<byte> trailer = queue.GetSpan(tail).Slice(0, tail);
+        trailer.Slice(0, pad).Clear();
+        if (Options.Crc)
+        {
+            crc = Crc32C.Append(crc, trailer.Slice(0, pad));
+            BinaryPrimitives.WriteUInt32LittleEndian(trailer.Slice(pad), ~crc);
+        }
+        queue.Advance(tail);
     }
 
     public int WriteRdmaWrite(IBufferWriter<byte> writer, uint sinkSTag, ulong sinkTaggedOffset, bool last, ReadOnlySpan<byte> payload) =>

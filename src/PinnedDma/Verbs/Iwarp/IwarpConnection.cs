@@ -187,7 +187,10 @@ internal sealed class IwarpConnection : IDisposable
         }
     }
 
-    /// <summary>Segments a message into FPDUs straight from region memory.</summary>
+    /// <summary>
+    /// Segments a message into full-size FPDUs straight from region memory: payload pieces of at least
+    /// <see cref="ZeroCopyMin"/> bytes go to the kernel by reference (gathered send), smaller ones are copied.
+    /// </summary>
     private WcStatus StreamOut(MemoryRegion? mr, long offset, uint length, bool tagged, RdmapOpcode op, uint stag, ulong to, uint msn, uint invalidate)
     {
         int hl = tagged ? DdpRdmapHeader.TaggedLength : DdpRdmapHeader.UntaggedLength;
@@ -202,33 +205,32 @@ internal sealed class IwarpConnection : IDisposable
                 do
                 {
                     int n = (int)Math.Min(max, length - done);
-                    ReadOnlySpan<byte> payload = default;
-                    if (n > 0)
-                    {
-                        if (mr!.IsOnDemand)
-                        {
-                            mr.ReadAt(offset + done, _scratch.AsSpan(0, n));
-                            payload = _scratch.AsSpan(0, n);
-                        }
-                        else
-                        {
-                            var piece = mr.Piece(offset + done, n);
-                            payload = piece;
-                            n = piece.Length;
-                        }
-                    }
                     bool last = done + (uint)n == length;
                     var header = tagged
                         ? DdpRdmapHeader.ForTagged(op, stag, to + done, last)
                         : DdpRdmapHeader.ForUntagged(op, DdpQueue.Send, msn, done, last, invalidate);
-                    if (n >= ZeroCopyMin && !mr!.IsOnDemand)
+                    if (n == 0)
                     {
-                        _encoder.WriteReferenced(_out, header, payload);
-                        referenced = true;
+                        _encoder.Write(_out, header, default);
+                    }
+                    else if (mr!.IsOnDemand)
+                    {
+                        mr.ReadAt(offset + done, _scratch.AsSpan(0, n));
+                        _encoder.Write(_out, header, _scratch.AsSpan(0, n));
                     }
                     else
                     {
-                        _encoder.Write(_out, header, payload);
+                        // One full-size segment even across extents: whole pieces by reference, ragged ones copied.
+                        uint crc = _encoder.BeginGather(_out, header, n);
+                        for (int at = 0; at < n;)
+                        {
+                            var piece = mr.Piece(offset + done + at, n - at);
+                            bool byReference = piece.Length >= ZeroCopyMin;
+                            _encoder.Gather(_out, piece, byReference, ref crc);
+                            referenced |= byReference;
+                            at += piece.Length;
+                        }
+                        _encoder.EndGather(_out, header.Length, n, crc);
                     }
                     if (_out.QueuedBytes >= SendBatch) _out.Flush();
                     done += (uint)n;
