@@ -65,9 +65,10 @@ public static class VerbsBench
     /// Posts <paramref name="count"/> work requests of <paramref name="size"/> bytes, keeping up to
     /// <paramref name="depth"/> outstanding and signaling every <paramref name="signalEvery"/>-th and the last, and
     /// returns once the last one completed. <paramref name="nextWrId"/> carries the work request ids across calls.
+    /// With <paramref name="blockWhenIdle"/> the poster sleeps in the CQ while it cannot post more instead of spinning.
     /// </summary>
     public static void RunBatch(QueuePair qp, CompletionQueue cq, WorkCompletion[] wcs, WrOpcode op, MemoryRegion local, MemoryRegion remote,
-        int size, int count, int depth, int signalEvery, ref ulong nextWrId)
+        int size, int count, int depth, int signalEvery, ref ulong nextWrId, bool blockWhenIdle = false)
     {
         ulong first = nextWrId;
         long posted = 0, done = 0;
@@ -90,7 +91,7 @@ public static class VerbsBench
                 });
                 posted++;
             }
-            int n = cq.Poll(wcs);
+            int n = blockWhenIdle && (posted - done >= depth || posted == count) ? cq.Poll(wcs, TimeSpan.FromMilliseconds(100)) : cq.Poll(wcs);
             for (int i = 0; i < n; i++)
             {
                 if (wcs[i].Status != WcStatus.Success) throw new InvalidOperationException($"completion failed: {wcs[i]}");
@@ -110,13 +111,13 @@ public static class VerbsBench
     }
 
     /// <summary>Waits for one completion (any opcode) and checks it; bounded by 30 s.</summary>
-    public static WorkCompletion WaitOne(CompletionQueue cq, WorkCompletion[] wcs)
+    public static WorkCompletion WaitOne(CompletionQueue cq, WorkCompletion[] wcs, bool blockWhenIdle = false)
     {
         long deadline = Environment.TickCount64 + 30_000;
         var spin = new SpinWait();
         while (true)
         {
-            if (cq.Poll(wcs.AsSpan(0, 1)) == 1)
+            if ((blockWhenIdle ? cq.Poll(wcs.AsSpan(0, 1), TimeSpan.FromMilliseconds(100)) : cq.Poll(wcs.AsSpan(0, 1))) == 1)
             {
                 if (wcs[0].Status != WcStatus.Success) throw new InvalidOperationException($"completion failed: {wcs[0]}");
                 return wcs[0];

@@ -17,6 +17,9 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     // Waiter state machine: 0 idle, 1 a waiter is armed; Push completes an armed waiter once.
     private ManualResetValueTaskSourceCore<bool> _waiter = new() { RunContinuationsAsynchronously = true };
     private bool _armed;
+    // Threads blocked in Poll(span, timeout), woken by Push.
+    private readonly ManualResetEventSlim _available = new(false, 0);
+    private int _blocked;
 
     internal CompletionQueue(int capacity)
     {
@@ -64,7 +67,11 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
         }
     }
 
-    /// <summary>Polls, waiting up to <paramref name="timeout"/> for at least one completion.</summary>
+    /// <summary>
+    /// Polls, waiting up to <paramref name="timeout"/> for at least one completion: a short spin, then the thread
+    /// sleeps until the engine pushes one (the blocking counterpart of ibv_get_cq_event), so a waiting consumer costs
+    /// no CPU and wakes without a polling delay.
+    /// </summary>
     public int Poll(Span<WorkCompletion> into, TimeSpan timeout)
     {
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
@@ -72,8 +79,28 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
         while (true)
         {
             int n = Poll(into);
-            if (n > 0 || Environment.TickCount64 >= deadline) return n;
-            spin.SpinOnce(sleep1Threshold: 100);
+            if (n > 0) return n;
+            long left = deadline - Environment.TickCount64;
+            if (left <= 0) return 0;
+            if (!spin.NextSpinWillYield)
+            {
+                spin.SpinOnce();
+                continue;
+            }
+            lock (_sync)
+            {
+                if (_count > 0 || _overrun) continue;
+                _available.Reset();
+                _blocked++;
+            }
+            try
+            {
+                _available.Wait((int)Math.Min(left, int.MaxValue));
+            }
+            finally
+            {
+                lock (_sync) _blocked--;
+            }
         }
     }
 
@@ -96,6 +123,7 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
                 _armed = false;
                 wake = true;
             }
+            if (_blocked > 0) _available.Set();
         }
         if (wake) _waiter.SetResult(true);
     }
