@@ -133,6 +133,23 @@ internal static unsafe partial class SocketInterop
         }
     }
 
+    /// <summary>
+    /// Receives what is already in the socket, up to <paramref name="length"/> bytes, without waiting: the count,
+    /// 0 at the end of the stream, or -1 when nothing is there yet.
+    /// </summary>
+    public static int ReceiveAvailable(int fd, byte* buffer, int length)
+    {
+        while (true)
+        {
+            nint got = Recv(fd, buffer, (nuint)length, MSG_DONTWAIT);
+            if (got >= 0) return (int)got;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return -1;
+            throw new SocketException((int)ErrnoToSocketError(errno));
+        }
+    }
+
     /// <summary>One bounded <c>poll</c> for <paramref name="events"/>; true when the descriptor is ready.</summary>
     private static bool WaitFor(Socket socket, int fd, short events, long deadline, CancellationToken cancellationToken)
     {

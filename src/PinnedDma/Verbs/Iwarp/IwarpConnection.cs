@@ -18,8 +18,14 @@ namespace PinnedDma.Verbs.Iwarp;
 internal sealed class IwarpConnection : IDisposable
 {
     private const int SendBatch = 256 * 1024;
-    // Payloads of at least this many bytes are sent by reference and, without CRC, received straight into the region.
-    private const int ZeroCopyMin = 4096;
+    // Messages of at least this many bytes send their whole pieces (>= ZeroCopyPiece) by reference and are flushed
+    // before the work request completes; shorter ones are copied and batched with their neighbours (one system call
+    // for many), which costs less than a send of their own.
+    private const int SendByReferenceMin = 32 * 1024;
+    private const int ZeroCopyPiece = 4096;
+    // Without CRC, tagged segments with at least this much payload are received straight into the region: below it,
+    // the copy saved costs less than the extra receive calls.
+    private const int PlaceDirectMin = 12 * 1024;
     // Read bound while a large tagged segment is expected: its header (and a previous pad), not its payload.
     private const int HeaderProbe = 64;
 
@@ -188,8 +194,9 @@ internal sealed class IwarpConnection : IDisposable
     }
 
     /// <summary>
-    /// Segments a message into full-size FPDUs straight from region memory: payload pieces of at least
-    /// <see cref="ZeroCopyMin"/> bytes go to the kernel by reference (gathered send), smaller ones are copied.
+    /// Segments a message into full-size FPDUs straight from region memory. In a message of at least
+    /// <see cref="SendByReferenceMin"/> bytes, pieces of at least <see cref="ZeroCopyPiece"/> go to the kernel by
+    /// reference (gathered send); everything else is copied into the send stage.
     /// </summary>
     private WcStatus StreamOut(MemoryRegion? mr, long offset, uint length, bool tagged, RdmapOpcode op, uint stag, ulong to, uint msn, uint invalidate)
     {
@@ -225,7 +232,7 @@ internal sealed class IwarpConnection : IDisposable
                         for (int at = 0; at < n;)
                         {
                             var piece = mr.Piece(offset + done + at, n - at);
-                            bool byReference = piece.Length >= ZeroCopyMin;
+                            bool byReference = length >= SendByReferenceMin && piece.Length >= ZeroCopyPiece;
                             _encoder.Gather(_out, piece, byReference, ref crc);
                             referenced |= byReference;
                             at += piece.Length;
@@ -383,7 +390,7 @@ internal sealed class IwarpConnection : IDisposable
             {
                 ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
                 if (status != ParseStatus.Frame) break;
-                probe = direct && fpdu.Payload.Length >= ZeroCopyMin;
+                probe = direct && fpdu.Payload.Length >= PlaceDirectMin;
                 if (!OnFpdu(fpdu))
                 {
                     stop = true;
@@ -447,7 +454,7 @@ internal sealed class IwarpConnection : IDisposable
         byte[] bytes = _probe;
         buffer.Slice(0, head).CopyTo(bytes);
         int ulpdu = BinaryPrimitives.ReadUInt16BigEndian(bytes);
-        if ((bytes[Fpdu.LengthFieldSize] & 0x80) == 0 || ulpdu > _decoder.Options.ReceiveLimit || ulpdu - DdpRdmapHeader.TaggedLength < ZeroCopyMin)
+        if ((bytes[Fpdu.LengthFieldSize] & 0x80) == 0 || ulpdu > _decoder.Options.ReceiveLimit || ulpdu - DdpRdmapHeader.TaggedLength < PlaceDirectMin)
             return false;
         var ulpduHead = new ReadOnlySequence<byte>(bytes, Fpdu.LengthFieldSize, DdpRdmapHeader.TaggedLength);
         if (!FpduDecoder.TryDecodeUlpdu(ulpduHead, out var h, out _, out _, out _, out _)) return false;
@@ -506,16 +513,9 @@ internal sealed class IwarpConnection : IDisposable
             int n;
             try
             {
-                int available = _socket.Available;
-                if (available > 0)
-                {
-                    var piece = mr.Piece(t.Offset + t.Placed, Math.Min(t.PayloadLength - t.Placed, available));
-                    fixed (byte* p = piece) n = SocketInterop.Receive(_socket, fd, p, piece.Length);
-                }
-                else
-                {
-                    n = -1;
-                }
+                // Only what is already there (-1 when nothing is): the region is never held while waiting.
+                var piece = mr.Piece(t.Offset + t.Placed, t.PayloadLength - t.Placed);
+                fixed (byte* p = piece) n = SocketInterop.ReceiveAvailable(fd, p, piece.Length);
             }
             finally
             {
