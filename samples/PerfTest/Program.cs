@@ -11,14 +11,14 @@ using PinnedDma.Verbs;
 var opts = Options.Parse(args);
 if (opts is null)
 {
-    Console.Error.WriteLine("usage: PerfTest (write_bw|read_bw|send_lat|write_lat|all) [--transport loopback|iwarp] [--size N|--all-sizes] [--iters N] [--tx-depth N]");
+    Console.Error.WriteLine("usage: PerfTest (write_bw|read_bw|send_lat|write_lat|all) [--transport loopback|iwarp] [--size N|--all-sizes] [--iters N] [--tx-depth N] [--events] [--no-crc]");
     return 2;
 }
 string[] tests = opts.Test == "all" ? new[] { "write_bw", "read_bw", "send_lat", "write_lat" } : new[] { opts.Test };
 foreach (var t in tests)
 {
     using var bench = await Bench.CreateAsync(opts);
-    Console.WriteLine($"# {t} over {opts.Transport}{(opts.Transport == "iwarp" ? " (MPA rev 1, CRC32c, 127.0.0.1)" : "")}");
+    Console.WriteLine($"# {t} over {opts.Transport}{(opts.Transport == "iwarp" ? $" (MPA rev 1, {(opts.Crc ? "CRC32c" : "no CRC")}, 127.0.0.1)" : "")}{(opts.Events ? ", sleeping on CQ events" : ", polling")}");
     bool lat = t.EndsWith("_lat", StringComparison.Ordinal);
     Console.WriteLine(new string('-', 95));
     Console.WriteLine(lat
@@ -45,7 +45,7 @@ foreach (var t in tests)
 }
 return 0;
 
-sealed record Options(string Test, string Transport, int Size, bool AllSizes, int Iters, int TxDepth)
+sealed record Options(string Test, string Transport, int Size, bool AllSizes, int Iters, int TxDepth, bool Events = false, bool Crc = true)
 {
     public static Options? Parse(string[] a)
     {
@@ -63,6 +63,10 @@ sealed record Options(string Test, string Transport, int Size, bool AllSizes, in
                 case "--all-sizes": o = o with { AllSizes = true }; break;
                 case "--iters": o = o with { Iters = int.Parse(Next()) }; break;
                 case "--tx-depth": o = o with { TxDepth = int.Parse(Next()) }; break;
+                // perftest's -e: sleep on the completion queue instead of spinning (on few cores the spinning
+                // poller takes a core from the soft DMA engine and the receive threads).
+                case "--events": o = o with { Events = true }; break;
+                case "--no-crc": o = o with { Crc = false }; break;
                 default: return null;
             }
         }
@@ -87,10 +91,11 @@ sealed class Bench : IDisposable
     private MemoryRegion _local = null!, _remote = null!, _serverLocal = null!;
     private IwarpListener? _listener;
     private int _txDepth;
+    private bool _events;
 
     public static async Task<Bench> CreateAsync(Options o)
     {
-        var b = new Bench { _txDepth = o.TxDepth };
+        var b = new Bench { _txDepth = o.TxDepth, _events = o.Events };
         b._vol = Volume.Create(Path.Combine(b._dir, "volume.img"), new VolumeOptions { BlockCount = (Region / 4096) + 4096 });
         var file = b._vol.CreateFile("target");
         file.Allocate(0, Region);
@@ -112,7 +117,7 @@ sealed class Bench : IDisposable
         }
         else
         {
-            var io = new IwarpOptions { MaxFpduSize = 65536 };
+            var io = new IwarpOptions { MaxFpduSize = 65536, Crc = o.Crc };
             b._listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), io);
             var accept = Task.Run(async () =>
             {
@@ -151,7 +156,8 @@ sealed class Bench : IDisposable
                 posted++;
                 outstanding++;
             }
-            int n = _ccq.Poll(wcs);
+            bool idle = outstanding >= _txDepth || posted == iters;
+            int n = _events && idle ? _ccq.Poll(wcs, TimeSpan.FromMilliseconds(100)) : _ccq.Poll(wcs);
             for (int i = 0; i < n; i++)
             {
                 if (wcs[i].Status != WcStatus.Success) throw new InvalidOperationException($"completion failed: {wcs[i]}");
