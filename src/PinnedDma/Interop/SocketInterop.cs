@@ -59,10 +59,11 @@ internal static unsafe partial class SocketInterop
 
     /// <summary>
     /// Sends every byte the <paramref name="count"/> iovecs at <paramref name="iov"/> describe (the array is consumed:
-    /// entries are advanced as bytes go out). Throws <see cref="SocketException"/> when the connection fails and
+    /// entries are advanced as bytes go out). Throws <see cref="SocketException"/> when the connection fails or no
+    /// byte could be sent for <paramref name="stallMs"/> milliseconds (<see cref="SocketError.TimedOut"/>), and
     /// <see cref="ObjectDisposedException"/> when the socket is closed meanwhile.
     /// </summary>
-    public static void SendAll(Socket socket, IoVec* iov, int count)
+    public static void SendAll(Socket socket, IoVec* iov, int count, int stallMs = int.MaxValue)
     {
         var handle = socket.SafeHandle;
         bool added = false;
@@ -71,6 +72,7 @@ internal static unsafe partial class SocketInterop
         {
             int fd = (int)handle.DangerousGetHandle();
             var message = new MsgHdr { Iov = iov, IovLength = (nuint)count };
+            long progress = Environment.TickCount64;
             while (message.IovLength > 0)
             {
                 nint sent = SendMsg(fd, &message, MSG_NOSIGNAL);
@@ -79,10 +81,12 @@ internal static unsafe partial class SocketInterop
                     int errno = Marshal.GetLastPInvokeError();
                     if (errno == EINTR) continue;
                     if (errno != EAGAIN) throw new SocketException((int)ErrnoToSocketError(errno));
+                    if (Environment.TickCount64 - progress > stallMs) throw new SocketException((int)SocketError.TimedOut);
                     // A bounded wait re-checks the socket, so a connection closed meanwhile is noticed.
                     WaitFor(socket, fd, POLLOUT, long.MaxValue, default);
                     continue;
                 }
+                if (sent > 0) progress = Environment.TickCount64;
                 while (sent > 0)
                 {
                     if ((nint)message.Iov->Length <= sent)

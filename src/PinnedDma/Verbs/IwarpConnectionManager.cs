@@ -26,6 +26,13 @@ public sealed class IwarpOptions
     /// <summary>Time allowed for the MPA exchange. Default 5 s.</summary>
     public TimeSpan SetupTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// How long a send may make no progress (the peer stops reading and TCP's buffers are full) before the connection
+    /// is closed and the queue pair moves to Error. The device's DMA engine sends for every queue pair, so this also
+    /// bounds how long one stalled peer can hold up the others. Default 10 s.
+    /// </summary>
+    public TimeSpan SendStallTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
     internal MpaLocalSettings ToMpa(ReadOnlyMemory<byte> privateData) => new()
     {
         Revision = MpaRevision,
@@ -39,6 +46,7 @@ public sealed class IwarpOptions
     {
         if (MpaRevision is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(MpaRevision), MpaRevision, "MPA revision is 1 or 2.");
         if (MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 64 to 65541 bytes.");
+        if (SendStallTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(SendStallTimeout), SendStallTimeout, "The send stall timeout must be positive.");
     }
 }
 
@@ -210,7 +218,7 @@ public sealed class IwarpConnectionRequest
             _socket.Dispose();
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
-        qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options.MaxFpduSize));
+        qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options));
     }
 
     /// <summary>Rejects with an MPA reply that has the R flag set.</summary>
@@ -282,7 +290,7 @@ public static class IwarpConnector
                 var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
                 if (error.IsError)
                     throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
-                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options.MaxFpduSize));
+                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options));
                 return reply.PrivateData;
             }
         }

@@ -450,4 +450,53 @@ public sealed class IwarpZeroCopyTests : IDisposable
         Assert.True(devBefore.Length == FileLength);
         Assert.True(_vol.Fsck().IsClean);
     }
+
+    // ------------------------------------------------------------ a peer that stops reading
+
+    [Fact]
+    public void A_peer_that_stops_reading_is_cut_off_and_the_engine_keeps_serving_the_others()
+    {
+        const int regionLength = 16 << 20;
+        var pd = _serverDev.AllocatePd();
+        var cq = _serverDev.CreateCompletionQueue(16);
+        var qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
+        qp.Modify(new QpAttributes { State = QpState.Init, AccessFlags = AccessFlags.RemoteRead | AccessFlags.RemoteWrite });
+        using var big = pd.RegisterBuffer(regionLength, AccessFlags.RemoteRead);
+        var options = new IwarpOptions { Crc = false, SendStallTimeout = TimeSpan.FromMilliseconds(300) };
+        using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var accept = Task.Run(async () => (await listener.AcceptAsync()).Accept(qp));
+        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4096 };
+        s.Connect(listener.LocalEndPoint);
+        s.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = false }).ToArray());
+        Assert.True(WaitBounded(accept), "the listener did not accept the raw peer");
+        var reply = new byte[MpaFrame.HeaderSize];
+        for (int got = 0; got < reply.Length;) got += s.Receive(reply, got, reply.Length - got, SocketFlags.None);
+
+        // Four 16 MiB RDMA Read Requests, then the peer never reads again: TCP's buffers fill and the responder's
+        // sends make no progress.
+        for (uint msn = 1; msn <= 4; msn++)
+        {
+            var body = new byte[RdmaReadRequest.Size];
+            new RdmaReadRequest(0x77, 0, regionLength, big.RKey, big.Address).WriteTo(body);
+            var h = DdpRdmapHeader.ForUntagged(RdmapOpcode.RdmaReadRequest, DdpQueue.RdmaReadRequest, msn, 0, true);
+            var f = new byte[2 + h.Length + body.Length + Fpdu.PadLength(h.Length + body.Length)];
+            BinaryPrimitives.WriteUInt16BigEndian(f, (ushort)(h.Length + body.Length));
+            h.WriteTo(f.AsSpan(2));
+            body.CopyTo(f.AsSpan(2 + h.Length));
+            s.Send(f);
+        }
+        var sw = Stopwatch.StartNew();
+        while (qp.State != QpState.Error && sw.Elapsed < Bound) Thread.Sleep(20);
+        Assert.Equal(QpState.Error, qp.State);
+        Assert.Contains("send failed", qp.ConnectionCloseReason);
+
+        // The same device (one DMA engine) still moves data for everyone else.
+        using var p = Connect(crc: true, maxFpdu: 16 * 1024);
+        Post(p, WrOpcode.RdmaWrite, 1, p.ClientMr.Address, 100_000, p.BufferMr.Address + 4096, p.BufferMr.RKey);
+        Post(p, WrOpcode.RdmaRead, 2, p.ClientMr.Address + ClientLength / 2, 100_000, p.BufferMr.Address + 4096, p.BufferMr.RKey);
+        var done = DrainClient(p, 2);
+        Assert.All(done, w => Assert.Equal(WcStatus.Success, w.Status));
+        Assert.True(p.ClientMr.GetBufferSpan().Slice(ClientLength / 2, 100_000).SequenceEqual(p.ClientMr.GetBufferSpan()[..100_000]));
+        qp.Dispose();
+    }
 }

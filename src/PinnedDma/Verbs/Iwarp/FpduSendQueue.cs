@@ -22,9 +22,14 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
     private int _staged;
     private int _count;
 
-    public FpduSendQueue(Socket socket, int stageBytes)
+    private readonly int _stallMs;
+
+    public FpduSendQueue(Socket socket, int stageBytes, TimeSpan stallTimeout)
     {
         _socket = socket;
+        _stallMs = (int)Math.Clamp(stallTimeout.TotalMilliseconds, 1, int.MaxValue);
+        // A blocking send returns after this long without room, so a stall is noticed even on a blocking socket.
+        socket.SendTimeout = Math.Min(_stallMs, 250);
         _stage = GC.AllocateUninitializedArray<byte>(stageBytes, pinned: true);
         _stageBase = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_stage));
     }
@@ -90,7 +95,7 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
         {
             try
             {
-                SocketInterop.SendAll(_socket, iov, _count);
+                SocketInterop.SendAll(_socket, iov, _count, _stallMs);
             }
             finally
             {

@@ -54,11 +54,12 @@ internal sealed class IwarpConnection : IDisposable
     // Pad bytes of a directly placed segment still to be skipped in the pipe.
     private int _skip;
 
-    public IwarpConnection(SocketReceivePipe rx, QueuePair qp, MpaNegotiated negotiated, int maxFpduSize)
+    public IwarpConnection(SocketReceivePipe rx, QueuePair qp, MpaNegotiated negotiated, IwarpOptions settings)
     {
+        int maxFpduSize = settings.MaxFpduSize;
         _socket = rx.Socket;
         _rx = rx;
-        _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize);
+        _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize, settings.SendStallTimeout);
         _qp = qp;
         Negotiated = negotiated;
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize) };
