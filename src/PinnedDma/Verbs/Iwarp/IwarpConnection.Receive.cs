@@ -1,0 +1,499 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using PinnedDma.Interop;
+using PinnedDma.Verbs.Internal;
+
+namespace PinnedDma.Verbs.Iwarp;
+
+/// <summary>
+/// The receive side of an iWARP connection: one thread per connection parses FPDUs from its receive pipe and acts on
+/// them as the responder (RDMA Write placement, Read Requests queued for the engine, Sends into posted receives) and
+/// as the requester (Read Responses into the outstanding read's sink).
+/// </summary>
+internal sealed partial class IwarpConnection
+{
+    // ------------------------------------------------------------ responder side (receive loop)
+
+    private void ReceiveLoop()
+    {
+        IwarpError error;
+        try
+        {
+            // The receive pipe holds the descriptor (not closed, not reused) until this loop ends; Close shuts the
+            // socket down to wake us.
+            error = ReceiveFpdus(_rx.Fd);
+        }
+        catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
+        {
+            FlushPartialSend();
+            Close($"connection lost: {e.Message}");
+            return;
+        }
+        finally
+        {
+            _rx.Dispose();
+        }
+        FlushPartialSend();
+        if (_pendingTerminate is { } t)
+        {
+            // Requests that arrived before the bad one are answered first, in order.
+            ServiceInbound();
+            SendTerminate(t.Code, t.Header, t.SegmentLength);
+            Close($"protocol error: {t.Why}");
+        }
+        else if (error.IsError)
+        {
+            ServiceInbound();
+            SendTerminate(error.Terminate, null, 0);
+            Close($"protocol error: {error}");
+        }
+        else
+        {
+            Close(LastTerminateReceived is { } rt ? $"peer terminated: {rt}" : "peer closed the connection");
+        }
+    }
+
+    private (TerminateCode Code, DdpRdmapHeader? Header, ushort SegmentLength, string Why)? _pendingTerminate;
+
+    /// <summary>A receive taken by the first segment of a Send that never got its last segment is flushed, not lost.</summary>
+    private void FlushPartialSend()
+    {
+        if (!_inSend) return;
+        _inSend = false;
+        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+    }
+
+    /// <summary>
+    /// Receives and handles FPDUs until the stream ends or the peer breaks the protocol (the error, or a pending
+    /// Terminate, is the result). This thread both fills and drains the receive pipe: it receives into the pipe
+    /// with <c>recv</c> (woken by the kernel, no event-loop hop) and parses what the pipe holds. Without CRC, a large
+    /// tagged segment whose header is in the pipe is placed directly: the buffered part of its payload is copied, the
+    /// rest goes from the socket straight into the region, and the next read takes only a header's worth of bytes.
+    /// With CRC nothing is acted on before its CRC checks, so every FPDU is parsed whole from the pipe.
+    /// </summary>
+    private IwarpError ReceiveFpdus(int fd)
+    {
+        bool direct = !_decoder.Options.Crc;
+        var reader = _rx.Reader;
+        bool probe = false;
+        while (true)
+        {
+            if (!reader.TryRead(out ReadResult result))
+            {
+                if (!_rx.Fill(probe ? HeaderProbe : int.MaxValue)) return EndOfStream(default);
+                continue;
+            }
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (_skip > 0)
+            {
+                int k = (int)Math.Min(_skip, buffer.Length);
+                buffer = buffer.Slice(k);
+                _skip -= k;
+            }
+            IwarpError error = default;
+            bool stop = false;
+            while (true)
+            {
+                ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
+                if (status != ParseStatus.Frame) break;
+                probe = direct && fpdu.Payload.Length >= PlaceDirectMin;
+                if (!OnFpdu(fpdu))
+                {
+                    stop = true;
+                    break;
+                }
+            }
+            if (error.IsError || stop)
+            {
+                reader.AdvanceTo(buffer.Start);
+                return error;
+            }
+            if (direct && TryDirectTarget(buffer, out var target))
+            {
+                // Everything buffered belongs to this segment: place it, empty the pipe, receive the rest.
+                var placed = PlaceBuffered(target, buffer);
+                reader.AdvanceTo(buffer.End);
+                if (placed == Placement.Done) placed = ReceiveDirect(fd, target);
+                if (placed == Placement.Stop) return default;
+                if (placed == Placement.Truncated) return EndOfStream(target.WireLength);
+                probe = true;
+                continue;
+            }
+            reader.AdvanceTo(buffer.Start, buffer.End);
+            if (!_rx.Fill(probe ? HeaderProbe : int.MaxValue)) return EndOfStream(buffer.Length);
+            probe = false;
+        }
+    }
+
+    /// <summary>The stream ended: cleanly at an FPDU boundary, or inside one (<paramref name="pending"/> bytes held).</summary>
+    private IwarpError EndOfStream(long pending) => pending == 0 && _skip == 0
+        ? IwarpError.None
+        : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({pending} bytes held).");
+
+    private enum Placement { Done, Stop, Truncated }
+
+    /// <summary>A tagged segment being placed directly: where its payload goes and how much of it arrived so far.</summary>
+    private sealed class DirectTarget
+    {
+        public DdpRdmapHeader Header;
+        public MemoryRegion? Region;
+        public long Offset;
+        public int PayloadLength;
+        public int Placed;
+        public int WireLength;
+        public PendingRead? Read;
+    }
+
+    private readonly DirectTarget _direct = new();
+    private readonly byte[] _probe = new byte[Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength];
+
+    /// <summary>
+    /// Whether the incomplete FPDU at the front of <paramref name="buffer"/> is a large tagged segment for a valid
+    /// region (or outstanding read) of this stream. Anything unusual returns false: the ordinary path then parses the
+    /// whole FPDU and reports exactly what is wrong with it.
+    /// </summary>
+    private bool TryDirectTarget(in ReadOnlySequence<byte> buffer, out DirectTarget target)
+    {
+        target = _direct;
+        const int head = Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength;
+        if (buffer.Length < head) return false;
+        byte[] bytes = _probe;
+        buffer.Slice(0, head).CopyTo(bytes);
+        int ulpdu = BinaryPrimitives.ReadUInt16BigEndian(bytes);
+        if ((bytes[Fpdu.LengthFieldSize] & 0x80) == 0 || ulpdu > _decoder.Options.ReceiveLimit || ulpdu - DdpRdmapHeader.TaggedLength < PlaceDirectMin)
+            return false;
+        var ulpduHead = new ReadOnlySequence<byte>(bytes, Fpdu.LengthFieldSize, DdpRdmapHeader.TaggedLength);
+        if (!FpduDecoder.TryDecodeUlpdu(ulpduHead, out var h, out _, out _, out _, out _)) return false;
+        uint len = (uint)(ulpdu - DdpRdmapHeader.TaggedLength);
+        MemoryRegion? mr;
+        long off;
+        PendingRead? p = null;
+        if (h.Opcode == RdmapOpcode.RdmaWrite)
+        {
+            if (Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out mr, out off) != WcStatus.Success) return false;
+        }
+        else if (h.Opcode == RdmapOpcode.RdmaReadResponse)
+        {
+            if (!ReadResponseFits(h, len, out p)) return false;
+            mr = p!.Sink;
+            off = p.SinkOffset + p.Received;
+        }
+        else
+        {
+            return false;
+        }
+        if (mr is null || mr.IsOnDemand) return false;
+        target.Header = h;
+        target.Region = mr;
+        target.Offset = off;
+        target.PayloadLength = (int)len;
+        target.Placed = 0;
+        target.WireLength = Fpdu.WireLengthFor(ulpdu, crc: false);
+        target.Read = p;
+        return true;
+    }
+
+    /// <summary>Copies the part of the segment already in the pipe (payload, then perhaps some pad).</summary>
+    private Placement PlaceBuffered(DirectTarget t, in ReadOnlySequence<byte> buffer)
+    {
+        const int head = Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength;
+        int inPipe = (int)(buffer.Length - head);
+        int payload = Math.Min(inPipe, t.PayloadLength);
+        if (!CopyIn(t.Region!, t.Offset, buffer.Slice(head, payload))) return RevokedDuringPlacement(t);
+        t.Placed = payload;
+        _skip = t.WireLength - head - t.PayloadLength - (inPipe - payload);
+        return Placement.Done;
+    }
+
+    /// <summary>
+    /// Receives the rest of the payload from the socket into the region. The region's drain is held only around a
+    /// receive of bytes already in the socket, never while waiting for the peer, so a stalled peer cannot hold off a
+    /// lease break.
+    /// </summary>
+    private unsafe Placement ReceiveDirect(int fd, DirectTarget t)
+    {
+        var mr = t.Region!;
+        while (t.Placed < t.PayloadLength)
+        {
+            if (!mr.TryEnter()) return RevokedDuringPlacement(t);
+            int n;
+            try
+            {
+                // Only what is already there (-1 when nothing is): the region is never held while waiting.
+                var piece = mr.Piece(t.Offset + t.Placed, t.PayloadLength - t.Placed);
+                fixed (byte* p = piece) n = SocketInterop.ReceiveAvailable(fd, p, piece.Length);
+            }
+            finally
+            {
+                mr.Exit();
+            }
+            if (n < 0)
+            {
+                // Wait for bytes without holding the region.
+                if (!SocketInterop.WaitReadable(_socket, fd)) return Placement.Truncated;
+                continue;
+            }
+            if (n == 0) return Placement.Truncated;
+            t.Placed += n;
+        }
+        var f = new Fpdu(t.Header, default, default, default, t.WireLength);
+        if (t.Read is { } p2 && !FinishReadResponse(f, p2, (uint)t.PayloadLength)) return Placement.Stop;
+        return Placement.Done;
+    }
+
+    private Placement RevokedDuringPlacement(DirectTarget t)
+    {
+        var f = new Fpdu(t.Header, default, default, default, t.WireLength);
+        if (t.Read is null)
+        {
+            Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
+        }
+        else
+        {
+            CompleteHeadRead(WcStatus.LocProtErr);
+        }
+        return Placement.Stop;
+    }
+
+    private bool Fail(TerminateCode code, in Fpdu f, string why)
+    {
+        _pendingTerminate = (code, f.Header, (ushort)Math.Min(f.WireLength, ushort.MaxValue), why);
+        return false;
+    }
+
+    private bool OnFpdu(Fpdu f)
+    {
+        var h = f.Header;
+        uint len = (uint)f.Payload.Length;
+        switch (h.Opcode)
+        {
+            case RdmapOpcode.RdmaWrite:
+                {
+                    var st = Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out var mr, out long off);
+                    if (st != WcStatus.Success) return Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
+                    return CopyIn(mr!, off, f.Payload) || Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
+                }
+            case RdmapOpcode.RdmaReadRequest:
+                {
+                    if (h.MessageSequenceNumber != _expectReadMsn)
+                        return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMsnRange), f, "Read Request out of sequence");
+                    _expectReadMsn++;
+                    var rr = f.ReadRequest;
+                    var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
+                    if (st != WcStatus.Success)
+                        return Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
+                    // The response goes out from the DMA engine thread: a receive loop that blocked in a send could
+                    // deadlock with a peer doing the same.
+                    lock (_inboundReads)
+                    {
+                        if (_inboundReads.Count >= MaxInboundReads)
+                            return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
+                        _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
+                    }
+                    _qp.Pd.Device.Engine.Ring(_qp);
+                    return true;
+                }
+            case RdmapOpcode.RdmaReadResponse:
+                return OnReadResponse(f);
+            case RdmapOpcode.Send:
+            case RdmapOpcode.SendWithSolicitedEvent:
+            case RdmapOpcode.SendWithInvalidate:
+            case RdmapOpcode.SendWithSolicitedEventAndInvalidate:
+                return OnSend(f);
+            case RdmapOpcode.Terminate:
+                LastTerminateReceived = f.Terminate.Code;
+                return false;
+            default:
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), f, $"unexpected opcode {h.Opcode}");
+        }
+    }
+
+    private TerminateCode TaggedError(uint stag, ulong to, uint len, AccessFlags need)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        if (mr is null || !mr.IsValid) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag);
+        // A region of another protection domain is not associated with this stream (RFC 5041 §7.2, code 0x02).
+        if (mr.Pd != _qp.Pd) return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedStagNotAssociated);
+        if ((mr.Access & need) != need || (_qp.RemoteAccess & need) == 0) return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, RdmapErrorCode.AccessRightsViolation);
+        return TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds);
+    }
+
+    /// <summary>RDMAP Remote Protection code for an RDMA Read Request whose source failed validation (RFC 5040 §7.2).</summary>
+    private TerminateCode ReadSourceError(uint stag)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        byte code = mr is null || !mr.IsValid ? RdmapErrorCode.InvalidStag
+            : mr.Pd != _qp.Pd ? RdmapErrorCode.StagNotAssociated
+            : (mr.Access & AccessFlags.RemoteRead) == 0 || (_qp.RemoteAccess & AccessFlags.RemoteRead) == 0 ? RdmapErrorCode.AccessRightsViolation
+            : RdmapErrorCode.BaseOrBoundsViolation;
+        return TerminateCode.Rdmap(RdmapErrorType.RemoteProtection, code);
+    }
+
+    private static bool CopyIn(MemoryRegion mr, long off, in ReadOnlySequence<byte> payload)
+    {
+        if (payload.IsEmpty) return true;
+        if (!mr.TryEnter()) return false;
+        try
+        {
+            foreach (var seg in payload)
+            {
+                mr.WriteAt(off, seg.Span);
+                off += seg.Length;
+            }
+        }
+        finally
+        {
+            mr.Exit();
+        }
+        return true;
+    }
+
+    private bool OnReadResponse(in Fpdu f)
+    {
+        uint len = (uint)f.Payload.Length;
+        if (!ReadResponseFits(f.Header, len, out var p))
+            return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, p is null
+                ? $"Read Response (STag 0x{f.Header.STag:x8}, TO 0x{f.Header.TaggedOffset:x}) with no read outstanding"
+                : $"Read Response (STag 0x{f.Header.STag:x8}, TO 0x{f.Header.TaggedOffset:x}, {len} bytes) outside the outstanding read's sink (STag 0x{p.SinkSTag:x8}, next TO 0x{p.SinkTo + p.Received:x}, {p.Length - p.Received} bytes left)");
+        if (len > 0 && !CopyIn(p!.Sink!, p.SinkOffset + p.Received, f.Payload))
+        {
+            CompleteHeadRead(WcStatus.LocProtErr);
+            return false;
+        }
+        return FinishReadResponse(f, p!, len);
+    }
+
+    /// <summary>Whether a Read Response segment continues the oldest outstanding read exactly, within its sink.</summary>
+    private bool ReadResponseFits(in DdpRdmapHeader h, uint len, out PendingRead? p)
+    {
+        lock (_readsLock) _reads.TryPeek(out p);
+        return p is not null && h.STag == p.SinkSTag && h.TaggedOffset == p.SinkTo + p.Received && p.Received + len <= p.Length;
+    }
+
+    /// <summary>Accounts a placed Read Response segment; the last one completes the read.</summary>
+    private bool FinishReadResponse(in Fpdu f, PendingRead p, uint len)
+    {
+        p.Received += len;
+        if (f.Header.Last)
+        {
+            if (p.Received != p.Length)
+                return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "short Read Response");
+            CompleteHeadRead(WcStatus.Success);
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// DMA engine thread: true when a fenced request must wait for outstanding RDMA Reads (the last one to complete
+    /// rings the queue pair); false when none is outstanding.
+    /// </summary>
+    public bool ParkForFence()
+    {
+        lock (_readsLock)
+        {
+            if (_reads.Count == 0) return false;
+            _fenceParked = true;
+            return true;
+        }
+    }
+
+    private bool _fenceParked;
+
+    private void CompleteHeadRead(WcStatus status)
+    {
+        bool resume;
+        lock (_readsLock)
+        {
+            if (_reads.TryDequeue(out var done))
+            {
+                done.Done = true;
+                done.Status = status;
+            }
+            resume = _fenceParked && _reads.Count == 0;
+            if (resume) _fenceParked = false;
+            // Deliver, in order, every completion no longer waiting for a read.
+            while (_order.TryPeek(out var next))
+            {
+                if (next.Read is { } p)
+                {
+                    if (!p.Done) break;
+                    _order.Dequeue();
+                    var wc = new WorkCompletion(p.WrId, p.Status, WcOpcode.RdmaRead, p.Status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0);
+                    bool signaled = p.Signaled;
+                    p.Sink = null;
+                    _readPool.Return(p);
+                    if (wc.Status != WcStatus.Success) _qp.FailRequest(_qp.SendCq, wc);
+                    else if (signaled) _qp.SendCq.Push(wc);
+                }
+                else
+                {
+                    _order.Dequeue();
+                    _qp.SendCq.Push(next.Completion);
+                }
+            }
+        }
+        // After the read's own completion, so the fenced request completes behind it.
+        if (resume) _qp.Pd.Device.Engine.Ring(_qp);
+    }
+
+    private bool OnSend(in Fpdu f)
+    {
+        var h = f.Header;
+        if (h.MessageOffset == 0 && !_inSend)
+        {
+            if (h.MessageSequenceNumber != _expectSendMsn)
+                return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMsnRange), f, "Send out of sequence");
+            if (!_qp.TryTakeRecv(out _recv))
+                return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMsnNoBuffer), f, "no receive posted");
+            var sge = _recv.Local;
+            var st = DmaEngine.ResolveLocal(_qp, in sge, write: true, out _recvMr, out _recvOffset);
+            if (st != WcStatus.Success)
+            {
+                _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, st, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.CatastrophicLocalizedToStream), f, "receive buffer invalid");
+            }
+            _inSend = true;
+            _recvBytes = 0;
+        }
+        else if (!_inSend || h.MessageSequenceNumber != _expectSendMsn || h.MessageOffset != _recvBytes)
+        {
+            return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedInvalidMo), f, "Send segment out of order");
+        }
+        uint len = (uint)f.Payload.Length;
+        if (_recvBytes + len > _recv.Local.Length)
+        {
+            _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.LocLenErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+            _inSend = false;
+            return Fail(TerminateCode.Ddp(DdpErrorType.UntaggedBuffer, DdpErrorCode.UntaggedMessageTooLong), f, "Send longer than the posted receive");
+        }
+        if (len > 0 && !CopyIn(_recvMr!, _recvOffset + _recvBytes, f.Payload))
+        {
+            _inSend = false;
+            _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.LocProtErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+            return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.CatastrophicLocalizedToStream), f, "receive region revoked");
+        }
+        _recvBytes += len;
+        if (!h.Last) return true;
+        _inSend = false;
+        _expectSendMsn++;
+        var flags = WcFlags.None;
+        uint invalidated = 0;
+        if (h.Opcode is RdmapOpcode.SendWithInvalidate or RdmapOpcode.SendWithSolicitedEventAndInvalidate)
+        {
+            var target = _qp.Pd.Device.Keys.Lookup(h.InvalidateSTag);
+            if (target is null || target.Pd != _qp.Pd)
+            {
+                // The receive was consumed: it completes with an error instead of vanishing.
+                _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.RemInvReqErr, WcOpcode.Recv, 0, _qp.QpNumber, WcFlags.None, 0, 0));
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.StagCannotBeInvalidated), f, "Send with Invalidate names a foreign STag");
+            }
+            target.Invalidate();
+            flags |= WcFlags.WithInv;
+            invalidated = h.InvalidateSTag;
+        }
+        _qp.RecvCq.Push(new WorkCompletion(_recv.WrId, WcStatus.Success, WcOpcode.Recv, _recvBytes, _qp.QpNumber, flags, 0, invalidated));
+        return true;
+    }
+}
