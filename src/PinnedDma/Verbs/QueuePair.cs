@@ -60,6 +60,12 @@ public sealed class QueuePair : IDisposable
 
     internal Iwarp.IwarpConnection? Connection { get; private set; }
 
+    /// <summary>
+    /// The engine that executes this QP's send queue: a connected iWARP QP has its own (so a slow or stalled peer holds
+    /// up only its own queue pair); others use the device's.
+    /// </summary>
+    internal Internal.DmaEngine Engine => Connection?.Engine ?? Pd.Device.Engine;
+
     /// <summary>Why the iWARP connection under this QP ended, if it did.</summary>
     public string? ConnectionCloseReason => Connection?.CloseReason;
 
@@ -139,7 +145,7 @@ public sealed class QueuePair : IDisposable
             if (attributes.RnrTimeout is TimeSpan t) RnrTimeout = t;
             _state = attributes.State;
         }
-        if (attributes.State is QpState.Rts) Pd.Device.Engine.Ring(this);
+        if (attributes.State is QpState.Rts) Engine.Ring(this);
     }
 
     internal static bool IsLegal(QpState from, QpState to) => to switch
@@ -172,7 +178,7 @@ public sealed class QueuePair : IDisposable
             _sq[(_sqHead + _sqCount) % _sq.Length] = wr;
             _sqCount++;
         }
-        Pd.Device.Engine.Ring(this);
+        Engine.Ring(this);
     }
 
     /// <summary>ibv_post_recv. Allowed from Init on; on a QP in Error the request completes at once with WrFlushErr.</summary>
@@ -191,7 +197,7 @@ public sealed class QueuePair : IDisposable
             _rqCount++;
         }
         // A sender may be waiting for this receive (RNR).
-        if (Peer is { } p) Pd.Device.Engine.Ring(p);
+        if (Peer is { } p) p.Engine.Ring(p);
     }
 
     internal bool TryPeekSend(out SendWorkRequest wr)

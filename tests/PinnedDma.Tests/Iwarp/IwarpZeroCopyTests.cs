@@ -453,27 +453,23 @@ public sealed class IwarpZeroCopyTests : IDisposable
 
     // ------------------------------------------------------------ a peer that stops reading
 
-    [Fact]
-    public void A_peer_that_stops_reading_is_cut_off_and_the_engine_keeps_serving_the_others()
+    /// <summary>A raw peer that asks for four 16 MiB RDMA Reads and then never reads its socket.</summary>
+    private (QueuePair Qp, MemoryRegion Big, IwarpListener Listener, Socket Socket) StalledPeer(TimeSpan stallTimeout)
     {
         const int regionLength = 16 << 20;
         var pd = _serverDev.AllocatePd();
         var cq = _serverDev.CreateCompletionQueue(16);
         var qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
         qp.Modify(new QpAttributes { State = QpState.Init, AccessFlags = AccessFlags.RemoteRead | AccessFlags.RemoteWrite });
-        using var big = pd.RegisterBuffer(regionLength, AccessFlags.RemoteRead);
-        var options = new IwarpOptions { Crc = false, SendStallTimeout = TimeSpan.FromMilliseconds(300) };
-        using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var big = pd.RegisterBuffer(regionLength, AccessFlags.RemoteRead);
+        var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), new IwarpOptions { Crc = false, SendStallTimeout = stallTimeout });
         var accept = Task.Run(async () => (await listener.AcceptAsync()).Accept(qp));
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4096 };
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4096 };
         s.Connect(listener.LocalEndPoint);
         s.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = false }).ToArray());
         Assert.True(WaitBounded(accept), "the listener did not accept the raw peer");
         var reply = new byte[MpaFrame.HeaderSize];
         for (int got = 0; got < reply.Length;) got += s.Receive(reply, got, reply.Length - got, SocketFlags.None);
-
-        // Four 16 MiB RDMA Read Requests, then the peer never reads again: TCP's buffers fill and the responder's
-        // sends make no progress.
         for (uint msn = 1; msn <= 4; msn++)
         {
             var body = new byte[RdmaReadRequest.Size];
@@ -485,18 +481,58 @@ public sealed class IwarpZeroCopyTests : IDisposable
             body.CopyTo(f.AsSpan(2 + h.Length));
             s.Send(f);
         }
-        var sw = Stopwatch.StartNew();
-        while (qp.State != QpState.Error && sw.Elapsed < Bound) Thread.Sleep(20);
-        Assert.Equal(QpState.Error, qp.State);
-        Assert.Contains("send failed", qp.ConnectionCloseReason);
+        return (qp, big, listener, s);
+    }
 
-        // The same device (one DMA engine) still moves data for everyone else.
+    /// <summary>An RDMA Write and Read of 100 000 bytes on a fresh pair whose server side shares the stalled peer's device.</summary>
+    private void OtherTrafficWorks()
+    {
         using var p = Connect(crc: true, maxFpdu: 16 * 1024);
         Post(p, WrOpcode.RdmaWrite, 1, p.ClientMr.Address, 100_000, p.BufferMr.Address + 4096, p.BufferMr.RKey);
         Post(p, WrOpcode.RdmaRead, 2, p.ClientMr.Address + ClientLength / 2, 100_000, p.BufferMr.Address + 4096, p.BufferMr.RKey);
         var done = DrainClient(p, 2);
         Assert.All(done, w => Assert.Equal(WcStatus.Success, w.Status));
         Assert.True(p.ClientMr.GetBufferSpan().Slice(ClientLength / 2, 100_000).SequenceEqual(p.ClientMr.GetBufferSpan()[..100_000]));
-        qp.Dispose();
+    }
+
+    [Fact]
+    public void A_peer_that_stops_reading_delays_no_other_queue_pair_of_the_device()
+    {
+        var (qp, big, listener, s) = StalledPeer(TimeSpan.FromSeconds(60));
+        try
+        {
+            // TCP's buffers fill within milliseconds; from then on the stalled QP's sends make no progress.
+            Thread.Sleep(300);
+            OtherTrafficWorks();
+            Assert.Equal(QpState.Rts, qp.State);
+        }
+        finally
+        {
+            qp.Dispose();
+            s.Dispose();
+            listener.Dispose();
+            big.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_peer_that_stops_reading_is_cut_off_after_the_stall_timeout()
+    {
+        var (qp, big, listener, s) = StalledPeer(TimeSpan.FromMilliseconds(300));
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            while (qp.State != QpState.Error && sw.Elapsed < Bound) Thread.Sleep(20);
+            Assert.Equal(QpState.Error, qp.State);
+            Assert.Contains("send failed", qp.ConnectionCloseReason);
+            OtherTrafficWorks();
+        }
+        finally
+        {
+            qp.Dispose();
+            s.Dispose();
+            listener.Dispose();
+            big.Dispose();
+        }
     }
 }

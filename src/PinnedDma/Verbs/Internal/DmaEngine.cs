@@ -323,9 +323,18 @@ internal sealed class DmaEngine : IDisposable
 
     public void Dispose()
     {
+        Stop();
+        if (Thread.CurrentThread != _thread) _thread.Join(TimeSpan.FromSeconds(5));
+    }
+
+    /// <summary>
+    /// Asks the thread to end after the queue pair it is working on, without waiting for it (a caller may hold a lock
+    /// that thread needs). Every access it still makes is inside a region's drain, so revocations stay exact.
+    /// </summary>
+    public void Stop()
+    {
         _stop = true;
         _wake.Set();
-        if (Thread.CurrentThread != _thread) _thread.Join(TimeSpan.FromSeconds(5));
     }
 
     private sealed class ScratchPolicy : PooledObjectPolicy<byte[]>

@@ -292,7 +292,7 @@ internal sealed partial class IwarpConnection
                             return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
                         _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
                     }
-                    _qp.Pd.Device.Engine.Ring(_qp);
+                    Engine.Ring(_qp);
                     return true;
                 }
             case RdmapOpcode.RdmaReadResponse:
@@ -435,7 +435,7 @@ internal sealed partial class IwarpConnection
             }
         }
         // After the read's own completion, so the fenced request completes behind it.
-        if (resume) _qp.Pd.Device.Engine.Ring(_qp);
+        if (resume) Engine.Ring(_qp);
     }
 
     private bool OnSend(in Fpdu f)

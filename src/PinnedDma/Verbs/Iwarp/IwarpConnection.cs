@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.ObjectPool;
+using PinnedDma.Verbs.Internal;
 
 namespace PinnedDma.Verbs.Iwarp;
 
@@ -61,9 +62,16 @@ internal sealed partial class IwarpConnection : IDisposable
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize) };
         _encoder = new FpduEncoder(options);
         _decoder = new FpduDecoder(options);
+        Engine = new DmaEngine($"iwarp-qp{qp.QpNumber}");
     }
 
     public MpaNegotiated Negotiated { get; }
+
+    /// <summary>
+    /// This connection's own send engine: requester work and RDMA Read responses run on it, so a peer that reads
+    /// slowly (or not at all, until <see cref="IwarpOptions.SendStallTimeout"/>) delays no other queue pair.
+    /// </summary>
+    public DmaEngine Engine { get; }
 
     /// <summary>Why the connection ended, once it did.</summary>
     public string? CloseReason { get; private set; }
@@ -337,6 +345,8 @@ internal sealed partial class IwarpConnection : IDisposable
             CompleteHeadRead(status);
         }
         _qp.EnterError();
+        // The QP is in Error and flushed: its engine has nothing left to do.
+        Engine.Stop();
     }
 
     public void Dispose() => Close("closed locally");
