@@ -59,24 +59,9 @@ internal static class FpduPipeReader
         while (true)
         {
             ReadResult result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-            ReadOnlySequence<byte> buffer = result.Buffer;
-            ParseStatus status = MpaFrame.TryParse(ref buffer, expected, out MpaFrame? frame, out IwarpError error);
-            if (status == ParseStatus.Frame)
-            {
-                reader.AdvanceTo(buffer.Start);
-                return frame!;
-            }
-            if (status == ParseStatus.Error)
-            {
-                reader.AdvanceTo(buffer.Start);
-                throw new IwarpProtocolException(error);
-            }
+            if (SocketReceivePipe.TryTakeMpaFrame(reader, result.Buffer, expected, out var frame)) return frame;
             if (result.IsCompleted || result.IsCanceled)
-            {
-                reader.AdvanceTo(buffer.Start, buffer.End);
                 throw new IwarpProtocolException(IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended during MPA connection setup."));
-            }
-            reader.AdvanceTo(buffer.Start, buffer.End);
         }
     }
 }

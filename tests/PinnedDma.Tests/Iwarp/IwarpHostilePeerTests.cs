@@ -198,21 +198,10 @@ public sealed class IwarpHostilePeerTests : IDisposable
         if (postRecv) qp.PostRecv(new RecvWorkRequest(77, new(_recv.Address, RecvLength, _recv.LKey)));
         using var cts = new CancellationTokenSource(Bound);
         var accept = Task.Run(async () => (await _listener.AcceptAsync(cts.Token)).Accept(qp));
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = (int)Bound.TotalMilliseconds, SendTimeout = (int)Bound.TotalMilliseconds };
+        var (s, frame) = IwarpTestUtil.ConnectRawMpa(_listener.LocalEndPoint, wantCrc: true, Bound);
         var session = new Session(s, qp, cq);
-        s.Connect(_listener.LocalEndPoint);
-        session.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = true }).ToArray());
         Assert.True(accept.Wait(Bound), "the listener did not accept the raw peer");
-        var reply = new byte[MpaFrame.HeaderSize];
-        for (int got = 0; got < reply.Length;)
-        {
-            int n = s.Receive(reply, got, reply.Length - got, SocketFlags.None);
-            Assert.True(n > 0, "connection closed during MPA setup");
-            got += n;
-        }
-        var seq = new ReadOnlySequence<byte>(reply);
-        Assert.Equal(ParseStatus.Frame, MpaFrame.TryParse(ref seq, MpaFrameKind.Reply, out var frame, out _));
-        Assert.False(frame!.Reject);
+        Assert.False(frame.Reject);
         Assert.True(frame.Crc);
         Assert.Equal(QpState.Rts, qp.State);
         return session;
@@ -645,16 +634,8 @@ public sealed class IwarpHostilePeerTests : IDisposable
         var connect = IwarpConnector.ConnectAsync(qp, (IPEndPoint)raw.LocalEndpoint, cancellationToken: cts.Token);
         using var peer = raw.AcceptSocket();
         peer.ReceiveTimeout = (int)Bound.TotalMilliseconds;
-        var req = new byte[MpaFrame.HeaderSize];
-        for (int got = 0; got < req.Length;)
-        {
-            int n = peer.Receive(req, got, req.Length - got, SocketFlags.None);
-            Assert.True(n > 0, "the connector closed during MPA setup");
-            got += n;
-        }
-        var rseq = new ReadOnlySequence<byte>(req);
-        Assert.Equal(ParseStatus.Frame, MpaFrame.TryParse(ref rseq, MpaFrameKind.Request, out var request, out _));
-        var decision = MpaNegotiation.Respond(request!, new MpaLocalSettings { Revision = 1, WantCrc = true });
+        var request = IwarpTestUtil.ReadMpaFrame(peer, MpaFrameKind.Request);
+        var decision = MpaNegotiation.Respond(request, new MpaLocalSettings { Revision = 1, WantCrc = true });
         peer.Send(decision.Reply.ToArray());
         Assert.True(WaitBounded(connect), "the connector did not finish MPA setup");
         var s = new Session(peer, qp, cq);

@@ -1,5 +1,8 @@
 using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
 using PinnedDma.Verbs.Iwarp;
+using Xunit;
 
 namespace PinnedDma.Tests.Iwarp;
 
@@ -37,6 +40,39 @@ internal static class IwarpTestUtil
         var w = new ArrayBufferWriter<byte>();
         write(w);
         return w.WrittenSpan.ToArray();
+    }
+
+    /// <summary>
+    /// A raw TCP peer playing the MPA initiator against a real listener: connects, sends a revision 1 request, reads and
+    /// parses the reply (the listener's accept must run meanwhile). Bounded by <paramref name="timeout"/>.
+    /// </summary>
+    public static (Socket Socket, MpaFrame Reply) ConnectRawMpa(IPEndPoint endpoint, bool wantCrc, TimeSpan timeout, int receiveBufferSize = 0)
+    {
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+        {
+            NoDelay = true,
+            ReceiveTimeout = (int)timeout.TotalMilliseconds,
+            SendTimeout = (int)timeout.TotalMilliseconds,
+        };
+        if (receiveBufferSize > 0) s.ReceiveBufferSize = receiveBufferSize;
+        s.Connect(endpoint);
+        s.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = wantCrc }).ToArray());
+        return (s, ReadMpaFrame(s, MpaFrameKind.Reply));
+    }
+
+    /// <summary>Reads one MPA Request or Reply without private data from a raw socket and requires it to parse.</summary>
+    public static MpaFrame ReadMpaFrame(Socket s, MpaFrameKind kind)
+    {
+        var bytes = new byte[MpaFrame.HeaderSize];
+        for (int got = 0; got < bytes.Length;)
+        {
+            int n = s.Receive(bytes, got, bytes.Length - got, SocketFlags.None);
+            Assert.True(n > 0, "the other side closed during MPA setup");
+            got += n;
+        }
+        var seq = new ReadOnlySequence<byte>(bytes);
+        Assert.Equal(ParseStatus.Frame, MpaFrame.TryParse(ref seq, kind, out var frame, out _));
+        return frame!;
     }
 
     /// <summary>Bit-at-a-time CRC32C, independent of the library's implementation.</summary>

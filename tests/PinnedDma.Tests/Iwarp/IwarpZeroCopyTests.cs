@@ -326,21 +326,10 @@ public sealed class IwarpZeroCopyTests : IDisposable
         var mr = pd.RegisterFile(_owner, _file, 0, FileLength, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
         var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), new IwarpOptions { Crc = false, MaxFpduSize = 65_541 });
         var accept = Task.Run(async () => (await listener.AcceptAsync()).Accept(qp));
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = (int)Bound.TotalMilliseconds };
-        s.Connect(listener.LocalEndPoint);
+        var (s, frame) = IwarpTestUtil.ConnectRawMpa(listener.LocalEndPoint, wantCrc: false, Bound);
         var peer = new RawPeer { Socket = s, Qp = qp, Region = mr, Listener = listener };
-        peer.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = false }).ToArray());
-        Assert.True(accept.Wait(Bound), "the listener did not accept the raw peer");
-        var reply = new byte[MpaFrame.HeaderSize];
-        for (int got = 0; got < reply.Length;)
-        {
-            int n = s.Receive(reply, got, reply.Length - got, SocketFlags.None);
-            Assert.True(n > 0, "connection closed during MPA setup");
-            got += n;
-        }
-        var seq = new ReadOnlySequence<byte>(reply);
-        Assert.Equal(ParseStatus.Frame, MpaFrame.TryParse(ref seq, MpaFrameKind.Reply, out var frame, out _));
-        Assert.False(frame!.Crc);
+        Assert.True(WaitBounded(accept), "the listener did not accept the raw peer");
+        Assert.False(frame.Crc);
         Assert.Equal(QpState.Rts, qp.State);
         return peer;
     }
@@ -464,12 +453,8 @@ public sealed class IwarpZeroCopyTests : IDisposable
         var big = pd.RegisterBuffer(regionLength, AccessFlags.RemoteRead);
         var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), new IwarpOptions { Crc = false, SendStallTimeout = stallTimeout });
         var accept = Task.Run(async () => (await listener.AcceptAsync()).Accept(qp));
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4096 };
-        s.Connect(listener.LocalEndPoint);
-        s.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = false }).ToArray());
+        var (s, _) = IwarpTestUtil.ConnectRawMpa(listener.LocalEndPoint, wantCrc: false, Bound, receiveBufferSize: 4096);
         Assert.True(WaitBounded(accept), "the listener did not accept the raw peer");
-        var reply = new byte[MpaFrame.HeaderSize];
-        for (int got = 0; got < reply.Length;) got += s.Receive(reply, got, reply.Length - got, SocketFlags.None);
         for (uint msn = 1; msn <= 4; msn++)
         {
             var body = new byte[RdmaReadRequest.Size];

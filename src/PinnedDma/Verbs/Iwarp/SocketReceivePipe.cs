@@ -1,3 +1,5 @@
+using System.Buffers;
+using System.Diagnostics.CodeAnalysis;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
@@ -61,25 +63,32 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
         var reader = _pipe.Reader;
         while (true)
         {
-            if (reader.TryRead(out ReadResult result))
-            {
-                var buffer = result.Buffer;
-                ParseStatus status = MpaFrame.TryParse(ref buffer, expected, out MpaFrame? frame, out IwarpError error);
-                if (status == ParseStatus.Frame)
-                {
-                    reader.AdvanceTo(buffer.Start);
-                    return frame!;
-                }
-                if (status == ParseStatus.Error)
-                {
-                    reader.AdvanceTo(buffer.Start);
-                    throw new IwarpProtocolException(error);
-                }
-                reader.AdvanceTo(buffer.Start, buffer.End);
-            }
+            if (reader.TryRead(out ReadResult result) && TryTakeMpaFrame(reader, result.Buffer, expected, out var frame)) return frame;
             if (!Fill(Chunk, deadline, cancellationToken))
                 throw new IwarpProtocolException(IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended during MPA connection setup."));
         }
+    }
+
+    /// <summary>
+    /// Takes one MPA Request or Reply off the front of <paramref name="buffer"/> (what <paramref name="reader"/> last
+    /// returned): true with the reader advanced past it, false with everything marked examined (more bytes needed).
+    /// A malformed frame throws <see cref="IwarpProtocolException"/>.
+    /// </summary>
+    public static bool TryTakeMpaFrame(PipeReader reader, ReadOnlySequence<byte> buffer, MpaFrameKind expected, [NotNullWhen(true)] out MpaFrame? frame)
+    {
+        ParseStatus status = MpaFrame.TryParse(ref buffer, expected, out frame, out IwarpError error);
+        if (status == ParseStatus.Frame && frame is not null)
+        {
+            reader.AdvanceTo(buffer.Start);
+            return true;
+        }
+        if (status == ParseStatus.Error)
+        {
+            reader.AdvanceTo(buffer.Start);
+            throw new IwarpProtocolException(error);
+        }
+        reader.AdvanceTo(buffer.Start, buffer.End);
+        return false;
     }
 
     public void Dispose()
