@@ -134,6 +134,7 @@ public sealed class IwarpListener : IDisposable
     private void Handshake(Socket socket)
     {
         SocketReceivePipe? rx = null;
+        bool handedOver = false;
         try
         {
             socket.NoDelay = true;
@@ -141,7 +142,7 @@ public sealed class IwarpListener : IDisposable
             var request = rx.ReadMpaFrame(MpaFrameKind.Request, _options.SetupTimeout, _stop.Token);
             if (!_ready.Writer.TryWrite(new IwarpConnectionRequest(rx, request, _options)))
                 _ready.Writer.WriteAsync(new IwarpConnectionRequest(rx, request, _options), _stop.Token).AsTask().GetAwaiter().GetResult();
-            rx = null; // the request owns it now
+            handedOver = true; // the request owns the pipe and the socket now
         }
         catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or TimeoutException or IOException or SocketException
             or ObjectDisposedException or System.Threading.Channels.ChannelClosedException)
@@ -160,10 +161,10 @@ public sealed class IwarpListener : IDisposable
         }
         finally
         {
-            if (rx is not null)
+            if (!handedOver)
             {
-                rx.Dispose();
-                socket.Dispose();
+                if (rx is not null) rx.Dispose(); // and the socket it owns
+                else socket.Dispose();
             }
             _handshakes.Release();
         }
@@ -214,8 +215,7 @@ public sealed class IwarpConnectionRequest
         _socket.Send(decision.Reply.ToArray());
         if (!decision.Accepted)
         {
-            _rx.Dispose();
-            _socket.Dispose();
+            _rx.Dispose(); // and the socket it owns
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
         qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options));
@@ -227,8 +227,7 @@ public sealed class IwarpConnectionRequest
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         var reply = new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = _request.Revision == 2 ? (byte)1 : _request.Revision, Crc = _request.Crc, PrivateData = privateData.ToArray() };
         try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
-        _rx.Dispose();
-        _socket.Dispose();
+        _rx.Dispose(); // and the socket it owns
     }
 }
 
@@ -296,8 +295,8 @@ public static class IwarpConnector
         }
         catch
         {
-            rx?.Dispose();
-            socket.Dispose();
+            if (rx is not null) rx.Dispose(); // and the socket it owns
+            else socket.Dispose();
             throw;
         }
     }

@@ -105,4 +105,30 @@ public sealed class IwarpTransportTests : IDisposable
         Assert.Equal(PinnedDmaError.ConnectionRejected, ex.Error);
         await t;
     }
+
+    [Fact]
+    public async Task Accepting_onto_a_queue_pair_in_the_wrong_state_fails_and_closes_the_socket()
+    {
+        using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0));
+        var spd = _serverDev.AllocatePd();
+        var scq = _serverDev.CreateCompletionQueue(8);
+        using var sqp = spd.CreateQueuePair(new QueuePairOptions { SendCq = scq, RecvCq = scq });
+        sqp.Modify(new QpAttributes { State = QpState.Error });
+        var cpd = _clientDev.AllocatePd();
+        var ccq = _clientDev.CreateCompletionQueue(8);
+        using var cqp = cpd.CreateQueuePair(new QueuePairOptions { SendCq = ccq, RecvCq = ccq });
+        var accept = Task.Run(async () =>
+        {
+            var request = await listener.AcceptAsync();
+            var ex = Assert.Throws<PinnedDmaException>(() => request.Accept(sqp));
+            Assert.Equal(PinnedDmaError.InvalidArgument, ex.Error);
+        });
+        await IwarpConnector.ConnectAsync(cqp, listener.LocalEndPoint);
+        await accept.WaitAsync(TimeSpan.FromSeconds(10));
+        // The reply went out before the QP refused the connection: the socket must still be closed, so the client sees
+        // the stream end and its QP moves to Error (rather than waiting on a half-open connection forever).
+        await cqp.Connection!.Completion.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(QpState.Error, cqp.State);
+        Assert.Equal("peer closed the connection", cqp.ConnectionCloseReason);
+    }
 }

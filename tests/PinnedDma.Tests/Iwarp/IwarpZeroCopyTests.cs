@@ -520,4 +520,25 @@ public sealed class IwarpZeroCopyTests : IDisposable
             big.Dispose();
         }
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_peer_that_resets_the_connection_ends_it_cleanly(bool midSegment)
+    {
+        using var peer = ConnectRaw();
+        if (midSegment)
+        {
+            // Inside a directly placed segment: the receive thread is waiting for the rest of the payload.
+            peer.Send(WriteHead(peer.Region.RKey, peer.Region.Address, 60_000));
+            peer.Send(Pattern(20_000, 1));
+            Thread.Sleep(100);
+        }
+        // RST instead of FIN: the receive thread's wait ends with an error, not an end of stream.
+        peer.Socket.LingerState = new LingerOption(true, 0);
+        peer.Socket.Close();
+        Assert.True(WaitBounded(peer.Qp.Connection!.Completion), "the receive thread did not end after a reset");
+        Assert.Equal(QpState.Error, peer.Qp.State);
+        Assert.NotNull(peer.Qp.ConnectionCloseReason);
+    }
 }

@@ -18,10 +18,23 @@ internal sealed partial class IwarpConnection
 
     private void ReceiveLoop()
     {
+        try
+        {
+            ReceiveAndEnd();
+        }
+        finally
+        {
+            // Last, after any Terminate went out and Close shut the socket down: release the handle and close it.
+            _rx.Dispose();
+        }
+    }
+
+    private void ReceiveAndEnd()
+    {
         IwarpError error;
         try
         {
-            // The receive pipe holds the descriptor (not closed, not reused) until this loop ends; Close shuts the
+            // The receive pipe holds the descriptor (not closed, not reused) until this thread ends; Close shuts the
             // socket down to wake us.
             error = ReceiveFpdus(_rx.Fd);
         }
@@ -30,10 +43,6 @@ internal sealed partial class IwarpConnection
             FlushPartialSend();
             Close($"connection lost: {e.Message}");
             return;
-        }
-        finally
-        {
-            _rx.Dispose();
         }
         FlushPartialSend();
         if (_pendingTerminate is { } t)

@@ -87,6 +87,8 @@ internal sealed partial class IwarpConnection : IDisposable
     /// <summary>Starts the receive thread; bytes that followed the handshake in the receive pipe are parsed first.</summary>
     public void Start()
     {
+        // Exactly one of Start and Close owns the receive pipe's end: the thread started here, or Close.
+        if (Interlocked.Exchange(ref _started, 1) != 0) return;
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Completion = done.Task;
         var thread = new Thread(() =>
@@ -335,8 +337,10 @@ internal sealed partial class IwarpConnection : IDisposable
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
         CloseReason = reason;
+        // Shutting down wakes every thread waiting on the socket. The socket itself is disposed by the receive pipe that
+        // owns it, after releasing its handle reference: Socket.Dispose waits for every reference, so disposing here
+        // from a thread that holds one (the receive thread on an error) would never return.
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
-        _socket.Dispose();
         var status = LastTerminateReceived is { Layer: TerminateLayer.Rdmap or TerminateLayer.Ddp } ? WcStatus.RemAccessErr : WcStatus.RetryExcErr;
         while (true)
         {
@@ -347,7 +351,12 @@ internal sealed partial class IwarpConnection : IDisposable
         _qp.EnterError();
         // The QP is in Error and flushed: its engine has nothing left to do.
         Engine.Stop();
+        // A connection closed before its receive thread started (the QP refused it) releases the socket here; otherwise
+        // that thread does when it ends.
+        if (Interlocked.Exchange(ref _started, 1) == 0) _rx.Dispose();
     }
+
+    private int _started;
 
     public void Dispose() => Close("closed locally");
 }

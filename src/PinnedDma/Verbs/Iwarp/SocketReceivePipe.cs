@@ -11,7 +11,8 @@ namespace PinnedDma.Verbs.Iwarp;
 /// itself — first the MPA handshake, then (handed to the connection with whatever followed the handshake) the FPDU
 /// stream. The socket is never used asynchronously, so it never joins the runtime's socket event loop: every wake-up
 /// comes from the kernel straight to the thread that waits. A reference on the socket handle is held until
-/// <see cref="Dispose"/>, so the descriptor cannot be closed and reused under a thread still using it.
+/// <see cref="Dispose"/>, so the descriptor cannot be closed and reused under a thread still using it; the pipe owns
+/// the socket and disposes it last (others only shut it down).
 /// </summary>
 internal sealed unsafe class SocketReceivePipe : IDisposable
 {
@@ -91,6 +92,7 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
         return false;
     }
 
+    /// <summary>Ends the pipe, releases the handle reference, then disposes the socket (which it owns).</summary>
     public void Dispose()
     {
         _pipe.Reader.Complete();
@@ -100,5 +102,6 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
             _referenced = false;
             _socket.SafeHandle.DangerousRelease();
         }
+        _socket.Dispose();
     }
 }
