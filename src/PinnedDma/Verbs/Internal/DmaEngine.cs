@@ -78,7 +78,9 @@ internal sealed class DmaEngine : IDisposable
             _wake.Reset();
             lock (_sync)
                 if (_doorbell.Count > 0) continue;
-            _wake.Wait(50);
+            // Ring sets the event after enqueuing and the queue is re-checked after the reset, so no doorbell is missed;
+            // the timeout is only a safety net (idle engines, one per iWARP connection, should not wake often).
+            _wake.Wait(1000);
         }
     }
 
