@@ -141,6 +141,7 @@ sealed class Bench : IDisposable
         var sw = Stopwatch.StartNew();
         double peak = 0;
         long windowStart = 0, windowDone = 0;
+        var idleSpin = new SpinWait();
         while (completed < iters)
         {
             while (posted < iters && outstanding < _txDepth)
@@ -165,7 +166,8 @@ sealed class Bench : IDisposable
                 outstanding -= done - completed;
                 completed = done;
             }
-            if (n == 0) Thread.SpinWait(20);
+            if (n == 0) idleSpin.SpinOnce(sleep1Threshold: -1);
+            else idleSpin.Reset();
             long now = sw.ElapsedTicks;
             if (now - windowStart > Stopwatch.Frequency / 50 && completed > windowDone)
             {
@@ -178,6 +180,9 @@ sealed class Bench : IDisposable
         return (Math.Max(peak, avg), avg);
     }
 
+    // Receives hold the largest message size: the one left posted after a size's last round then fits the next size.
+    private const uint RecvLength = 65536;
+
     /// <summary>ib_send_lat: ping-pong of sends; half the round trip.</summary>
     public double[] SendLatency(int size, int iters)
     {
@@ -189,13 +194,13 @@ sealed class Bench : IDisposable
             for (int i = 0; i < iters; i++)
             {
                 WaitFor(_scq, swc, WcOpcode.Recv);
-                _server.PostRecv(new RecvWorkRequest(1, new ScatterGatherElement(_serverLocal.Address, (uint)size, _serverLocal.LKey)));
+                _server.PostRecv(new RecvWorkRequest(1, new ScatterGatherElement(_serverLocal.Address, RecvLength, _serverLocal.LKey)));
                 _server.PostSend(new SendWorkRequest { WrId = 2, Opcode = WrOpcode.Send, Flags = SendFlags.Signaled, Local = new ScatterGatherElement(_serverLocal.Address + 65536, (uint)size, _serverLocal.LKey) });
                 WaitFor(_scq, swc, WcOpcode.Send);
             }
         }) { IsBackground = true };
-        _server.PostRecv(new RecvWorkRequest(1, new ScatterGatherElement(_serverLocal.Address, (uint)size, _serverLocal.LKey)));
-        _client.PostRecv(new RecvWorkRequest(3, new ScatterGatherElement(_local.Address + 65536, (uint)size, _local.LKey)));
+        _server.PostRecv(new RecvWorkRequest(1, new ScatterGatherElement(_serverLocal.Address, RecvLength, _serverLocal.LKey)));
+        _client.PostRecv(new RecvWorkRequest(3, new ScatterGatherElement(_local.Address + 65536, RecvLength, _local.LKey)));
         serverThread.Start();
         for (int i = 0; i < iters; i++)
         {
@@ -203,7 +208,7 @@ sealed class Bench : IDisposable
             _client.PostSend(new SendWorkRequest { WrId = 4, Opcode = WrOpcode.Send, Flags = SendFlags.Signaled, Local = new ScatterGatherElement(_local.Address, (uint)size, _local.LKey) });
             WaitFor(_ccq, wc, WcOpcode.Recv, alsoDrain: WcOpcode.Send);
             result[i] = Stopwatch.GetElapsedTime(t0).TotalMicroseconds / 2;
-            _client.PostRecv(new RecvWorkRequest(3, new ScatterGatherElement(_local.Address + 65536, (uint)size, _local.LKey)));
+            _client.PostRecv(new RecvWorkRequest(3, new ScatterGatherElement(_local.Address + 65536, RecvLength, _local.LKey)));
         }
         serverThread.Join();
         return result;
@@ -226,9 +231,11 @@ sealed class Bench : IDisposable
             for (int i = 1; i <= iters; i++)
             {
                 byte tag = (byte)i;
-                while (Volatile.Read(ref serverMem[size - 1]) != tag) Thread.SpinWait(1);
+                var spin = new SpinWait();
+                while (Volatile.Read(ref serverMem[size - 1]) != tag) spin.SpinOnce(sleep1Threshold: -1);
+                // The reply carries the same tag; the source buffer then belongs to the device until the completion.
+                ((Span<byte>)new Span<byte>((void*)_serverLocal.Address, size))[size - 1] = tag;
                 server.PostSend(new SendWorkRequest { WrId = 5, Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new ScatterGatherElement(_serverLocal.Address, (uint)size, _serverLocal.LKey), RemoteAddress = _local.Address + 65536, RKey = _local.RKey });
-                ((Span<byte>)new Span<byte>((void*)_serverLocal.Address, size))[size - 1] = (byte)(i + 1);
                 WaitFor(_scq, swc, WcOpcode.RdmaWrite);
             }
         }) { IsBackground = true };
@@ -241,7 +248,8 @@ sealed class Bench : IDisposable
             long t0 = Stopwatch.GetTimestamp();
             client.PostSend(new SendWorkRequest { WrId = 6, Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new ScatterGatherElement(_local.Address, (uint)size, _local.LKey), RemoteAddress = _remote.Address, RKey = _remote.RKey });
             byte want = (byte)i;
-            while (Volatile.Read(ref clientMem[size - 1]) != want) Thread.SpinWait(1);
+            var spin = new SpinWait();
+            while (Volatile.Read(ref clientMem[size - 1]) != want) spin.SpinOnce(sleep1Threshold: -1);
             result[i - 1] = Stopwatch.GetElapsedTime(t0).TotalMicroseconds / 2;
             WaitFor(_ccq, wc, WcOpcode.RdmaWrite);
         }
@@ -253,13 +261,16 @@ sealed class Bench : IDisposable
     {
         bool seen = false, drained = alsoDrain is null;
         long deadline = Environment.TickCount64 + 10_000;
+        // Spin, then yield: on a machine with few cores a poller that never yields starves the DMA engine and the
+        // receive threads until the scheduler preempts it (milliseconds).
+        var spin = new SpinWait();
         while (!seen || !drained)
         {
             int n = cq.Poll(wc.AsSpan(0, 1));
             if (n == 0)
             {
                 if (Environment.TickCount64 > deadline) throw new TimeoutException($"no {op} completion in 10 s");
-                Thread.SpinWait(10);
+                spin.SpinOnce(sleep1Threshold: -1);
                 continue;
             }
             if (wc[0].Status != WcStatus.Success) throw new InvalidOperationException($"completion failed: {wc[0]}");
