@@ -16,11 +16,7 @@ public unsafe class LoopbackVerbsBandwidthBenchmarks
     public const int Depth = 128;
     public const int SignalEvery = 16;
 
-    private VerbsBench.FileTarget _target = null!;
-    private RdmaDevice _dev = null!;
-    private CompletionQueue _cq = null!, _peerCq = null!;
-    private QueuePair _qp = null!, _peer = null!;
-    private MemoryRegion _local = null!, _remote = null!;
+    private VerbsBench.LoopbackPair _p = null!;
     private readonly WorkCompletion[] _wcs = new WorkCompletion[64];
     private ulong _wrId;
     private byte* _src, _dst;
@@ -33,27 +29,13 @@ public unsafe class LoopbackVerbsBandwidthBenchmarks
     {
         _src = VerbsBench.AllocNative(VerbsBench.Region);
         _dst = VerbsBench.AllocNative(VerbsBench.Region);
-        _target = new VerbsBench.FileTarget();
-        _dev = new RdmaDevice("bench-loopback");
-        var pd = _dev.AllocatePd();
-        _cq = _dev.CreateCompletionQueue(1024);
-        _peerCq = _dev.CreateCompletionQueue(64);
-        _qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq, MaxSendWr = Depth, MaxRecvWr = 16 });
-        _peer = pd.CreateQueuePair(new QueuePairOptions { SendCq = _peerCq, RecvCq = _peerCq, MaxSendWr = 16, MaxRecvWr = 16 });
-        _local = pd.RegisterBuffer(VerbsBench.Region, AccessFlags.LocalWrite);
-        _remote = _target.Register(pd);
-        QueuePair.ConnectLoopback(_qp, _peer);
+        _p = VerbsBench.LoopbackPair.Create("bench-loopback", cqCapacity: 1024, maxSendWr: Depth, localLength: VerbsBench.Region);
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        _qp.Dispose();
-        _peer.Dispose();
-        _local.Dispose();
-        _remote.Dispose();
-        _dev.Dispose();
-        _target.Dispose();
+        _p.Dispose();
         System.Runtime.InteropServices.NativeMemory.AlignedFree(_src);
         System.Runtime.InteropServices.NativeMemory.AlignedFree(_dst);
     }
@@ -73,12 +55,12 @@ public unsafe class LoopbackVerbsBandwidthBenchmarks
     /// <summary>Buffer region to pinned file region.</summary>
     [Benchmark(OperationsPerInvoke = Batch)]
     public void RdmaWrite() =>
-        VerbsBench.RunBatch(_qp, _cq, _wcs, WrOpcode.RdmaWrite, _local, _remote, Size, Batch, Depth, SignalEvery, ref _wrId);
+        VerbsBench.RunBatch(_p.Qp, _p.Cq, _wcs, WrOpcode.RdmaWrite, _p.Local, _p.Remote, Size, Batch, Depth, SignalEvery, ref _wrId);
 
     /// <summary>Pinned file region into the buffer region.</summary>
     [Benchmark(OperationsPerInvoke = Batch)]
     public void RdmaRead() =>
-        VerbsBench.RunBatch(_qp, _cq, _wcs, WrOpcode.RdmaRead, _local, _remote, Size, Batch, Depth, SignalEvery, ref _wrId);
+        VerbsBench.RunBatch(_p.Qp, _p.Cq, _wcs, WrOpcode.RdmaRead, _p.Local, _p.Remote, Size, Batch, Depth, SignalEvery, ref _wrId);
 }
 
 /// <summary>
@@ -89,11 +71,7 @@ public unsafe class LoopbackVerbsBandwidthBenchmarks
 [Config(typeof(VerbsBenchConfig))]
 public unsafe class LoopbackVerbsLatencyBenchmarks
 {
-    private VerbsBench.FileTarget _target = null!;
-    private RdmaDevice _dev = null!;
-    private CompletionQueue _cq = null!, _peerCq = null!;
-    private QueuePair _qp = null!, _peer = null!;
-    private MemoryRegion _local = null!, _remote = null!;
+    private VerbsBench.LoopbackPair _p = null!;
     private readonly WorkCompletion[] _wcs = new WorkCompletion[4];
     private ulong _wrId;
     private byte* _src, _dst;
@@ -107,27 +85,13 @@ public unsafe class LoopbackVerbsLatencyBenchmarks
     {
         _src = VerbsBench.AllocNative(4096);
         _dst = VerbsBench.AllocNative(4096);
-        _target = new VerbsBench.FileTarget();
-        _dev = new RdmaDevice("bench-loopback-lat");
-        var pd = _dev.AllocatePd();
-        _cq = _dev.CreateCompletionQueue(64);
-        _peerCq = _dev.CreateCompletionQueue(64);
-        _qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq, MaxSendWr = 16, MaxRecvWr = 16 });
-        _peer = pd.CreateQueuePair(new QueuePairOptions { SendCq = _peerCq, RecvCq = _peerCq, MaxSendWr = 16, MaxRecvWr = 16 });
-        _local = pd.RegisterBuffer(4096, AccessFlags.LocalWrite);
-        _remote = _target.Register(pd);
-        QueuePair.ConnectLoopback(_qp, _peer);
+        _p = VerbsBench.LoopbackPair.Create("bench-loopback-lat", cqCapacity: 64, maxSendWr: 16, localLength: 4096);
     }
 
     [GlobalCleanup(Targets = [nameof(Memcpy8), nameof(RdmaWrite8)])]
     public void Cleanup()
     {
-        _qp.Dispose();
-        _peer.Dispose();
-        _local.Dispose();
-        _remote.Dispose();
-        _dev.Dispose();
-        _target.Dispose();
+        _p.Dispose();
         System.Runtime.InteropServices.NativeMemory.AlignedFree(_src);
         System.Runtime.InteropServices.NativeMemory.AlignedFree(_dst);
     }
@@ -180,15 +144,15 @@ public unsafe class LoopbackVerbsLatencyBenchmarks
     [Benchmark]
     public void RdmaWrite8()
     {
-        _qp.PostSend(new SendWorkRequest
+        _p.Qp.PostSend(new SendWorkRequest
         {
             WrId = _wrId++,
             Opcode = WrOpcode.RdmaWrite,
             Flags = SendFlags.Signaled,
-            Local = new ScatterGatherElement(_local.Address, 8, _local.LKey),
-            RemoteAddress = _remote.Address,
-            RKey = _remote.RKey,
+            Local = new ScatterGatherElement(_p.Local.Address, 8, _p.Local.LKey),
+            RemoteAddress = _p.Remote.Address,
+            RKey = _p.Remote.RKey,
         });
-        VerbsBench.WaitOne(_cq, _wcs);
+        VerbsBench.WaitOne(_p.Cq, _wcs);
     }
 }

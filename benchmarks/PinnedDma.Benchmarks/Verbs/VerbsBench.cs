@@ -24,6 +24,47 @@ public static class VerbsBench
         return p;
     }
 
+    /// <summary>
+    /// Two queue pairs of one device connected over the loopback fabric: the poster's buffer region and a pinned file
+    /// region (the RDMA target) on the other side.
+    /// </summary>
+    public sealed class LoopbackPair : IDisposable
+    {
+        public required FileTarget Target { get; init; }
+        public required RdmaDevice Device { get; init; }
+        public required CompletionQueue Cq { get; init; }
+        public required CompletionQueue PeerCq { get; init; }
+        public required QueuePair Qp { get; init; }
+        public required QueuePair Peer { get; init; }
+        public required MemoryRegion Local { get; init; }
+        public required MemoryRegion Remote { get; init; }
+
+        public static LoopbackPair Create(string name, int cqCapacity, int maxSendWr, int localLength)
+        {
+            var target = new FileTarget();
+            var dev = new RdmaDevice(name);
+            var pd = dev.AllocatePd();
+            var cq = dev.CreateCompletionQueue(cqCapacity);
+            var peerCq = dev.CreateCompletionQueue(64);
+            var qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq, MaxSendWr = maxSendWr, MaxRecvWr = 16 });
+            var peer = pd.CreateQueuePair(new QueuePairOptions { SendCq = peerCq, RecvCq = peerCq, MaxSendWr = 16, MaxRecvWr = 16 });
+            var local = pd.RegisterBuffer(localLength, AccessFlags.LocalWrite);
+            var remote = target.Register(pd);
+            QueuePair.ConnectLoopback(qp, peer);
+            return new LoopbackPair { Target = target, Device = dev, Cq = cq, PeerCq = peerCq, Qp = qp, Peer = peer, Local = local, Remote = remote };
+        }
+
+        public void Dispose()
+        {
+            Qp.Dispose();
+            Peer.Dispose();
+            Local.Dispose();
+            Remote.Dispose();
+            Device.Dispose();
+            Target.Dispose();
+        }
+    }
+
     /// <summary>A volume in a fresh temp directory with one file whose first <see cref="Region"/> bytes are allocated.</summary>
     public sealed class FileTarget : IDisposable
     {

@@ -73,20 +73,16 @@ internal sealed class VerbsRig : IDisposable
         Assert.True(n == 0, n == 0 ? "" : $"unexpected completion {wc[0]}");
     }
 
-    public static SendWorkRequest Write(ulong id, MemoryRegion local, long localOff, uint len, MemoryRegion remote, long remoteOff, bool signaled = true) => new()
-    {
-        WrId = id,
-        Opcode = WrOpcode.RdmaWrite,
-        Flags = signaled ? SendFlags.Signaled : SendFlags.None,
-        Local = new(local.Address + (ulong)localOff, len, local.LKey),
-        RemoteAddress = remote.Address + (ulong)remoteOff,
-        RKey = remote.RKey,
-    };
+    public static SendWorkRequest Write(ulong id, MemoryRegion local, long localOff, uint len, MemoryRegion remote, long remoteOff, bool signaled = true) =>
+        Rdma(WrOpcode.RdmaWrite, id, local, localOff, len, remote, remoteOff, signaled);
 
-    public static SendWorkRequest Read(ulong id, MemoryRegion local, long localOff, uint len, MemoryRegion remote, long remoteOff, bool signaled = true) => new()
+    public static SendWorkRequest Read(ulong id, MemoryRegion local, long localOff, uint len, MemoryRegion remote, long remoteOff, bool signaled = true) =>
+        Rdma(WrOpcode.RdmaRead, id, local, localOff, len, remote, remoteOff, signaled);
+
+    private static SendWorkRequest Rdma(WrOpcode op, ulong id, MemoryRegion local, long localOff, uint len, MemoryRegion remote, long remoteOff, bool signaled) => new()
     {
         WrId = id,
-        Opcode = WrOpcode.RdmaRead,
+        Opcode = op,
         Flags = signaled ? SendFlags.Signaled : SendFlags.None,
         Local = new(local.Address + (ulong)localOff, len, local.LKey),
         RemoteAddress = remote.Address + (ulong)remoteOff,

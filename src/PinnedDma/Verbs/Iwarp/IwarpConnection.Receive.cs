@@ -254,16 +254,19 @@ internal sealed partial class IwarpConnection
 
     private Placement RevokedDuringPlacement(DirectTarget t)
     {
-        var f = new Fpdu(t.Header, default, default, default, t.WireLength);
-        if (t.Read is null)
-        {
-            Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
-        }
-        else
-        {
-            CompleteHeadRead(WcStatus.LocProtErr);
-        }
+        RegionRevoked(new Fpdu(t.Header, default, default, default, t.WireLength), isReadResponse: t.Read is not null);
         return Placement.Stop;
+    }
+
+    /// <summary>
+    /// The target region was revoked under a tagged segment (a lease break): an RDMA Write gets a Terminate for the
+    /// STag; a Read Response fails the outstanding read locally. Always false (stop receiving).
+    /// </summary>
+    private bool RegionRevoked(in Fpdu f, bool isReadResponse)
+    {
+        if (!isReadResponse) return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
+        CompleteHeadRead(WcStatus.LocProtErr);
+        return false;
     }
 
     private bool Fail(TerminateCode code, in Fpdu f, string why)
@@ -282,7 +285,7 @@ internal sealed partial class IwarpConnection
                 {
                     var st = Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out var mr, out long off);
                     if (st != WcStatus.Success) return Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
-                    return CopyIn(mr!, off, f.Payload) || Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
+                    return CopyIn(mr!, off, f.Payload) || RegionRevoked(f, isReadResponse: false);
                 }
             case RdmapOpcode.RdmaReadRequest:
                 {
@@ -366,11 +369,7 @@ internal sealed partial class IwarpConnection
             return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, p is null
                 ? $"Read Response (STag 0x{f.Header.STag:x8}, TO 0x{f.Header.TaggedOffset:x}) with no read outstanding"
                 : $"Read Response (STag 0x{f.Header.STag:x8}, TO 0x{f.Header.TaggedOffset:x}, {len} bytes) outside the outstanding read's sink (STag 0x{p.SinkSTag:x8}, next TO 0x{p.SinkTo + p.Received:x}, {p.Length - p.Received} bytes left)");
-        if (len > 0 && !CopyIn(p!.Sink!, p.SinkOffset + p.Received, f.Payload))
-        {
-            CompleteHeadRead(WcStatus.LocProtErr);
-            return false;
-        }
+        if (len > 0 && !CopyIn(p!.Sink!, p.SinkOffset + p.Received, f.Payload)) return RegionRevoked(f, isReadResponse: true);
         return FinishReadResponse(f, p!, len);
     }
 
