@@ -4,7 +4,7 @@ using PinnedDma.Verbs;
 
 // 1. A volume in a local file: no setup, no privileges.
 string path = args.Length > 0 ? args[0] : Path.Combine(Path.GetTempPath(), "pinneddma-quickstart.img");
-using var volume = Volume.Create(path, new VolumeOptions { BlockCount = 4096 });
+using var volume = Volume.Create(path, new VolumeOptions { BlockCount = 4096 }, overwrite: true);
 Console.WriteLine($"volume  {path}: {volume.DataBlocks} data blocks of {volume.BlockSize} B, device mapped {volume.Device.MappingMode}");
 
 var file = volume.CreateFile("data");

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using PinnedDma;
 using PinnedDma.CrashChild;
 using PinnedDma.Storage;
 
@@ -9,6 +10,27 @@ using PinnedDma.Storage;
 // stdout, one flushed line each: "ready <hash of all files>" once the volume is open, "begin <i>" before op i,
 // "end <i> <hash of the file op i changed>" after it, "commit <i>" after a commit that followed op i,
 // "done" after the last op, "error <message>" when an operation throws.
+// "hold <volume>": opens the volume, prints "held", keeps it open until stdin closes, then disposes it and prints
+// "released"; when the open fails it prints "refused <PinnedDmaError>" (the exclusive-open tests run this).
+if (args.Length == 2 && args[0] == "hold")
+{
+    var says = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
+    Volume held;
+    try
+    {
+        held = Volume.Open(args[1]);
+    }
+    catch (PinnedDmaException e)
+    {
+        says.WriteLine($"refused {e.Error}");
+        return 3;
+    }
+    says.WriteLine("held");
+    while (Console.In.ReadLine() is not null) { }
+    held.Dispose();
+    says.WriteLine("released");
+    return 0;
+}
 if (args.Length < 3)
 {
     Console.Error.WriteLine("usage: PinnedDma.CrashChild <volume> <seed> <first op index> [max ops] [durable|fast]");

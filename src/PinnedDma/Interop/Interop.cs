@@ -16,6 +16,24 @@ internal static unsafe partial class Libc
     public const int EOPNOTSUPP = 95;
     public const int EINVAL = 22;
     public const int ENODEV = 19;
+    public const int EAGAIN = 11;
+    public const int EACCES = 13;
+
+    /// <summary>fcntl command: set an open-file-description lock, failing at once on a conflict (Linux 3.15+).</summary>
+    public const int F_OFD_SETLK = 37;
+    public const short F_WRLCK = 1;
+    public const short SEEK_SET = 0;
+
+    /// <summary><c>struct flock</c> of 64-bit Linux (x86-64 and arm64 lay it out alike).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Flock
+    {
+        public short Type;
+        public short Whence;
+        public long Start;
+        public long Length;
+        public int Pid;
+    }
 
     [LibraryImport(Lib, EntryPoint = "mmap", SetLastError = true)]
     public static partial void* Mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
@@ -28,6 +46,10 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "fsync", SetLastError = true)]
     public static partial int Fsync(int fd);
+
+    /// <summary><c>fcntl(fd, cmd, struct flock *)</c>: the lock commands only.</summary>
+    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int FcntlLock(int fd, int cmd, Flock* lk);
 
     [LibraryImport(Lib, EntryPoint = "getpagesize")]
     public static partial int GetPageSize();

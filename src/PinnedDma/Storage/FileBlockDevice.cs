@@ -58,30 +58,77 @@ public sealed unsafe class FileBlockDevice : BlockDevice
     /// Maps <paramref name="path"/>, creating it or resizing it to exactly
     /// <paramref name="blockCount"/> x <paramref name="blockSize"/> bytes when <paramref name="create"/> is true.
     /// An existing file whose length is not a whole number of blocks, or is shorter than asked, is refused.
+    /// The device holds an exclusive lock on the file (an open-file-description lock, <c>F_OFD_SETLK</c>) until it
+    /// is disposed: a second device over the same file, in this process or another, fails with
+    /// <see cref="PinnedDmaError.Busy"/> before anything is changed.
     /// </summary>
-    public static FileBlockDevice Open(string path, int blockSize, long blockCount, bool create, bool tryMapSync = true)
+    public static FileBlockDevice Open(string path, int blockSize, long blockCount, bool create, bool tryMapSync = true) =>
+        Open(path, blockSize, blockCount, create ? FileMode.OpenOrCreate : FileMode.Open, tryMapSync);
+
+    /// <summary>
+    /// <see cref="FileMode.CreateNew"/> refuses an existing file (AlreadyExists), <see cref="FileMode.OpenOrCreate"/>
+    /// sizes the file to the device, <see cref="FileMode.Open"/> needs a file at least that long.
+    /// </summary>
+    internal static FileBlockDevice Open(string path, int blockSize, long blockCount, FileMode mode, bool tryMapSync)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (!OperatingSystem.IsLinux())
             throw new PinnedDmaException(PinnedDmaError.NotSupported, "FileBlockDevice needs Linux mmap.");
-        var handle = File.OpenHandle(path, create ? FileMode.OpenOrCreate : FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        long want = checked(blockCount * blockSize);
+        if (Directory.Exists(path))
+            throw new PinnedDmaException(PinnedDmaError.InvalidArgument, $"'{path}' is a directory, not a volume file (EISDIR).");
+        SafeFileHandle handle;
         try
         {
-            long want = checked(blockCount * blockSize);
+            handle = File.OpenHandle(path, mode, FileAccess.ReadWrite, FileShare.ReadWrite);
+        }
+        catch (IOException e) when (mode == FileMode.CreateNew && File.Exists(path))
+        {
+            throw new PinnedDmaException(PinnedDmaError.AlreadyExists, $"'{path}' exists; pass overwrite: true to format over it.", e);
+        }
+        bool created = mode == FileMode.CreateNew;
+        try
+        {
+            // Lock before anything changes: a file another volume has open must not be resized or reformatted.
+            LockExclusive(handle, path);
             long have = RandomAccess.GetLength(handle);
-            if (create && have != want) RandomAccess.SetLength(handle, want);
-            else if (!create && have < want)
+            if (mode != FileMode.Open && have != want) RandomAccess.SetLength(handle, want);
+            else if (mode == FileMode.Open && have < want)
                 throw new PinnedDmaException(PinnedDmaError.Corrupt, $"'{path}' is {have} bytes; the device needs {want}.");
             return new FileBlockDevice(handle, blockSize, blockCount, tryMapSync) { Path = path };
         }
         catch
         {
             handle.Dispose();
+            if (created) File.Delete(path);
             throw;
         }
     }
 
-    /// <summary>Length in bytes of an existing file, to size <see cref="Open"/> from a superblock.</summary>
+    /// <summary>
+    /// Takes an exclusive open-file-description lock on the whole file. Such a lock belongs to this open of the file,
+    /// not to the process (unlike a classic POSIX record lock), so a second open in the same process conflicts too,
+    /// and closing another descriptor of the file does not drop it. The mapping keeps the description alive, so the
+    /// lock lasts until the device unmaps and closes the file.
+    /// </summary>
+    private static unsafe void LockExclusive(SafeFileHandle handle, string path)
+    {
+        // A process being started (anywhere in this process) shares every open file description between its fork
+        // and its exec, so a volume disposed a moment ago can still look held: try a few more times, briefly
+        // (about a quarter of a second in all), before calling the file busy.
+        for (int attempt = 0; ; attempt++)
+        {
+            var lk = new Libc.Flock { Type = Libc.F_WRLCK, Whence = Libc.SEEK_SET, Start = 0, Length = 0, Pid = 0 };
+            if (Libc.FcntlLock((int)handle.DangerousGetHandle(), Libc.F_OFD_SETLK, &lk) == 0) return;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno is not (Libc.EAGAIN or Libc.EACCES)) throw Libc.Error("fcntl(F_OFD_SETLK)", errno);
+            if (attempt == 8)
+                throw new PinnedDmaException(PinnedDmaError.Busy, $"'{path}' is open as a volume elsewhere (in this process or another); a volume file has one user at a time.");
+            Thread.Sleep(1 << attempt);
+        }
+    }
+
+    /// <summary>Length in bytes of an existing file, to size <see cref="Open(string, int, long, bool, bool)"/> from a superblock.</summary>
     public static long GetFileLength(string path)
     {
         using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);

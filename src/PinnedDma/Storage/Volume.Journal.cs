@@ -10,12 +10,21 @@ namespace PinnedDma.Storage;
 // a record never reaches the disk before the blocks it maps. Blocks freed by a record stay busy until that record
 // is durable. When the journal is full, a checkpoint (the whole metadata, written to the inactive of two slots and
 // then named by a new superblock copy) takes its place and the journal starts over.
+//
+// Recovery never silently takes an older state for the newest one. Each commit ends with an end marker, so a damaged
+// record followed by any intact record or marker of a later sequence is damage in the middle of committed history
+// (refused), while damage with nothing intact after it is a torn tail (a commit the crash cut short, dropped). Each
+// checkpoint header carries its superblock sequence and journal base, so the newest intact checkpoint is found even
+// when the superblock copy naming it is damaged (recovery goes forward to it), and a superblock naming a newer
+// checkpoint than any intact one means that checkpoint is damaged (refused). VolumeOptions.AllowRollback is the
+// explicit repair for both refusals.
 public sealed partial class Volume
 {
     private const uint RecordMagic = 0x524A4450; // "PDJR"
+    private const uint EndMagic = 0x454A4450; // "PDJE": the end of one commit's records
     private const ulong CheckpointMagic = 0x54504B43414D4450; // "PDMACKPT"
     private const int RecordHeader = 32;
-    private const int CheckpointHeader = 32;
+    private const int CheckpointHeader = 48;
     internal const int ExtentRecordBytes = 32;
 
     private enum Prim : byte { Create = 1, Delete = 2, SetSize = 3, Map = 4, Unmap = 5, Shift = 6 }
@@ -136,7 +145,7 @@ public sealed partial class Volume
             return;
         }
         if (_durable) FlushData();
-        long need = 0;
+        long need = RecordHeader; // the end marker
         var p = _pending.WrittenSpan;
         for (int off = 0; off < p.Length;)
         {
@@ -154,30 +163,38 @@ public sealed partial class Volume
         for (int off = 0; off < p.Length;)
         {
             int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(p[off..]);
-            var payload = p.Slice(off + 4, len);
-            var rec = _device.GetSpan(baseOffset + _journalPos, RecordHeader + Align8(len));
-            rec.Clear();
-            payload.CopyTo(rec[RecordHeader..]);
-            BinaryPrimitives.WriteUInt32LittleEndian(rec, RecordMagic);
-            BinaryPrimitives.WriteUInt32LittleEndian(rec[4..], (uint)len);
-            BinaryPrimitives.WriteUInt64LittleEndian(rec[8..], _nextSeq);
-            BinaryPrimitives.WriteUInt32LittleEndian(rec[16..], RecordCrc(_nextSeq, payload));
-            _journalPos += rec.Length;
+            WriteJournalEntry(baseOffset, RecordMagic, p.Slice(off + 4, len));
             _nextSeq++;
             JournalRecordsWritten++;
             off += 4 + len;
         }
+        // The end marker names the next sequence without using it: a damaged record followed by this marker is
+        // damage inside a finished commit, not a torn tail.
+        WriteJournalEntry(baseOffset, EndMagic, default);
         if (_durable) FlushRange(baseOffset + start, _journalPos - start);
         _pending.Clear();
         _pendingRecords = 0;
         _alloc.ReleaseBusy();
     }
 
-    private static uint RecordCrc(ulong seq, ReadOnlySpan<byte> payload)
+    private void WriteJournalEntry(long baseOffset, uint magic, ReadOnlySpan<byte> payload)
     {
-        Span<byte> h = stackalloc byte[12];
-        BinaryPrimitives.WriteUInt64LittleEndian(h, seq);
-        BinaryPrimitives.WriteUInt32LittleEndian(h[8..], (uint)payload.Length);
+        var rec = _device.GetSpan(baseOffset + _journalPos, RecordHeader + Align8(payload.Length));
+        rec.Clear();
+        payload.CopyTo(rec[RecordHeader..]);
+        BinaryPrimitives.WriteUInt32LittleEndian(rec, magic);
+        BinaryPrimitives.WriteUInt32LittleEndian(rec[4..], (uint)payload.Length);
+        BinaryPrimitives.WriteUInt64LittleEndian(rec[8..], _nextSeq);
+        BinaryPrimitives.WriteUInt32LittleEndian(rec[16..], EntryCrc(magic, _nextSeq, payload));
+        _journalPos += rec.Length;
+    }
+
+    private static uint EntryCrc(uint magic, ulong seq, ReadOnlySpan<byte> payload)
+    {
+        Span<byte> h = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt32LittleEndian(h, magic);
+        BinaryPrimitives.WriteUInt64LittleEndian(h[4..], seq);
+        BinaryPrimitives.WriteUInt32LittleEndian(h[12..], (uint)payload.Length);
         return ~Crc32C.Append(Crc32C.Append(0xFFFFFFFFu, h), payload);
     }
 
@@ -197,13 +214,17 @@ public sealed partial class Volume
         lock (Gate)
         {
             ThrowIfDisposed();
-            if (_durable) FlushData();
             WriteCheckpoint();
         }
     }
 
+    /// <summary>
+    /// Writes the whole metadata to the inactive checkpoint slot, then a superblock copy naming it; the journal starts
+    /// over. Data is flushed first (ordered mode, as for a commit).
+    /// </summary>
     private void WriteCheckpoint()
     {
+        if (_durable) FlushData();
         var w = new MetadataWriter(4096);
         w.I64(_nextInodeId);
         w.U64(_alloc.NextGeneration);
@@ -222,32 +243,29 @@ public sealed partial class Volume
             ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata ({w.Length} bytes) exceeds the checkpoint area ({capacity} bytes); commit failed, the last durable state stands.");
         int slot = 1 - _sb.ActiveCheckpoint;
         ulong sbSeq = _sb.Sequence + 1;
+        // Every checkpoint starts the journal at a sequence number no earlier copy names: a superblock copy older
+        // than this checkpoint must never replay the records written after it (when no record was committed
+        // between two checkpoints, both would otherwise name the same base and the older one would build a state
+        // that never existed).
+        ulong journalBase = _nextSeq + 1;
         long at = _sb.CheckpointStart(slot) * _sb.BlockSize;
         var region = _device.GetSpan(at, CheckpointHeader + w.Length);
         w.WrittenSpan.CopyTo(region[CheckpointHeader..]);
         BinaryPrimitives.WriteUInt64LittleEndian(region, CheckpointMagic);
         BinaryPrimitives.WriteUInt64LittleEndian(region[8..], sbSeq);
         BinaryPrimitives.WriteInt64LittleEndian(region[16..], w.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(region[24..], Crc32C.Compute(region[8..24]) ^ Crc32C.Compute(w.WrittenSpan));
         BinaryPrimitives.WriteUInt32LittleEndian(region[28..], 0);
+        BinaryPrimitives.WriteUInt64LittleEndian(region[32..], journalBase);
+        BinaryPrimitives.WriteUInt64LittleEndian(region[40..], 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(region[24..], CheckpointCrc(region));
         if (_durable) FlushRange(at, region.Length);
 
         _sb.Sequence = sbSeq;
         _sb.ActiveCheckpoint = slot;
         _sb.CheckpointLength = w.Length;
-        // Every checkpoint starts the journal at a sequence number no earlier copy names: a superblock copy older
-        // than this checkpoint must never replay the records written after it (when no record was committed
-        // between two checkpoints, both would otherwise name the same base and the older one would build a state
-        // that never existed).
-        _nextSeq++;
-        _sb.JournalBaseSeq = _nextSeq;
-        long sbAt = (long)(sbSeq % 2) * _sb.BlockSize;
-        _sb.Write(_device.GetSpan(sbAt, Superblock.Size));
-        if (_durable)
-        {
-            FlushRange(sbAt, Superblock.Size);
-            if (_device is FileBlockDevice f) f.SyncFile();
-        }
+        _nextSeq = journalBase;
+        _sb.JournalBaseSeq = journalBase;
+        WriteSuperblockCopy((long)(sbSeq % 2));
         _journalPos = 0;
         _pending.Clear();
         _pendingRecords = 0;
@@ -256,15 +274,36 @@ public sealed partial class Volume
         CheckpointsWritten++;
     }
 
+    private void WriteSuperblockCopy(long copy)
+    {
+        long sbAt = copy * _sb.BlockSize;
+        _sb.Write(_device.GetSpan(sbAt, Superblock.Size));
+        if (_durable)
+        {
+            FlushRange(sbAt, Superblock.Size);
+            if (_device is FileBlockDevice f) f.SyncFile();
+        }
+    }
+
+    /// <summary>CRC32C of a checkpoint header's fields (sequence, length, journal base, reserved) and its body.</summary>
+    private static uint CheckpointCrc(ReadOnlySpan<byte> region)
+    {
+        long len = BinaryPrimitives.ReadInt64LittleEndian(region[16..]);
+        uint c = Crc32C.Append(0xFFFFFFFFu, region[8..24]);
+        c = Crc32C.Append(c, region[28..CheckpointHeader]);
+        return ~Crc32C.Append(c, region.Slice(CheckpointHeader, (int)len));
+    }
+
     // ---------------------------------------------------------------- recovery
 
-    private void Recover()
+    private void Recover(ulong namedSequence, bool allowRollback)
     {
         _replaying = true;
         try
         {
+            ChooseCheckpoint(namedSequence, allowRollback);
             LoadCheckpoint();
-            ReplayJournal();
+            ReplayJournal(allowRollback);
         }
         finally
         {
@@ -279,6 +318,52 @@ public sealed partial class Volume
         }
         if (_alloc.NextGeneration < nextGen) _alloc.NextGeneration = nextGen;
         foreach (var inode in _byId.Values) ZeroPastEof(inode);
+        // A repair is made durable at once: the new checkpoint and journal base replace the damaged newer state, so
+        // that the next open finds an intact newest state.
+        if (RollbackReason is not null) WriteCheckpoint();
+    }
+
+    private readonly record struct CheckpointHead(int Slot, ulong Sequence, long Length, ulong JournalBase);
+
+    /// <summary>The header of the checkpoint in <paramref name="slot"/> when it and its body are intact; else null and why.</summary>
+    private CheckpointHead? ReadCheckpointHead(int slot, out string why)
+    {
+        long at = _sb.CheckpointStart(slot) * _sb.BlockSize;
+        var head = _device.GetSpan(at, CheckpointHeader);
+        long len = BinaryPrimitives.ReadInt64LittleEndian(head[16..]);
+        why = "";
+        if (BinaryPrimitives.ReadUInt64LittleEndian(head) != CheckpointMagic) { why = "no checkpoint"; return null; }
+        if (len < 0 || len > _sb.CheckpointBlocks * _sb.BlockSize - CheckpointHeader) { why = $"length {len} out of range"; return null; }
+        var region = _device.GetSpan(at, CheckpointHeader + (int)len);
+        if (BinaryPrimitives.ReadUInt32LittleEndian(head[24..]) != CheckpointCrc(region)) { why = "bad checksum"; return null; }
+        return new CheckpointHead(slot, BinaryPrimitives.ReadUInt64LittleEndian(head[8..]), len, BinaryPrimitives.ReadUInt64LittleEndian(head[32..]));
+    }
+
+    /// <summary>
+    /// Picks the newest intact checkpoint. A superblock copy is written only after its checkpoint is durable, so a
+    /// checkpoint newer than every intact copy is one whose superblock write was cut short or later damaged: its
+    /// state is complete, and recovery goes forward to it. A copy naming a newer checkpoint than any intact one means
+    /// that checkpoint is damaged: refused, or (repair) the older one is taken.
+    /// </summary>
+    private void ChooseCheckpoint(ulong namedSequence, bool allowRollback)
+    {
+        var c0 = ReadCheckpointHead(0, out var why0);
+        var c1 = ReadCheckpointHead(1, out var why1);
+        var best = c0 is null ? c1 : c1 is null ? c0 : (c1.Value.Sequence > c0.Value.Sequence ? c1 : c0);
+        if (best is null)
+            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"No intact checkpoint (slot 0: {why0}; slot 1: {why1}).");
+        var b = best.Value;
+        if (b.Sequence < namedSequence)
+        {
+            string what = $"The superblock names checkpoint {namedSequence}, which is damaged (slot 0: {why0}; slot 1: {why1}); the newest intact checkpoint is the older {b.Sequence}";
+            if (!allowRollback)
+                ThrowHelper.Throw(PinnedDmaError.Corrupt, what + ". Open with VolumeOptions.AllowRollback to repair the volume to that older state.");
+            RollbackReason = what + ": the volume was rolled back to it.";
+        }
+        _sb.Sequence = Math.Max(b.Sequence, namedSequence);
+        _sb.ActiveCheckpoint = b.Slot;
+        _sb.CheckpointLength = b.Length;
+        _sb.JournalBaseSeq = b.JournalBase;
     }
 
     /// <summary>
@@ -309,13 +394,7 @@ public sealed partial class Volume
     private void LoadCheckpoint()
     {
         long at = _sb.CheckpointStart(_sb.ActiveCheckpoint) * _sb.BlockSize;
-        var head = _device.GetSpan(at, CheckpointHeader);
-        long len = BinaryPrimitives.ReadInt64LittleEndian(head[16..]);
-        if (BinaryPrimitives.ReadUInt64LittleEndian(head) != CheckpointMagic || len != _sb.CheckpointLength)
-            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Checkpoint slot {_sb.ActiveCheckpoint} does not hold the checkpoint the superblock names.");
-        var body = _device.GetSpan(at + CheckpointHeader, (int)len);
-        if (BinaryPrimitives.ReadUInt32LittleEndian(head[24..]) != (Crc32C.Compute(head[8..24]) ^ Crc32C.Compute(body)))
-            ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Checkpoint slot {_sb.ActiveCheckpoint} fails its checksum.");
+        var body = _device.GetSpan(at + CheckpointHeader, (int)_sb.CheckpointLength);
         var r = new MetadataReader(body, "checkpoint");
         _nextInodeId = r.NonNegative("next inode");
         _alloc.NextGeneration = r.U64();
@@ -344,23 +423,72 @@ public sealed partial class Volume
         PrimMap(inode, new Extent(fb, db, count, gen));
     }
 
-    private void ReplayJournal()
+    private enum Entry { Record, End, Bad }
+
+    /// <summary>Reads the journal entry at <paramref name="pos"/> if it is intact and carries <paramref name="seq"/> (any sequence when null).</summary>
+    private Entry ReadEntry(long pos, ulong? seq, out ulong entrySeq, out ReadOnlySpan<byte> payload)
     {
         long baseOffset = _sb.JournalStart * _sb.BlockSize;
+        entrySeq = 0;
+        payload = default;
+        if (pos + RecordHeader > _journalCapacity) return Entry.Bad;
+        var head = _device.GetSpan(baseOffset + pos, RecordHeader);
+        uint magic = BinaryPrimitives.ReadUInt32LittleEndian(head);
+        if (magic is not (RecordMagic or EndMagic)) return Entry.Bad;
+        long len = BinaryPrimitives.ReadUInt32LittleEndian(head[4..]);
+        entrySeq = BinaryPrimitives.ReadUInt64LittleEndian(head[8..]);
+        if (seq is { } want && entrySeq != want) return Entry.Bad;
+        if (len > _journalCapacity - pos - RecordHeader || (magic == EndMagic && len != 0)) return Entry.Bad;
+        payload = _device.GetSpan(baseOffset + pos + RecordHeader, (int)len);
+        if (BinaryPrimitives.ReadUInt32LittleEndian(head[16..]) != EntryCrc(magic, entrySeq, payload)) return Entry.Bad;
+        return magic == RecordMagic ? Entry.Record : Entry.End;
+    }
+
+    /// <summary>The first intact entry after <paramref name="pos"/> whose sequence is at least <paramref name="seq"/>: proof of committed history past <paramref name="pos"/>.</summary>
+    private (long Pos, ulong Seq)? FindLaterEntry(long pos, ulong seq)
+    {
+        for (long q = pos + 8; q + RecordHeader <= _journalCapacity; q += 8)
+        {
+            if (ReadEntry(q, null, out ulong s, out _) != Entry.Bad && s >= seq) return (q, s);
+        }
+        return null;
+    }
+
+    private void ReplayJournal(bool allowRollback)
+    {
         long pos = 0;
         ulong seq = _sb.JournalBaseSeq;
-        while (pos + RecordHeader <= _journalCapacity)
+        while (true)
         {
-            var head = _device.GetSpan(baseOffset + pos, RecordHeader);
-            if (BinaryPrimitives.ReadUInt32LittleEndian(head) != RecordMagic) break;
-            long len = BinaryPrimitives.ReadUInt32LittleEndian(head[4..]);
-            if (BinaryPrimitives.ReadUInt64LittleEndian(head[8..]) != seq) break;
-            if (len > _journalCapacity - pos - RecordHeader) break;
-            var payload = _device.GetSpan(baseOffset + pos + RecordHeader, (int)len);
-            if (BinaryPrimitives.ReadUInt32LittleEndian(head[16..]) != RecordCrc(seq, payload)) break; // torn tail
-            ApplyRecord(payload, seq);
-            pos += RecordHeader + Align8((int)len);
-            seq++;
+            var kind = ReadEntry(pos, seq, out _, out var payload);
+            if (kind == Entry.Record)
+            {
+                ApplyRecord(payload, seq);
+                pos += RecordHeader + Align8(payload.Length);
+                seq++;
+                continue;
+            }
+            if (kind == Entry.End)
+            {
+                pos += RecordHeader;
+                continue;
+            }
+            // Nothing intact here. Past a torn tail nothing later is intact; anything intact and later means the
+            // damage is inside committed history.
+            var later = FindLaterEntry(pos, seq);
+            if (later is null) break;
+            var (at, found) = later.Value;
+            // A damaged end marker carries no metadata: when the entry right after it is the one expected, skip it
+            // (a damaged record would have a payload, so its successor could not start one header later).
+            if (at == pos + RecordHeader && found == seq) { pos = at; continue; }
+            string what = $"Journal entry {seq} at journal offset {pos} is damaged, but intact committed entry {found} at offset {at} follows it";
+            if (!allowRollback)
+                ThrowHelper.Throw(PinnedDmaError.Corrupt, what + ". Open with VolumeOptions.AllowRollback to repair the volume to the state before the damage.");
+            RollbackReason = (RollbackReason is null ? "" : RollbackReason + " ") + what + ": the records from there on were dropped.";
+            // New records must never be confused with what is left of the dropped ones.
+            for (long q = pos; q + RecordHeader <= _journalCapacity; q += 8)
+                if (ReadEntry(q, null, out ulong s, out _) != Entry.Bad && s >= seq) seq = s + 1;
+            break;
         }
         _journalPos = pos;
         _nextSeq = seq;

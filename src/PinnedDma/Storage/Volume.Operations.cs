@@ -341,8 +341,20 @@ public sealed partial class Volume
             EnsureSpace(need);
             if (verdict == Verdict.Detach) foreach (var s in conflicts) DetachSeal(s);
             PrimUnmap(inode, keepBlocks, unmapEnd - keepBlocks);
-            if (tail != 0) ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
+            // The bytes past the new EOF in its last block must read as zeros if the file grows again. A private
+            // block is zeroed in place, which destroys bytes that the durable (old, longer) size still covers: so
+            // the size change is committed first, and only then are they zeroed (a crash in between leaves them to
+            // recovery, which zeroes past the recovered EOF). A shared block gets a zeroed private copy instead.
+            bool zeroInPlace = tail != 0 && inode.Map.TryLookup(length >> shift, out var last) &&
+                               !_alloc.IsShared(last.DeviceBlock + (length >> shift) - last.FileBlock);
+            if (tail != 0 && !zeroInPlace) ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
             PrimSetSize(inode, length);
+            if (zeroInPlace)
+            {
+                EndOp();
+                CommitLocked();
+                ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
+            }
             return 0;
         });
     }
@@ -478,6 +490,11 @@ public sealed partial class Volume
                 PrimShift(inode, first, count);
             }
             PrimSetSize(inode, collapse ? inode.Size - length : inode.Size + length);
+            // Shifting moves device blocks to other file offsets without copying them, and later writes go into
+            // those blocks in place. Were the shift not durable, a crash would put such writes back at the blocks'
+            // old offsets, a state that never existed; so a collapse or insert commits before it returns.
+            EndOp();
+            CommitLocked();
             return 0;
         });
     }

@@ -71,16 +71,33 @@ public sealed partial class Volume : IDisposable
 
     internal BlockAllocator Allocator => _alloc;
 
+    /// <summary>
+    /// Why recovery opened the volume at an older state than the newest one on disk (and what it dropped), or null when
+    /// it recovered the newest state exactly. Only <see cref="VolumeOptions.AllowRollback"/> can make it non-null.
+    /// </summary>
+    public string? RollbackReason { get; private set; }
+
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     // ---------------------------------------------------------------- lifecycle
 
-    /// <summary>Creates (or overwrites) a volume in the file at <paramref name="path"/>, sized from <paramref name="options"/>.</summary>
-    public static Volume Create(string path, VolumeOptions? options = null)
+    /// <summary>The largest <see cref="VolumeOptions.BlockCount"/>: 2^28 blocks (1 TiB at 4 KiB); the allocator keeps about 12 bytes of memory per block.</summary>
+    public const long MaxBlockCount = 1L << 28;
+
+    /// <summary>
+    /// Creates a volume in a new file at <paramref name="path"/>, sized from <paramref name="options"/>, and holds the
+    /// file exclusively until disposed. An existing file is refused with <see cref="PinnedDmaError.AlreadyExists"/>
+    /// unless <paramref name="overwrite"/> is true (then it is resized and reformatted: whatever it held is lost); a
+    /// file another volume holds is refused with <see cref="PinnedDmaError.Busy"/> either way. Options are validated
+    /// before the file is touched: bad ones throw <see cref="ArgumentOutOfRangeException"/> and nothing is created.
+    /// </summary>
+    public static Volume Create(string path, VolumeOptions? options = null, bool overwrite = false)
     {
+        ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new VolumeOptions();
-        var device = FileBlockDevice.Open(path, options.BlockSize, options.BlockCount, create: true, options.TryMapSync);
+        _ = Layout(options.BlockSize, options.BlockCount, options);
+        var device = FileBlockDevice.Open(path, options.BlockSize, options.BlockCount, overwrite ? FileMode.OpenOrCreate : FileMode.CreateNew, options.TryMapSync);
         try
         {
             return Format(device, options, ownsDevice: true);
@@ -88,6 +105,7 @@ public sealed partial class Volume : IDisposable
         catch
         {
             device.Dispose();
+            if (!overwrite) File.Delete(path);
             throw;
         }
     }
@@ -96,24 +114,25 @@ public sealed partial class Volume : IDisposable
     public static Volume CreateInMemory(VolumeOptions? options = null)
     {
         options ??= new VolumeOptions();
+        _ = Layout(options.BlockSize, options.BlockCount, options);
         var device = new MemoryBlockDevice(options.BlockSize, options.BlockCount);
         return Format(device, options, ownsDevice: true);
     }
 
-    /// <summary>Formats <paramref name="device"/> as an empty volume.</summary>
-    public static Volume Format(BlockDevice device, VolumeOptions options, bool ownsDevice)
+    /// <summary>The on-disk layout <paramref name="options"/> ask for; every bad option throws <see cref="ArgumentOutOfRangeException"/>.</summary>
+    private static Superblock Layout(int bs, long bc, VolumeOptions options)
     {
-        ArgumentNullException.ThrowIfNull(device);
-        ArgumentNullException.ThrowIfNull(options);
-        if (options.BlockSize != device.BlockSize || options.BlockCount != device.BlockCount)
-            throw new ArgumentException("Options geometry differs from the device.", nameof(options));
+        if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0)
+            throw new ArgumentOutOfRangeException(nameof(options), bs, "BlockSize must be a power of two from 512 to 65536.");
+        if (bc < 1 || bc > MaxBlockCount)
+            throw new ArgumentOutOfRangeException(nameof(options), bc, $"BlockCount must be from 1 to {MaxBlockCount}.");
         if (options.MaxFiles < 0 || options.MaxFiles > 1 << 20)
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxFiles, "MaxFiles must be from 1 to 2^20 (0 picks one).");
-        int maxFiles = options.MaxFiles > 0 ? options.MaxFiles : (int)Math.Clamp(device.BlockCount / 16, 16, 1024);
         if (options.CowGranuleBlocks < 1 || options.CowGranuleBlocks > 4096)
             throw new ArgumentOutOfRangeException(nameof(options), options.CowGranuleBlocks, "CowGranuleBlocks must be from 1 to 4096.");
-        long bc = device.BlockCount;
-        int bs = device.BlockSize;
+        if (options.JournalBlocks < 0 || options.JournalBlocks > bc)
+            throw new ArgumentOutOfRangeException(nameof(options), options.JournalBlocks, "JournalBlocks must be from 0 (pick one) to BlockCount.");
+        int maxFiles = options.MaxFiles > 0 ? options.MaxFiles : (int)Math.Clamp(bc / 16, 16, 1024);
         long journal = options.JournalBlocks > 0 ? options.JournalBlocks : Math.Clamp(bc / 32, 16, 8192);
         // A checkpoint holds every file and extent; size it for the extent limit (see MaxExtents).
         long ckptBytes = 64 + (long)maxFiles * (8 + 8 + 2 + 255 + 4) + MaxExtentsFor(bc) * ExtentRecordBytes;
@@ -134,26 +153,49 @@ public sealed partial class Volume : IDisposable
         };
         if (sb.DataStart + 8 > bc)
             throw new ArgumentOutOfRangeException(nameof(options), bc, $"A volume of {bc} blocks has no room for data after {sb.DataStart} metadata blocks.");
+        return sb;
+    }
+
+    /// <summary>Formats <paramref name="device"/> as an empty volume.</summary>
+    public static Volume Format(BlockDevice device, VolumeOptions options, bool ownsDevice)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.BlockSize != device.BlockSize || options.BlockCount != device.BlockCount)
+            throw new ArgumentException("Options geometry differs from the device.", nameof(options));
+        var sb = Layout(device.BlockSize, device.BlockCount, options);
         var v = new Volume(device, ownsDevice, sb, options);
         lock (v.Gate)
         {
-            // Invalidate whatever was there: both superblock copies and the first journal block.
-            device.ZeroBlocks(0, 2 + journal);
+            // Invalidate whatever was there: both superblock copies, the journal, and both checkpoint headers (recovery
+            // takes the newest intact checkpoint, so an old volume's must not survive a reformat).
+            device.ZeroBlocks(0, 2 + sb.JournalBlocks);
+            device.ZeroBlocks(sb.CheckpointStart0, 1);
+            device.ZeroBlocks(sb.CheckpointStart1, 1);
             v._nextSeq = sb.JournalBaseSeq;
             v.WriteCheckpoint();
+            // Both copies name the first checkpoint, so that one damaged copy still leaves the geometry.
+            v.WriteSuperblockCopy((long)((sb.Sequence + 1) % 2));
         }
         return v;
     }
 
-    /// <summary>Opens the volume in the file at <paramref name="path"/>: reads the superblock, loads the checkpoint, replays the journal.</summary>
+    /// <summary>
+    /// Opens the volume in the file at <paramref name="path"/>: reads the superblock, loads the newest checkpoint,
+    /// replays the journal; the file is held exclusively until the volume is disposed (a second open anywhere fails
+    /// with <see cref="PinnedDmaError.Busy"/>). Recovery never silently picks an older state: when the newest state
+    /// on disk is damaged it throws <see cref="PinnedDmaError.Corrupt"/>, unless <see cref="VolumeOptions.AllowRollback"/>
+    /// asks for the newest intact state instead (see <see cref="RollbackReason"/>).
+    /// </summary>
     public static Volume Open(string path, VolumeOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new VolumeOptions();
+        if (Directory.Exists(path)) throw new PinnedDmaException(PinnedDmaError.InvalidArgument, $"'{path}' is a directory, not a volume file (EISDIR).");
         if (!File.Exists(path)) throw new PinnedDmaException(PinnedDmaError.NotFound, $"No volume file at '{path}'.");
         long length = FileBlockDevice.GetFileLength(path);
         var sb = ReadSuperblockFromFile(path, length);
-        var device = FileBlockDevice.Open(path, sb.BlockSize, sb.BlockCount, create: false, options.TryMapSync);
+        var device = FileBlockDevice.Open(path, sb.BlockSize, sb.BlockCount, FileMode.Open, options.TryMapSync);
         try
         {
             return Mount(device, options, ownsDevice: true);
@@ -185,7 +227,8 @@ public sealed partial class Volume : IDisposable
             if (b is not null && b.BlockSize == size) break;
             b = null;
         }
-        var sb = PickSuperblock(a, b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
+        // Only the geometry is taken from here (both copies carry the same); Mount decides which state to load.
+        var sb = (a ?? b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
             $"'{path}' has no valid superblock (copy 0: {whyA}; copy 1: {whyB}).");
         long want = sb.BlockCount * sb.BlockSize;
         if (length < want)
@@ -193,10 +236,10 @@ public sealed partial class Volume : IDisposable
         return sb;
     }
 
-    private static Superblock? PickSuperblock(Superblock? a, Superblock? b) =>
-        a is null ? b : b is null ? a : (b.Sequence > a.Sequence ? b : a);
-
-    /// <summary>Mounts an existing volume on <paramref name="device"/>.</summary>
+    /// <summary>
+    /// Mounts an existing volume on <paramref name="device"/>: the geometry comes from either intact superblock copy,
+    /// the state from the newest intact checkpoint and the journal after it (see <see cref="Open"/>).
+    /// </summary>
     public static Volume Mount(BlockDevice device, VolumeOptions? options = null, bool ownsDevice = false)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -204,12 +247,15 @@ public sealed partial class Volume : IDisposable
         int bs = device.BlockSize;
         var a = Superblock.TryRead(device.GetSpan(0, Superblock.Size), out var whyA);
         var b = Superblock.TryRead(device.GetSpan(bs, Superblock.Size), out var whyB);
-        var sb = PickSuperblock(a, b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
+        var geometry = (a ?? b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
             $"No valid superblock (copy 0: {whyA}; copy 1: {whyB}).");
-        if (sb.BlockSize != bs || sb.BlockCount > device.BlockCount)
-            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"Superblock geometry ({sb.BlockCount} x {sb.BlockSize}) does not fit the device ({device.BlockCount} x {bs}).");
-        var v = new Volume(device, ownsDevice, sb, options);
-        lock (v.Gate) v.Recover();
+        if (a is not null && b is not null && !a.SameGeometry(b))
+            throw new PinnedDmaException(PinnedDmaError.Corrupt, "The two superblock copies describe different geometries.");
+        if (geometry.BlockSize != bs || geometry.BlockCount > device.BlockCount)
+            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"Superblock geometry ({geometry.BlockCount} x {geometry.BlockSize}) does not fit the device ({device.BlockCount} x {bs}).");
+        ulong named = Math.Max(a?.Sequence ?? 0, b?.Sequence ?? 0);
+        var v = new Volume(device, ownsDevice, geometry, options);
+        lock (v.Gate) v.Recover(named, options.AllowRollback);
         return v;
     }
 

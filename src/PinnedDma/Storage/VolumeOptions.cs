@@ -27,6 +27,16 @@ public sealed class VolumeOptions
     /// <summary>Try <c>MAP_SHARED_VALIDATE | MAP_SYNC</c> before plain <c>MAP_SHARED</c>. Default true.</summary>
     public bool TryMapSync { get; init; } = true;
 
+    /// <summary>
+    /// The repair path of <see cref="Volume.Open"/> and <see cref="Volume.Mount"/>. When the newest state on disk is
+    /// damaged (the checkpoint the newest superblock names fails its checksum, or a journal record is damaged while
+    /// committed records follow it), opening throws <see cref="PinnedDmaError.Corrupt"/> by default. With this set,
+    /// the volume opens at the newest intact state instead, dropping what lay past the damage, says so in
+    /// <see cref="Volume.RollbackReason"/>, and writes a checkpoint of that state at once (the damage is then gone).
+    /// Default false.
+    /// </summary>
+    public bool AllowRollback { get; init; }
+
     /// <summary>Flush data and journal with msync/fsync on commit. Off only for tests that measure logic, not disks.</summary>
     public bool DurableCommits { get; init; } = true;
 }

@@ -186,7 +186,7 @@ public sealed class CrashRecoveryTests : IDisposable
         }
     }
 
-    private static string DotnetHost()
+    internal static string DotnetHost()
     {
         // The test host itself usually runs under the dotnet muxer.
         string? self = Environment.ProcessPath;

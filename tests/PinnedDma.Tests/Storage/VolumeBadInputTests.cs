@@ -440,8 +440,13 @@ public sealed class VolumeBadInputTests : IDisposable
         while (pos + 32 <= capacity)
         {
             var h = image.AsSpan((int)(start + pos), 32);
-            if (BinaryPrimitives.ReadUInt32LittleEndian(h) != 0x524A4450) break; // "PDJR"
             if (BinaryPrimitives.ReadUInt64LittleEndian(h[8..]) != seq) break;
+            if (BinaryPrimitives.ReadUInt32LittleEndian(h) == 0x454A4450) // "PDJE": the end of a commit
+            {
+                pos += 32;
+                continue;
+            }
+            if (BinaryPrimitives.ReadUInt32LittleEndian(h) != 0x524A4450) break; // "PDJR"
             int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(h[4..]);
             list.Add((start + pos, 32 + len));
             pos += 32 + ((len + 7) & ~7);
@@ -573,19 +578,21 @@ public sealed class VolumeBadInputTests : IDisposable
     }
 
     [Fact]
-    public void OneSuperblockCopyDamaged_AfterACheckpointWithoutCommits_RecoversAStateThatExisted()
+    public void OneSuperblockCopyDamaged_AfterACheckpointWithoutCommits_RecoversTheNewestStateExactly()
     {
         // Operations that reach the disk only through a checkpoint (no commit before it), then committed records on
-        // top of that checkpoint. If the newest superblock copy is lost, the older copy must not replay records that
-        // belong to the newer checkpoint: that would build a state that never existed ("b" without "a").
+        // top of that checkpoint. Losing the newest superblock copy must neither replay those records onto the older
+        // checkpoint (a state that never existed: "b" without "a") nor fall back to the older state (silent loss of
+        // "a" and "b"): the newest checkpoint is intact and recovery goes forward to it.
         var image = CheckpointThenCommitImage();
         var (newest, _) = Newest(image);
         image[newest * Bs + 30] ^= 0x04;
         using var recovered = OpenImage(image, "older.img");
         AssertClean(recovered);
-        var names = string.Join(",", recovered.FileNames);
-        Assert.Contains(names, new[] { "", "a", "a,b" });
-        if (recovered.FileExists("a")) Assert.Equal(Bytes(1, 3 * Bs), ReadAll(recovered.OpenFile("a")));
+        Assert.Null(recovered.RollbackReason);
+        Assert.Equal(new[] { "a", "b" }, recovered.FileNames);
+        Assert.Equal(Bytes(1, 3 * Bs), ReadAll(recovered.OpenFile("a")));
+        Assert.Equal(Bytes(2, 2 * Bs), ReadAll(recovered.OpenFile("b")));
     }
 
     /// <summary>A crash copy: "a" reached the disk through a checkpoint only, "b" through committed records after it.</summary>
@@ -648,8 +655,11 @@ public sealed class VolumeBadInputTests : IDisposable
     [Fact]
     public void TornJournalTail_OpensWithTheEarlierRecords()
     {
+        // A crash while the last commit was being written: its last record is torn and its end marker was never
+        // written (the bytes after the record are whatever the journal held before).
         var image = CrashImage(out var records);
         var (off, len) = records[^1];
+        long marker = off + ((len + 7) & ~7);
         var variants = new Dictionary<string, Action<byte[]>>
         {
             ["flipped payload byte"] = img => img[off + len - 1] ^= 0x01,
@@ -661,10 +671,12 @@ public sealed class VolumeBadInputTests : IDisposable
         {
             var bad = (byte[])image.Clone();
             damage(bad);
+            bad.AsSpan((int)marker, 32).Clear();
             string name = $"torn-{what.Replace(' ', '-')}.img";
             using (var v = OpenImage(bad, name))
             {
                 AssertClean(v);
+                Assert.Null(v.RollbackReason);
                 var a = ReadAll(v.OpenFile("a"));
                 Assert.Equal(3 * Bs + 3000, a.Length);
                 Assert.Equal(Bytes(2, 3000), a[(3 * Bs)..]);
@@ -679,20 +691,51 @@ public sealed class VolumeBadInputTests : IDisposable
                 AssertClean(v);
                 Assert.Equal(new byte[] { 9 }, ReadAll(v.OpenFile("b")));
             }
+
+            // The same damage with the commit's end marker intact is not a torn tail: that commit had finished.
+            var finished = (byte[])image.Clone();
+            damage(finished);
+            string path = PathOf($"finished-{what.Replace(' ', '-')}.img");
+            File.WriteAllBytes(path, finished);
+            AssertOpensCorrupt(path);
         }
     }
 
     [Fact]
-    public void DamagedMiddleRecord_DropsItAndEverythingAfter()
+    public void DamagedMiddleRecord_IsCorrupt_AndAllowRollbackRepairsToTheStateBeforeIt()
     {
+        // Record 3 is damaged, but committed records 4 and 5 follow it: dropping them silently would lose committed
+        // work, so opening refuses. The repair path keeps records 1 and 2 and says what it dropped.
         var image = CrashImage(out var records);
         var (off, len) = records[2]; // record 3: the second write of a
         var bad = (byte[])image.Clone();
         bad[off + len - 3] ^= 0x20;
-        using var v = OpenImage(bad, "mid.img");
-        AssertClean(v);
-        Assert.Equal(new[] { "a" }, v.FileNames);
-        Assert.Equal(Bytes(1, 8000), ReadAll(v.OpenFile("a")));
+        string path = PathOf("mid.img");
+        File.WriteAllBytes(path, bad);
+        var e = Assert.Throws<PinnedDmaException>(() => Volume.Open(path).Dispose());
+        Assert.Equal(PinnedDmaError.Corrupt, e.Error);
+        Assert.Contains("AllowRollback", e.Message, StringComparison.Ordinal);
+        Assert.Equal(bad, File.ReadAllBytes(path)); // a refusal writes nothing
+
+        using (var v = Volume.Open(path, new VolumeOptions { AllowRollback = true }))
+        {
+            Assert.NotNull(v.RollbackReason);
+            Assert.Contains("dropped", v.RollbackReason, StringComparison.Ordinal);
+            AssertClean(v);
+            Assert.Equal(new[] { "a" }, v.FileNames);
+            Assert.Equal(Bytes(1, 8000), ReadAll(v.OpenFile("a")));
+            v.CreateFile("after").Write(0, new byte[] { 5 });
+            v.Commit();
+            File.Copy(path, PathOf("repaired-crash.img")); // a crash after the repair and one more commit
+        }
+        foreach (var p in new[] { path, PathOf("repaired-crash.img") })
+        {
+            using var v = Volume.Open(p);
+            Assert.Null(v.RollbackReason);
+            AssertClean(v);
+            Assert.Equal(new[] { "a", "after" }, v.FileNames);
+            Assert.Equal(Bytes(1, 8000), ReadAll(v.OpenFile("a")));
+        }
     }
 
     // ---------------------------------------------------------------- random damage
@@ -735,7 +778,9 @@ public sealed class VolumeBadInputTests : IDisposable
     private static long Locate(Flip f, byte[] image, long dataStartBlock)
     {
         var (_, sb) = Newest(image);
-        long journalUsed = Math.Max(64, JournalRecords(image, sb).Sum(r => (long)r.Length));
+        var records = JournalRecords(image, sb);
+        // Through the end marker after the last record.
+        long journalUsed = records.Count == 0 ? 64 : records[^1].Offset + ((records[^1].Length + 7) & ~7) + 32 - sb.JournalStart * Bs;
         long checkpoint = Math.Max(64, 32 + sb.CheckpointLength);
         long u = (uint)f.Where;
         return f.Region switch

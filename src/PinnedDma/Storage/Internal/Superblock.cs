@@ -10,7 +10,8 @@ namespace PinnedDma.Storage.Internal;
 internal sealed class Superblock
 {
     public const ulong Magic = 0x314C4F56414D4450; // "PDMAVOL1"
-    public const uint Version = 1;
+    // Version 2: checkpoint headers carry the journal base, journal commits end with an end marker.
+    public const uint Version = 2;
     public const int Size = 128;
 
     public int BlockSize;
@@ -24,6 +25,12 @@ internal sealed class Superblock
     public ulong JournalBaseSeq;
     public int CowGranuleBlocks;
     public int MaxFiles;
+
+    /// <summary>True when both describe the same regions (the fields every copy of one volume shares).</summary>
+    public bool SameGeometry(Superblock o) =>
+        BlockSize == o.BlockSize && BlockCount == o.BlockCount && JournalStart == o.JournalStart && JournalBlocks == o.JournalBlocks &&
+        CheckpointStart0 == o.CheckpointStart0 && CheckpointStart1 == o.CheckpointStart1 && CheckpointBlocks == o.CheckpointBlocks &&
+        DataStart == o.DataStart && CowGranuleBlocks == o.CowGranuleBlocks && MaxFiles == o.MaxFiles;
 
     public long CheckpointStart(int slot) => slot == 0 ? CheckpointStart0 : CheckpointStart1;
 
@@ -83,7 +90,7 @@ internal sealed class Superblock
     public string? Validate()
     {
         if (BlockSize < 512 || BlockSize > 65536 || (BlockSize & (BlockSize - 1)) != 0) return $"block size {BlockSize}";
-        if (BlockCount < 8 || BlockCount > int.MaxValue) return $"block count {BlockCount}";
+        if (BlockCount < 8 || BlockCount > Storage.Volume.MaxBlockCount) return $"block count {BlockCount}";
         if (JournalStart != 2 || JournalBlocks < 1) return "journal region";
         if (CheckpointStart0 != JournalStart + JournalBlocks || CheckpointBlocks < 1 || CheckpointStart1 != CheckpointStart0 + CheckpointBlocks)
             return "checkpoint regions";
