@@ -12,8 +12,11 @@ namespace PinnedDma.Tests.Storage;
 /// Crash recovery against real process death: a child process (PinnedDma.CrashChild) runs generated operations on a
 /// file-backed volume and is killed with SIGKILL at a random moment; the test replays the same operations on an
 /// in-memory model, reopens the volume (recovery) and checks that fsck is clean and that every file not touched
-/// since the last commit the child reported holds exactly the committed bytes. The next child continues on the
-/// recovered volume.
+/// since the last commit the child reported holds exactly the committed bytes, and that every file touched since
+/// then shows no state that did not exist: it exists (or not) as in some state it went through since that commit,
+/// its length is one it had, and each byte is one that offset held in some such state (data written in place since
+/// the commit may show in part, as after a crash of any file system with ordered data). The next child continues on
+/// the recovered volume.
 /// </summary>
 public sealed class CrashRecoveryTests : IDisposable
 {
@@ -72,20 +75,22 @@ public sealed class CrashRecoveryTests : IDisposable
             $"crash recovery: master seed {masterSeed}, {Chains} chains; {total.Kills} kills ({total.KilledBeforeReady} before the volume was open, " +
             $"{total.FastChildren} without msync), {total.Ops} ops, {total.Commits} commits, {total.Recoveries} recoveries " +
             $"({total.RecoveriesOfCopies} of copies, the rest in place); {total.FilesChecked} untouched files compared exactly, " +
-            $"{total.FilesTouched} touched files, {total.OpsAfterLastCommit} ops after the last reported commit; {clock.Elapsed.TotalSeconds:F1} s");
+            $"{total.FilesTouched} touched files ({total.TouchedChecked} checked byte by byte against their states since the commit), " +
+            $"{total.OpsAfterLastCommit} ops after the last reported commit; {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(total.TouchedChecked > 0, "No touched file was checked.");
         Assert.True(total.Kills >= MinKills, $"Only {total.Kills} kills (want at least {MinKills}).");
         Assert.True(total.Commits > 0 && total.Ops > total.Commits, $"The children ran {total.Ops} ops and {total.Commits} commits: the workload did not run.");
     }
 
     private sealed class ChainStats
     {
-        public long Kills, KilledBeforeReady, FastChildren, Recoveries, RecoveriesOfCopies, Ops, Commits, FilesChecked, FilesTouched, OpsAfterLastCommit;
+        public long Kills, KilledBeforeReady, FastChildren, Recoveries, RecoveriesOfCopies, Ops, Commits, FilesChecked, FilesTouched, OpsAfterLastCommit, TouchedChecked;
 
         public void Add(ChainStats o)
         {
             Kills += o.Kills; KilledBeforeReady += o.KilledBeforeReady; FastChildren += o.FastChildren; Recoveries += o.Recoveries;
             RecoveriesOfCopies += o.RecoveriesOfCopies; Ops += o.Ops; Commits += o.Commits; FilesChecked += o.FilesChecked;
-            FilesTouched += o.FilesTouched; OpsAfterLastCommit += o.OpsAfterLastCommit;
+            FilesTouched += o.FilesTouched; OpsAfterLastCommit += o.OpsAfterLastCommit; TouchedChecked += o.TouchedChecked;
         }
     }
 
@@ -148,6 +153,13 @@ public sealed class CrashRecoveryTests : IDisposable
                         Assert.Fail($"{where}: '{name}' (untouched since the commit after op {replay.LastCommit}) differs after recovery: {Difference(expected, actual)}.\n{replay.Log()}");
                     stats.FilesChecked++;
                 }
+                foreach (var (name, states) in replay.History)
+                {
+                    byte[]? actual = v.FileExists(name) ? CrashWorkload.ReadAll(v.OpenFile(name)) : null;
+                    if (NeverExisted(states, actual) is { } why)
+                        Assert.Fail($"{where}: '{name}', touched since the commit after op {replay.LastCommit}, recovered to a state that never existed: {why}.\n{replay.Log()}");
+                    stats.TouchedChecked++;
+                }
                 foreach (var name in names)
                 {
                     if (!replay.Snapshot.ContainsKey(name) && !replay.Touched.Contains(name))
@@ -184,6 +196,73 @@ public sealed class CrashRecoveryTests : IDisposable
             Assert.True(buf.AsSpan(100).IndexOfAnyExcept((byte)0) < 0, "bytes past the recovered EOF came back after growing the file");
             Assert.True(v.Fsck().IsClean);
         }
+    }
+
+    /// <summary>The volume file as a process killed right now would leave it (its mapping is shared, so the file holds every store).</summary>
+    private string CrashCopy(string live, string name)
+    {
+        string copy = Path.Combine(_dir, name);
+        File.Copy(live, copy);
+        return copy;
+    }
+
+    [Fact]
+    public void TruncateThenCrash_ShowsTheOldFileOrTheTruncatedOne_NeverTheOldSizeWithAZeroedTail()
+    {
+        string live = Path.Combine(_dir, "trunc.img");
+        var data = CrashWorkload.Data(11, 8192);
+        string crashed;
+        using (var v = Volume.Create(live, new VolumeOptions { BlockCount = 256 }))
+        {
+            var f = v.CreateFile("f");
+            f.Write(0, data);
+            v.Commit();
+            f.Truncate(5000);
+            crashed = CrashCopy(live, "trunc-crash.img");
+        }
+        using (var v = Volume.Open(crashed))
+        {
+            var got = CrashWorkload.ReadAll(v.OpenFile("f"));
+            Assert.Null(NeverExisted([data, data[..5000]], got));
+            Assert.True(v.Fsck().IsClean);
+            // Growing it again reads zeros past 5000, whichever state came back.
+            v.OpenFile("f").Truncate(8192);
+            var grown = CrashWorkload.ReadAll(v.OpenFile("f"));
+            if (got.Length == 5000) Assert.True(grown.AsSpan(5000).IndexOfAnyExcept((byte)0) < 0);
+        }
+    }
+
+    [Fact]
+    public void CollapseOrInsertThenInPlaceWriteThenCrash_ShowsTheWriteAtItsNewOffset()
+    {
+        // Decided behaviour: a collapse or insert is durable when it returns (it commits), so a crash after it shows
+        // the shifted file, and a later in-place write shows at the offset it was written to, or not at all; never at
+        // the offset its block had before the shift.
+        const int bs = CrashWorkload.BlockSize;
+        var a = CrashWorkload.Data(1, bs);
+        var b = CrashWorkload.Data(2, bs);
+        var c = CrashWorkload.Data(3, bs);
+        var x = CrashWorkload.Data(4, bs);
+        string live = Path.Combine(_dir, "shift.img");
+        string crashed;
+        using (var v = Volume.Create(live, new VolumeOptions { BlockCount = 256 }))
+        {
+            var f = v.CreateFile("f");
+            f.Write(0, [.. a, .. b, .. c]);
+            var g = v.CreateFile("g");
+            g.Write(0, [.. a, .. b]);
+            v.Commit();
+            f.CollapseRange(0, bs); // f = b c
+            f.Write(0, x);          // in place into b's block: f = x c
+            g.InsertRange(0, bs);   // g = hole a b
+            g.Write(bs, x);         // in place into a's block: g = 0 x b
+            crashed = CrashCopy(live, "shift-crash.img");
+        }
+        using var r = Volume.Open(crashed);
+        var zero = new byte[bs];
+        Assert.Null(NeverExisted([[.. b, .. c], [.. x, .. c]], CrashWorkload.ReadAll(r.OpenFile("f"))));
+        Assert.Null(NeverExisted([[.. zero, .. a, .. b], [.. zero, .. x, .. b]], CrashWorkload.ReadAll(r.OpenFile("g"))));
+        Assert.True(r.Fsck().IsClean);
     }
 
     internal static string DotnetHost()
@@ -284,6 +363,9 @@ public sealed class CrashRecoveryTests : IDisposable
         public long OpsAfterCommit;
         public Dictionary<string, byte[]> Snapshot = new(StringComparer.Ordinal);
         public HashSet<string> Touched = new(StringComparer.Ordinal);
+
+        /// <summary>For each touched file: its state at the last commit, then after each operation on it (null: absent).</summary>
+        public Dictionary<string, List<byte[]?>> History = new(StringComparer.Ordinal);
         public List<string> Ops = [];
 
         public string Log() => "ops of this child (last 25): " + string.Join("; ", Ops.TakeLast(25));
@@ -319,7 +401,13 @@ public sealed class CrashRecoveryTests : IDisposable
                         op = CrashWorkload.Next(rng, model.Lengths());
                         result.Ops.Add($"{i}: {op}");
                         model.Apply(op);
-                        if (op.Touches is { } t) result.Touched.Add(t);
+                        if (op.Touches is { } t)
+                        {
+                            result.Touched.Add(t);
+                            if (!result.History.TryGetValue(t, out var states))
+                                result.History[t] = states = [result.Snapshot.GetValueOrDefault(t)];
+                            states.Add(model.Files.GetValueOrDefault(t));
+                        }
                         result.Begun++;
                         result.OpsAfterCommit++;
                         expect++;
@@ -342,6 +430,7 @@ public sealed class CrashRecoveryTests : IDisposable
                         if (i != expect - 1) Assert.Fail($"{where}: out-of-order report '{line}'.");
                         result.Snapshot = model.Snapshot();
                         result.Touched.Clear();
+                        result.History.Clear();
                         result.Commits++;
                         result.LastCommit = i;
                         result.OpsAfterCommit = 0;
@@ -359,6 +448,29 @@ public sealed class CrashRecoveryTests : IDisposable
             }
         }
         return result;
+    }
+
+    /// <summary>
+    /// Null when <paramref name="actual"/> (null: the file is absent) is made of states the file went through: it exists
+    /// or not as in one of them, has the length of one, and each byte equals that offset's byte in one of them; else why not.
+    /// </summary>
+    internal static string? NeverExisted(IReadOnlyList<byte[]?> states, byte[]? actual)
+    {
+        if (actual is null) return states.Any(s => s is null) ? null : "absent, but the file existed in every state since the commit";
+        var present = states.Where(s => s is not null).Select(s => s!).ToList();
+        if (present.Count == 0) return "present, but the file was absent in every state since the commit";
+        if (!present.Any(s => s.Length == actual.Length))
+            return $"length {actual.Length}; the lengths it had were {string.Join(", ", present.Select(s => s.Length).Distinct())}";
+        int hint = 0;
+        for (int i = 0; i < actual.Length; i++)
+        {
+            if (hint < present.Count && present[hint].Length > i && present[hint][i] == actual[i]) continue;
+            hint = present.FindIndex(s => s.Length > i && s[i] == actual[i]);
+            if (hint < 0)
+                return $"byte {i} (block {i / CrashWorkload.BlockSize}) is {actual[i]:X2}, which that offset never held " +
+                       $"(it held {string.Join(", ", present.Where(s => s.Length > i).Select(s => s[i].ToString("X2", CultureInfo.InvariantCulture)).Distinct())})";
+        }
+        return null;
     }
 
     private static string Difference(byte[] expected, byte[] actual)
