@@ -11,6 +11,9 @@ internal static unsafe partial class Libc
     public const int PROT_WRITE = 0x2;
     public const int MAP_SHARED = 0x01;
     public const int MAP_SHARED_VALIDATE = 0x03;
+    public const int MAP_PRIVATE = 0x02;
+    public const int MAP_FIXED = 0x10;
+    public const int MAP_ANONYMOUS = 0x20;
     public const int MAP_SYNC = 0x80000;
     public const int MS_SYNC = 4;
     public const int EOPNOTSUPP = 95;

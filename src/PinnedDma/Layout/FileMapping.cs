@@ -14,6 +14,7 @@ public sealed class FileMapping : IDisposable
 {
     private readonly PinOwner _owner;
     private readonly DirectSeal? _seal;
+    private readonly BlockDevice? _device;
     private int _disposed;
 
     internal FileMapping(PinOwner owner, VolumeFile file, long offset, long length, MapFlags flags)
@@ -31,9 +32,21 @@ public sealed class FileMapping : IDisposable
         var volume = file.Volume;
         if ((flags & MapFlags.Direct) != 0)
         {
-            _seal = (DirectSeal)volume.CreateSeal(file.Inode, offset, length, ConflictPolicy.Deny,
-                requirePrivate: (flags & MapFlags.Populate) == 0,
-                (inode, fb, count, frozen) => new DirectSeal(inode, fb, count, frozen));
+            // The spans this mapping hands out stay addressable until it is disposed, even past Volume.Dispose: it
+            // holds a reference on the device memory (after the volume's dispose its stores reach no device byte).
+            _device = volume.Device;
+            if (!_device.TryAddRef()) ThrowHelper.ThrowObjectDisposed(volume);
+            try
+            {
+                _seal = (DirectSeal)volume.CreateSeal(file.Inode, offset, length, ConflictPolicy.Deny,
+                    requirePrivate: (flags & MapFlags.Populate) == 0,
+                    (inode, fb, count, frozen) => new DirectSeal(inode, fb, count, frozen));
+            }
+            catch
+            {
+                _device.Release();
+                throw;
+            }
         }
         else if ((flags & MapFlags.Populate) != 0)
         {
@@ -125,6 +138,7 @@ public sealed class FileMapping : IDisposable
             if (!volume.IsDisposed)
                 lock (volume.Gate) volume.RemoveSeal(_seal);
             _seal.End();
+            _device!.Release();
         }
         _owner.Forget(this);
     }

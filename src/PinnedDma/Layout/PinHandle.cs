@@ -54,7 +54,10 @@ public sealed unsafe class PinHandle : IDisposable
     /// <summary>Completes when the pin is released or revoked.</summary>
     public Task Ended => _seal.Gone;
 
-    /// <summary>Raised (on the breaking thread) when an operation asks for the lease back; release the pin within the timeout or it is revoked.</summary>
+    /// <summary>
+    /// Raised once, on a thread-pool thread, when an operation asks for the lease back; release the pin within the
+    /// timeout or it is revoked. The operation does not wait for the handler, only for the pin to go or the timeout.
+    /// </summary>
     public event EventHandler<LeaseBreakEventArgs>? LeaseBreaking
     {
         add => _seal.LeaseBreaking += value;
@@ -132,8 +135,8 @@ public sealed unsafe class PinHandle : IDisposable
 
     private void Copy(long offset, int length, CopyPiece piece, CopyState state)
     {
-        var device = _seal.Owner.Volume.Device;
-        byte* basePtr = device.Base;
+        // Inside the drain the seal holds its device reference: the memory is mapped whatever the volume does.
+        byte* basePtr = _seal.Device.HeldBase;
         int shift = _seal.BlockShift;
         long fileByte = _seal.Offset + offset;
         int done = 0;
@@ -177,9 +180,15 @@ public sealed unsafe class PinHandle : IDisposable
     {
         if (access == _seal.Access || access == PinAccess.Read) return;
         if (_seal.Drain.IsClosed) throw _seal.EndedError();
-        _seal.Owner.Volume.ResealForWrite(_seal, policy);
-        _seal.Access = PinAccess.Write;
+        if (!_seal.Owner.Volume.ResealForWrite(_seal, policy, _seal.GrantWrite)) throw _seal.EndedError();
+        UpgradeWindowForTest?.Invoke();
     }
+
+    /// <summary>
+    /// Test hook: runs right after <see cref="Upgrade"/> has returned from the volume, where a clone once could slip
+    /// in between the COW break and the switch to WRITE. Never set by the library.
+    /// </summary>
+    internal Action? UpgradeWindowForTest;
 
     /// <summary>Releases the pin: waits for in-flight DMA, unfreezes the range, returns the memlock charge.</summary>
     public void Dispose()

@@ -66,23 +66,49 @@ public sealed class PinOwner : IDisposable
         int bs = Volume.BlockSize;
         long first = offset / bs * bs;
         long charge = length == 0 ? 0 : ((offset + length + bs - 1) / bs * bs) - first;
-        Charge(charge);
+        // The pin's reference on the device memory: taken before the seal, so a pin never outlives the mapping its DMA
+        // goes through, and refused once the volume's dispose has begun.
+        var device = Volume.Device;
+        if (!device.TryAddRef()) ThrowHelper.ThrowObjectDisposed(Volume);
+        bool late = false;
+        PinSeal? seal = null;
         try
         {
-            var seal = (PinSeal)Volume.CreateSeal(file.Inode, offset, length, policy, requirePrivate: false,
-                (inode, fb, count, frozen) =>
-                {
-                    var s = new PinSeal(this, inode, fb, count, frozen, access, (options & PinOptions.Unbreakable) != 0, offset, length, charge);
-                    lock (_sync) _pins.Add(s);
-                    return s;
-                }, readPin: access == PinAccess.Read);
-            return new PinHandle(seal);
+            Charge(charge);
+            try
+            {
+                seal = (PinSeal)Volume.CreateSeal(file.Inode, offset, length, policy, requirePrivate: false,
+                    (inode, fb, count, frozen) =>
+                    {
+                        var s = new PinSeal(this, inode, fb, count, frozen, access, (options & PinOptions.Unbreakable) != 0, offset, length, charge, device);
+                        lock (_sync)
+                        {
+                            _pins.Add(s);
+                            // Dispose sets its flag before it takes its snapshot under this lock: a pin added after the
+                            // snapshot sees the flag here and ends itself below.
+                            late = _disposed != 0;
+                        }
+                        return s;
+                    }, readPin: access == PinAccess.Read);
+            }
+            catch
+            {
+                Uncharge(charge);
+                throw;
+            }
         }
         catch
         {
-            Uncharge(charge);
+            device.Release();
             throw;
         }
+        // From here the seal owns the charge and the device reference (End gives both back).
+        if (late)
+        {
+            seal!.End(PinStatus.Released, "owner disposed");
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        return new PinHandle(seal!);
     }
 
     /// <summary>Maps a file range with mapping descriptors (see <see cref="MapFlags"/>).</summary>

@@ -19,10 +19,11 @@ internal sealed class PinSeal : Seal
     private int _ended;
 
     public PinSeal(PinOwner owner, Inode inode, long firstBlock, long blockCount, Extent[] frozen, PinAccess access,
-        bool unbreakable, long offset, long length, long charged)
+        bool unbreakable, long offset, long length, long charged, BlockDevice device)
         : base(inode, firstBlock, blockCount)
     {
         Owner = owner;
+        Device = device;
         Frozen = frozen;
         _access = access;
         _unbreakable = unbreakable;
@@ -42,6 +43,9 @@ internal sealed class PinSeal : Seal
     }
 
     public PinOwner Owner { get; }
+
+    /// <summary>The device memory DMA goes through; the seal holds a reference on it until <see cref="End"/>.</summary>
+    public BlockDevice Device { get; }
     public long Offset { get; }
     public long Length { get; }
     public long Charged { get; }
@@ -51,6 +55,9 @@ internal sealed class PinSeal : Seal
     public DmaDrain Drain { get; } = new();
     public PinAccess Access { get => _access; set => _access = value; }
     public string? EndReason { get; private set; }
+
+    /// <summary>Switches to WRITE; called by the volume under its lock, in the same hold as the upgrade's COW break.</summary>
+    public void GrantWrite() => _access = PinAccess.Write;
 
     public event EventHandler<LeaseBreakEventArgs>? LeaseBreaking;
 
@@ -69,20 +76,33 @@ internal sealed class PinSeal : Seal
     public override bool Unbreakable => _unbreakable;
     public override Task Gone => _gone.Task;
 
+    /// <summary>
+    /// Tells the holder once, however many operations ask: the handlers run on the thread pool, never on the breaking
+    /// thread, so the breaker's timeout holds whatever they do (one that never returns cannot keep the pin, it is
+    /// revoked at the timeout), and a handler that breaks the same range again only joins the break in progress.
+    /// </summary>
     public override void RequestBreak(TimeSpan timeout, string reason)
     {
         Interlocked.CompareExchange(ref _status, (int)PinStatus.Breaking, (int)PinStatus.Active);
+        if (Interlocked.Exchange(ref _breakNotified, 1) != 0) return;
         var args = new LeaseBreakEventArgs(reason, timeout);
-        try
-        {
-            LeaseBreaking?.Invoke(this, args);
-        }
-        catch (Exception)
-        {
-            // A faulty holder callback must not stop the breaker: the timeout revokes the pin anyway.
-        }
+        var handlers = LeaseBreaking;
+        if (handlers is not null)
+            ThreadPool.UnsafeQueueUserWorkItem(static st =>
+            {
+                try
+                {
+                    st.Handlers.Invoke(st.Seal, st.Args);
+                }
+                catch (Exception)
+                {
+                    // A faulty holder callback must not stop the breaker: the timeout revokes the pin anyway.
+                }
+            }, (Handlers: handlers, Seal: this, Args: args), preferLocal: false);
         _breakRequested.TrySetResult(args);
     }
+
+    private int _breakNotified;
 
     public override void Revoke(string reason) => End(PinStatus.Revoked, reason);
 
@@ -104,6 +124,7 @@ internal sealed class PinSeal : Seal
             volume.RemoveSeal(this);
         }
         Owner.Forget(this);
+        Device.Release();
         _breakRequested.TrySetCanceled();
         _gone.TrySetResult();
     }

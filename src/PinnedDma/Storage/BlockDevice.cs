@@ -8,10 +8,19 @@ namespace PinnedDma.Storage;
 /// Bytes addressed by block number: the bottom layer. A device offset is what the design calls a physical address;
 /// a DMA engine reads and writes these bytes through a pin's scatter-gather list only.
 /// </summary>
+/// <remarks>
+/// Lifetime: the memory is reference-counted like a <see cref="System.Runtime.InteropServices.SafeHandle"/>. The
+/// device holds one reference, dropped by <see cref="Dispose"/>; every pin and Direct mapping over it holds another
+/// (<see cref="TryAddRef"/> / <see cref="Release"/>). The memory is released when the last reference goes, so a holder
+/// that is still inside an access when the device is disposed never touches unmapped memory. Dispose with holders
+/// left also cuts the backing off (<see cref="DetachCore"/>): their later stores land in private memory that nothing
+/// reads, never in the device's bytes.
+/// </remarks>
 public abstract unsafe class BlockDevice : IDisposable
 {
     private byte* _base;
     private int _disposed;
+    private int _refs = 1; // the device's own reference (dropped by Dispose) plus one per holder
 
     /// <summary>Sets up the geometry; the subclass provides the memory.</summary>
     private protected BlockDevice(int blockSize, long blockCount)
@@ -52,6 +61,58 @@ public abstract unsafe class BlockDevice : IDisposable
         {
             if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
             return _base;
+        }
+    }
+
+    /// <summary>
+    /// The base address for a holder of a reference (<see cref="TryAddRef"/>): valid, though perhaps detached, until
+    /// the holder releases it, so it never throws.
+    /// </summary>
+    internal byte* HeldBase => _base;
+
+    /// <summary>A span over device bytes for a holder of a reference (see <see cref="HeldBase"/>). Offsets are checked.</summary>
+    internal Span<byte> HeldSpan(long offset, int length)
+    {
+        CheckRange(offset, length);
+        return new Span<byte>(_base + offset, length);
+    }
+
+    /// <summary>
+    /// Takes a reference on the device memory (a pin or a Direct mapping starting); false once Dispose has begun, and
+    /// then nothing was taken. Every true must be paired with one <see cref="Release"/>.
+    /// </summary>
+    internal bool TryAddRef()
+    {
+        int r = Volatile.Read(ref _refs);
+        while (true)
+        {
+            if (r <= 0) return false;
+            int seen = Interlocked.CompareExchange(ref _refs, r + 1, r);
+            if (seen == r) break;
+            r = seen;
+        }
+        // Dispose sets the flag, then reads the count; this increments, then reads the flag: one of the two sees the other.
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            Release();
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>Drops a reference; the last one releases the memory.</summary>
+    internal void Release()
+    {
+        int r = Interlocked.Decrement(ref _refs);
+        if (r == 0)
+        {
+            var p = _base;
+            _base = null;
+            ReleaseCore(p);
+        }
+        else if (r < 0)
+        {
+            throw new InvalidOperationException("BlockDevice.Release without a reference.");
         }
     }
 
@@ -104,21 +165,31 @@ public abstract unsafe class BlockDevice : IDisposable
             ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Device range [{offset}, +{length}) is outside the device's {Length} bytes.");
     }
 
-    /// <summary>Releases the memory or the mapping.</summary>
+    /// <summary>
+    /// Releases the memory or the mapping. Pins and Direct mappings still holding a reference keep the address range
+    /// valid until they end, but from here on what they store reaches no device byte (see the type's remarks).
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        ReleaseCore(_base);
-        _base = null;
+        if (Volatile.Read(ref _refs) > 1) DetachCore(_base);
+        Release();
         GC.SuppressFinalize(this);
     }
 
     private protected abstract void ReleaseCore(byte* pointer);
 
+    /// <summary>
+    /// Dispose while holders remain: keep [pointer, +Length) addressable but make it stop being the device's bytes (a
+    /// file device maps anonymous memory over it). The memory device has nothing to cut off: nobody reads it again.
+    /// </summary>
+    private protected virtual void DetachCore(byte* pointer) { }
+
     /// <summary>Releases native memory a caller forgot to dispose.</summary>
     ~BlockDevice()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0 && _base != null) ReleaseCore(_base);
+        // Unreachable: no holder is left (each one references the device), so the memory can go whatever the count says.
+        if (Interlocked.Exchange(ref _refs, 0) > 0 && _base != null) ReleaseCore(_base);
     }
 }
 

@@ -153,6 +153,16 @@ public sealed unsafe class FileBlockDevice : BlockDevice
         }
     }
 
+    private protected override void DetachCore(byte* pointer)
+    {
+        // MAP_FIXED replaces the file pages atomically: a store racing this lands in the file or in the anonymous
+        // page, and every store after it in the anonymous page. The file is closed now; the range is unmapped when the
+        // last holder goes.
+        if (pointer != null)
+            Libc.Mmap(pointer, (nuint)Length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_FIXED, -1, 0);
+        _file.Dispose();
+    }
+
     private protected override void ReleaseCore(byte* pointer)
     {
         if (pointer != null) Libc.Munmap(pointer, (nuint)Length);

@@ -74,19 +74,32 @@ public sealed partial class Volume
         return false;
     }
 
-    /// <summary>Upgrading a pin to WRITE: other files sharing its blocks (clones made after the pin) get copies.</summary>
-    internal void ResealForWrite(Seal seal, ConflictPolicy? policy)
+    /// <summary>
+    /// Upgrading a pin to WRITE: other files sharing its blocks (clones made after the pin) get copies, and
+    /// <paramref name="grantWrite"/> switches the seal to write access under the same lock hold, so that no clone can
+    /// come between the COW break and the switch and share a block DMA is about to write. False when the seal has
+    /// already gone (nothing granted).
+    /// </summary>
+    internal bool ResealForWrite(Seal seal, ConflictPolicy? policy, Action grantWrite)
     {
-        Mutate(new RemapContext("pin upgrade", policy), ctx =>
+        return Mutate(new RemapContext("pin upgrade", policy), ctx =>
         {
-            if (seal.Detached || !seal.Inode.Seals.Contains(seal)) return 0;
+            if (seal.Gone.IsCompleted) return false;
+            if (seal.Detached)
+            {
+                // Its blocks are its own alone (a detach copies them for every other mapping).
+                grantWrite();
+                return true;
+            }
+            if (!seal.Inode.Seals.Contains(seal)) return false;
             var conflicts = new List<Seal>();
             long need = PlanWrite(seal.Inode, seal.FirstBlock, seal.EndBlock, WriteMode.Touch, conflicts);
             conflicts.Remove(seal);
             Check(ctx, conflicts, deferrable: false);
             EnsureSpace(need);
             ExecWrite(seal.Inode, seal.FirstBlock << BlockShift, seal.BlockCount << BlockShift, default, WriteMode.Touch);
-            return 0;
+            grantWrite();
+            return true;
         });
     }
 

@@ -266,26 +266,55 @@ public sealed partial class Volume : IDisposable
         return v.Fsck();
     }
 
-    /// <summary>Commits, writes a checkpoint and releases the device. Pins still held are revoked.</summary>
+    /// <summary>
+    /// Commits, writes a checkpoint and releases the device. Pins still held are revoked (their in-flight DMA drains
+    /// first). From the moment Dispose begins no pin, mapping or operation can start; once it returns no byte moves on
+    /// the device. A Direct mapping still open keeps its address range valid, but its stores no longer reach the
+    /// device. A second caller waits for the first to finish.
+    /// </summary>
     public void Dispose()
     {
-        if (Volatile.Read(ref _disposed) != 0) return;
         List<Seal> seals;
-        lock (Gate) seals = _byId.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
-        foreach (var s in seals) s.Revoke("volume disposed");
         lock (Gate)
         {
-            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-            try
+            if (Interlocked.Exchange(ref _disposed, 1) != 0)
             {
-                WriteCheckpoint();
+                seals = null!;
             }
-            finally
+            else
             {
-                if (_ownsDevice) _device.Dispose();
+                // Every operation (pins included) checks the flag under this lock, so the snapshot holds every seal
+                // that will ever exist on this volume.
+                seals = _byId.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
             }
         }
+        if (seals is null)
+        {
+            _disposeDone.Task.Wait();
+            return;
+        }
+        try
+        {
+            foreach (var s in seals) s.Revoke("volume disposed");
+            lock (Gate)
+            {
+                try
+                {
+                    WriteCheckpoint();
+                }
+                finally
+                {
+                    if (_ownsDevice) _device.Dispose();
+                }
+            }
+        }
+        finally
+        {
+            _disposeDone.TrySetResult();
+        }
     }
+
+    private readonly TaskCompletionSource _disposeDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     internal void ThrowIfDisposed()
     {

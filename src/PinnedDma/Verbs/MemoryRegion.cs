@@ -124,7 +124,7 @@ public sealed unsafe class MemoryRegion : IDisposable
     {
         if (_buffer != null) return new Span<byte>(_buffer + offset, (int)Math.Min(max, Length - offset));
         var (dev, contiguous) = _pin!.Translate(offset);
-        return _pin.Owner.Volume.Device.GetSpan(dev, (int)Math.Min(Math.Min(max, contiguous), int.MaxValue));
+        return _pin.Seal.Device.HeldSpan(dev, (int)Math.Min(Math.Min(max, contiguous), int.MaxValue));
     }
 
     /// <summary>Copies into the region at <paramref name="offset"/>.</summary>
