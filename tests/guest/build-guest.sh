@@ -51,6 +51,8 @@ chroot_mounts() {
   done
 }
 in_root() { DEBIAN_FRONTEND=noninteractive LC_ALL=C chroot "$root" "$@"; }
+# Never a configuration prompt (the initramfs settings below exist before their package).
+apt_install() { in_root apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"; }
 
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
@@ -80,20 +82,26 @@ if [ ! -f "$cache/stage2" ]; then
   chroot_mounts
   echo "deb $mirror $suite main" > "$root/etc/apt/sources.list"
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
+  # A small initramfs: the guest needs only its virtio disk and ext4 to mount the root (the default, MODULES=most,
+  # takes minutes to build twice and to unpack under TCG at every boot).
+  mkdir -p "$root/etc/initramfs-tools/conf.d"
+  echo 'MODULES=list' > "$root/etc/initramfs-tools/conf.d/pdma-guest"
+  printf '%s\n' virtio_pci virtio_blk ext4 >> "$root/etc/initramfs-tools/modules"
   in_root apt-get update -qq
-  in_root apt-get install -y -qq --no-install-recommends \
+  apt_install \
     linux-image-amd64 initramfs-tools kmod udev \
     rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest \
     iproute2 procps socat coreutils util-linux psmisc
   kver=$(ls "$root/lib/modules" | sort -V | tail -n1)
-  in_root apt-get install -y -qq --no-install-recommends linux-source-6.1 "linux-headers-$kver" make gcc xz-utils
+  apt_install linux-source-6.1 "linux-headers-$kver" make gcc xz-utils
   touch "$cache/stage2"
 fi
 kver=$(ls "$root/lib/modules" | sort -V | tail -n1)
 echo "$kver" > "$cache/kernel-version"
 
 # Stage 3: siw.ko, out of tree, against the installed kernel's headers.
-if [ ! -f "$cache/stage3" ]; then
+stage3_recipe="siw with test knobs v1"
+if [ "$(cat "$cache/stage3" 2>/dev/null)" != "$stage3_recipe" ]; then
   log "stage 3: building siw.ko for $kver (about 4 min)"
   chroot_mounts
   rm -rf "$root/usr/src/siw-build"
@@ -101,13 +109,26 @@ if [ ! -f "$cache/stage3" ]; then
   tarball=$(ls "$root"/usr/src/linux-source-6.1.tar.* | head -n1)
   tar -xf "$tarball" -C "$root/usr/src/siw-build" --wildcards '*/drivers/infiniband/sw/siw/*'
   srcdir=$(cd "$root/usr/src/siw-build" && ls -d */drivers/infiniband/sw/siw)
+  # Test knobs: the settings that siw keeps as constants become module parameters (writable in
+  # /sys/module/siw/parameters), so the tests can make the kernel the initiator of every mode: mpa_version (1 or 2),
+  # mpa_crc_required, peer_to_peer, and rtr_types (the RTR types siw's P2P request offers: 1 RDMA Write, 2 RDMA Read).
+  s="$root/usr/src/siw-build/$srcdir"
+  sed -i -e 's/^const bool mpa_crc_required;/bool mpa_crc_required;\nmodule_param(mpa_crc_required, bool, 0644);/' \
+         -e 's/^const bool peer_to_peer;/bool peer_to_peer;\nmodule_param(peer_to_peer, bool, 0644);/' \
+         -e 's/^u_char mpa_version = MPA_REVISION_2;/&\nmodule_param(mpa_version, byte, 0644);/' "$s/siw_main.c"
+  sed -i -e 's/^extern const bool mpa_crc_required;/extern bool mpa_crc_required;/' \
+         -e 's/^extern const bool peer_to_peer;/extern bool peer_to_peer;/' "$s/siw.h"
+  sed -i -e 's/^static __be16 rtr_type = MPA_V2_RDMA_READ_RTR | MPA_V2_RDMA_WRITE_RTR;/#include <linux\/moduleparam.h>\nstatic int rtr_types = 3;\nmodule_param(rtr_types, int, 0644);\n#define rtr_type ((rtr_types \& 1 ? MPA_V2_RDMA_WRITE_RTR : 0) | (rtr_types \& 2 ? MPA_V2_RDMA_READ_RTR : 0))/' "$s/siw_cm.c"
+  for k in 'module_param(mpa_crc_required' 'module_param(peer_to_peer' 'module_param(mpa_version' 'module_param(rtr_types'; do
+    grep -qF "$k" "$s"/siw_main.c "$s"/siw_cm.c || { log "siw source did not take the test knob $k"; exit 1; }
+  done
   in_root make -C "/lib/modules/$kver/build" M="/usr/src/siw-build/$srcdir" CONFIG_RDMA_SIW=m modules -j2
   mkdir -p "$root/lib/modules/$kver/extra"
   cp "$root/usr/src/siw-build/$srcdir/siw.ko" "$root/lib/modules/$kver/extra/siw.ko"
   in_root depmod -a "$kver"
-  in_root modinfo -k "$kver" siw >/dev/null
+  in_root modinfo -k "$kver" -F parm siw | grep '^rtr_types' >/dev/null || { log "siw.ko has no test knobs"; exit 1; }
   rm -rf "$root/usr/src/siw-build"
-  touch "$cache/stage3"
+  echo "$stage3_recipe" > "$cache/stage3"
 fi
 
 # Stage 4: the guest's init and command channel, the boot files, and the disk image.
