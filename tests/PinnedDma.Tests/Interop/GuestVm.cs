@@ -171,6 +171,21 @@ public sealed class GuestVm : IDisposable
         }
     }
 
+    /// <summary>
+    /// Sets every test knob of the guest's siw (module parameters; see build-guest.sh), so a case never depends on
+    /// the one before: the MPA revision siw requests, whether it requires CRC, whether it requests peer-to-peer mode,
+    /// and the RTR types its P2P request offers (1 RDMA Write, 2 RDMA Read, 3 both).
+    /// </summary>
+    public void ConfigureSiw(int mpaVersion = 2, bool crcRequired = false, bool peerToPeer = false, int rtrTypes = 3)
+    {
+        var r = Run($"cd /sys/module/siw/parameters && echo {mpaVersion} > mpa_version && echo {(crcRequired ? 1 : 0)} > mpa_crc_required"
+            + $" && echo {(peerToPeer ? 1 : 0)} > peer_to_peer && echo {rtrTypes} > rtr_types && cat mpa_version mpa_crc_required peer_to_peer rtr_types | tr '\\n' ' '",
+            TimeSpan.FromSeconds(20));
+        string want = $"{mpaVersion} {(crcRequired ? 'Y' : 'N')} {(peerToPeer ? 'Y' : 'N')} {rtrTypes}";
+        if (r.ExitCode != 0 || r.Output.Trim() != want)
+            throw new InvalidOperationException($"siw knobs not set (want '{want}'): exit {r.ExitCode}: {r.Output}");
+    }
+
     /// <summary>Kills qemu and deletes its working directory.</summary>
     public void Dispose()
     {
@@ -225,9 +240,12 @@ public sealed class GuestCommand : IDisposable
         var output = new StringBuilder();
         while (ReadLine() is { } line)
         {
-            if (line.StartsWith("PDMA-EXIT ", StringComparison.Ordinal))
+            // Output that does not end with a newline runs into the status line.
+            int at = line.LastIndexOf("PDMA-EXIT ", StringComparison.Ordinal);
+            if (at >= 0 && int.TryParse(line.AsSpan(at + 10), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int code))
             {
-                _result = new GuestResult(int.Parse(line.AsSpan(10), System.Globalization.CultureInfo.InvariantCulture), output.ToString());
+                if (at > 0) output.Append(line, 0, at).Append('\n');
+                _result = new GuestResult(code, output.ToString());
                 return _result.Value;
             }
             output.Append(line).Append('\n');

@@ -52,16 +52,18 @@ public sealed class RpingInteropTests
 
     private static string[] Transport(bool crc) => crc ? Array.Empty<string>() : new[] { "--no-crc" };
 
+    /// <summary>Our client against rping -s on the stock-configured siw (MPA rev 2, CRC as the initiator asks).</summary>
     [Theory]
-    [InlineData(64)]
-    [InlineData(60000)]
-    public void Our_client_pings_the_kernel_rping_server(int size)
+    [InlineData(64, true)]
+    [InlineData(60000, true)]
+    public void Our_client_pings_the_kernel_rping_server(int size, bool crc)
     {
         var sw = Stopwatch.StartNew();
         var vm = _guest.Vm;
+        vm.ConfigureSiw();
         using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S {size}", Bound, awaitPort: 7174);
         using var client = RpingProcess.Start(_guest.Root, new[] { "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
-            "-S", size.ToString(CultureInfo.InvariantCulture), "-C", Count.ToString(CultureInfo.InvariantCulture) }.Concat(Transport(true)).ToArray());
+            "-S", size.ToString(CultureInfo.InvariantCulture), "-C", Count.ToString(CultureInfo.InvariantCulture) }.Concat(Transport(crc)).ToArray());
         var (code, ours) = client.Wait(Bound);
         var theirs = server.Wait();
         _log.WriteLine($"ours:\n{Clip(ours)}\nguest rping -s (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}");
@@ -73,16 +75,24 @@ public sealed class RpingInteropTests
         _log.WriteLine($"case time {sw.Elapsed.TotalSeconds:F1} s");
     }
 
+    /// <summary>
+    /// rping -c on siw against our server, with siw as the initiator of each mode its knobs select: MPA rev 2 or 1
+    /// (our reply must match the request's revision: the log names the revision we accepted), CRC required or not.
+    /// </summary>
     [Theory]
-    [InlineData(64)]
-    [InlineData(60000)]
-    public void Kernel_rping_client_pings_our_server(int size)
+    [InlineData(64, 2, false, true)]
+    [InlineData(60000, 2, false, true)]
+    [InlineData(64, 1, false, true)]
+    [InlineData(60000, 1, false, true)]
+    [InlineData(64, 2, true, true)]
+    public void Kernel_rping_client_pings_our_server(int size, int kernelMpaRevision, bool kernelRequiresCrc, bool crc)
     {
         var sw = Stopwatch.StartNew();
         var vm = _guest.Vm;
+        vm.ConfigureSiw(mpaVersion: kernelMpaRevision, crcRequired: kernelRequiresCrc);
         int port = vm.FreeHostPort();
         using var server = RpingProcess.Start(_guest.Root, new[] { "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
-            "-S", size.ToString(CultureInfo.InvariantCulture) }.Concat(Transport(true)).ToArray());
+            "-S", size.ToString(CultureInfo.InvariantCulture) }.Concat(Transport(crc)).ToArray());
         server.WaitListening(Bound);
         var theirs = vm.Run($"rping -c -v -V -a {GuestVm.HostAddress} -p {port} -S {size} -C {Count}", Bound);
         var (code, ours) = server.Wait(Bound);
@@ -91,6 +101,7 @@ public sealed class RpingInteropTests
         Assert.DoesNotContain("mismatch", theirs.Output, StringComparison.Ordinal);
         AssertPings(theirs.Output, "ping data: ", size, "guest rping -c");
         Assert.True(code == 0, $"our server failed ({code}):\n{Clip(ours)}");
+        Assert.Contains($"(MPA rev {kernelMpaRevision})", ours, StringComparison.Ordinal);
         AssertPings(ours, "server ping data: ", size, "our server");
         Assert.Contains($"client disconnected after {Count} pings", ours, StringComparison.Ordinal);
         _log.WriteLine($"case time {sw.Elapsed.TotalSeconds:F1} s");
