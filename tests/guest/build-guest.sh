@@ -54,6 +54,14 @@ in_root() { DEBIAN_FRONTEND=noninteractive LC_ALL=C chroot "$root" "$@"; }
 # Never a configuration prompt (the initramfs settings below exist before their package).
 apt_install() { in_root apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"; }
 
+# A small initramfs: the guest needs only its virtio disk and ext4 to mount the root (the default, MODULES=most,
+# takes minutes to build, twice, and to unpack under TCG at every boot). pdma-init loads the rest.
+small_initramfs() {
+  mkdir -p "$root/etc/initramfs-tools/conf.d"
+  echo 'MODULES=list' > "$root/etc/initramfs-tools/conf.d/pdma-guest"
+  printf '%s\n' virtio_pci virtio_blk ext4 > "$root/etc/initramfs-tools/modules"
+}
+
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
@@ -82,11 +90,7 @@ if [ ! -f "$cache/stage2" ]; then
   chroot_mounts
   echo "deb $mirror $suite main" > "$root/etc/apt/sources.list"
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
-  # A small initramfs: the guest needs only its virtio disk and ext4 to mount the root (the default, MODULES=most,
-  # takes minutes to build twice and to unpack under TCG at every boot).
-  mkdir -p "$root/etc/initramfs-tools/conf.d"
-  echo 'MODULES=list' > "$root/etc/initramfs-tools/conf.d/pdma-guest"
-  printf '%s\n' virtio_pci virtio_blk ext4 >> "$root/etc/initramfs-tools/modules"
+  small_initramfs
   in_root apt-get update -qq
   apt_install \
     linux-image-amd64 initramfs-tools kmod udev \
@@ -133,6 +137,13 @@ fi
 
 # Stage 4: the guest's init and command channel, the boot files, and the disk image.
 log "stage 4: image"
+small_initramfs
+if ! grep -qx 'MODULES=list' "$root/etc/initramfs-tools/conf.d/pdma-guest" 2>/dev/null \
+   || [ "$(cat "$cache/initramfs" 2>/dev/null)" != "small v1" ]; then
+  chroot_mounts
+  in_root update-initramfs -u -k "$kver"
+  echo "small v1" > "$cache/initramfs"
+fi
 cleanup
 install -m 0755 "$here/guest-init" "$root/sbin/pdma-init"
 install -m 0755 "$here/guest-cmd" "$root/usr/local/sbin/pdma-cmd"
