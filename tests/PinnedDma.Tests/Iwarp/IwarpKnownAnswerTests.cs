@@ -94,6 +94,25 @@ public class IwarpKnownAnswerTests
     }
 
     [Fact]
+    public void Without_crc_the_fpdu_keeps_a_zero_crc_field_that_is_not_checked()
+    {
+        // RFC 5044 §4.1: the CRC field is part of every FPDU; §4.4: without CRC it is sent as zero and not checked.
+        var enc = new FpduEncoder(new FpduOptions { Crc = false });
+        byte[] bytes = IwarpTestUtil.Encode(enc, w => enc.WriteRdmaWrite(w, 0x11223344, 0x0102030405060708, true, "hi"u8));
+        byte[] expected = (byte[])WriteFpdu.Clone();
+        expected.AsSpan(expected.Length - 4).Clear();
+        Assert.Equal(expected, bytes);
+        var dec = new FpduDecoder(new FpduOptions { Crc = false });
+        bytes[^2] = 0x5a; // whatever the peer put there
+        var seq = new ReadOnlySequence<byte>(bytes);
+        Assert.Equal(ParseStatus.Frame, dec.TryParse(ref seq, out Fpdu f, out _));
+        Assert.True(seq.IsEmpty);
+        Assert.Equal(24, f.WireLength);
+        Assert.Equal(16, f.DdpSegmentLength);
+        Assert.Equal("hi"u8.ToArray(), f.Payload.ToArray());
+    }
+
+    [Fact]
     public void Terminate_fpdu_encodes_byte_exact()
     {
         var term = new TerminateMessage
@@ -132,7 +151,8 @@ public class IwarpKnownAnswerTests
         byte[] expected = Hex(
             "00 2e" +                           // 18 + 28 = 46
             "41 41 00 00 00 00 00 00 00 01 00 00 00 07 00 00 00 00" +
-            "a1 a2 a3 a4 b1 b2 b3 b4 b5 b6 b7 b8 00 01 00 00 c1 c2 c3 c4 d1 d2 d3 d4 d5 d6 d7 d8"); // 2 + 46 = 48: no pad
+            "a1 a2 a3 a4 b1 b2 b3 b4 b5 b6 b7 b8 00 01 00 00 c1 c2 c3 c4 d1 d2 d3 d4 d5 d6 d7 d8" + // 2 + 46 = 48: no pad
+            "00 00 00 00");                     // the CRC field: present, zero without CRC (RFC 5044 §4.1, §4.4)
         Assert.Equal(expected, bytes);
         var seq = new ReadOnlySequence<byte>(bytes);
         Assert.Equal(ParseStatus.Frame, new FpduDecoder(new FpduOptions { Crc = false }).TryParse(ref seq, out Fpdu f, out _));
@@ -165,7 +185,7 @@ public class IwarpKnownAnswerTests
     public void Frame_sizes_follow_options()
     {
         Assert.Equal(16378, new FpduOptions().MaxUlpduLength);
-        Assert.Equal(16384, Fpdu.WireLengthFor(16378, crc: true));
+        Assert.Equal(16384, Fpdu.WireLengthFor(16378));
         Assert.Equal(1454, FpduOptions.MaxUlpduForMss(1460));
         var enc = new FpduEncoder(new FpduOptions { MaxUlpduLength = 100 });
         Assert.Equal(86, enc.MaxPayload(DdpRdmapHeader.TaggedLength));

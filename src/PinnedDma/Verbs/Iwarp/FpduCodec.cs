@@ -50,13 +50,13 @@ internal readonly struct Fpdu
     public const int LengthFieldSize = 2;
     public const int CrcSize = 4;
 
-    public Fpdu(DdpRdmapHeader header, ReadOnlySequence<byte> payload, RdmaReadRequest readRequest, TerminateMessage terminate, int wireLength)
+    public Fpdu(DdpRdmapHeader header, ReadOnlySequence<byte> payload, RdmaReadRequest readRequest, TerminateMessage terminate, int ulpduLength)
     {
         Header = header;
         Payload = payload;
         ReadRequest = readRequest;
         Terminate = terminate;
-        WireLength = wireLength;
+        DdpSegmentLength = ulpduLength;
     }
 
     public DdpRdmapHeader Header { get; }
@@ -70,8 +70,14 @@ internal readonly struct Fpdu
     /// <summary>Valid when <see cref="Header"/>.Opcode is Terminate.</summary>
     public TerminateMessage Terminate { get; }
 
-    /// <summary>Bytes the FPDU occupied on the wire, including length field, pad and CRC.</summary>
-    public int WireLength { get; }
+    /// <summary>Bytes the FPDU occupied on the wire, including length field, pad and CRC field.</summary>
+    public int WireLength => WireLengthFor(DdpSegmentLength);
+
+    /// <summary>
+    /// The DDP segment's length (ULPDU_Length: DDP/RDMAP header and payload), which a Terminate's DDP Segment Length
+    /// field reports (RFC 5040 §4.8).
+    /// </summary>
+    public int DdpSegmentLength { get; }
 
     /// <summary>ULPDU_Length value for a given header and payload length.</summary>
     public static int UlpduLength(int headerLength, int payloadLength) => headerLength + payloadLength;
@@ -79,11 +85,17 @@ internal readonly struct Fpdu
     /// <summary>Pad bytes after the ULPDU so that length field + ULPDU is a multiple of 4.</summary>
     public static int PadLength(int ulpduLength) => (4 - ((ulpduLength + LengthFieldSize) & 3)) & 3;
 
-    public static int WireLengthFor(int ulpduLength, bool crc) => LengthFieldSize + ulpduLength + PadLength(ulpduLength) + (crc ? CrcSize : 0);
+    /// <summary>
+    /// Wire length of an FPDU carrying <paramref name="ulpduLength"/> bytes: length field, ULPDU, pad and the CRC field.
+    /// The 4-byte CRC field is always present (RFC 5044 §4.1); when CRC was not negotiated it carries zero and is not
+    /// checked (RFC 5044 §4.4).
+    /// </summary>
+    public static int WireLengthFor(int ulpduLength) => LengthFieldSize + ulpduLength + PadLength(ulpduLength) + CrcSize;
 }
 
 /// <summary>
-/// Writes FPDUs (RFC 5044 §4: ULPDU_Length, DDP/RDMAP header, payload, pad, CRC32c over everything before it) straight
+/// Writes FPDUs (RFC 5044 §4: ULPDU_Length, DDP/RDMAP header, payload, pad, CRC field: the CRC32c over everything
+/// before it, or zero when CRC was not negotiated) straight
 /// into an <see cref="IBufferWriter{T}"/>. No per-frame allocations: the payload is copied directly into the writer.
 /// </summary>
 internal sealed class FpduEncoder
@@ -123,7 +135,7 @@ internal sealed class FpduEncoder
         ArgumentNullException.ThrowIfNull(writer);
         int hl = header.Length;
         ulpdu = CheckedUlpdu(hl, payloadLength);
-        int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
+        int total = Fpdu.WireLengthFor(ulpdu);
         Span<byte> span = writer.GetSpan(total).Slice(0, total);
         BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
         header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
@@ -177,19 +189,15 @@ internal sealed class FpduEncoder
         if (Options.Crc) crc = Crc32C.Append(crc, part);
     }
 
-    /// <summary>Ends a gathered FPDU: pad, then the CRC32c when negotiated.</summary>
+    /// <summary>Ends a gathered FPDU: pad, then the CRC field (the CRC32c when negotiated, zero otherwise).</summary>
     public void EndGather(FpduSendQueue queue, int headerLength, int payloadLength, uint crc)
     {
         int pad = Fpdu.PadLength(headerLength + payloadLength);
-        int tail = pad + (Options.Crc ? Fpdu.CrcSize : 0);
-        if (tail == 0) return;
+        int tail = pad + Fpdu.CrcSize;
         Span<byte> trailer = queue.GetSpan(tail).Slice(0, tail);
         trailer.Slice(0, pad).Clear();
-        if (Options.Crc)
-        {
-            crc = Crc32C.Append(crc, trailer.Slice(0, pad));
-            BinaryPrimitives.WriteUInt32LittleEndian(trailer.Slice(pad), ~crc);
-        }
+        if (Options.Crc) crc = ~Crc32C.Append(crc, trailer.Slice(0, pad));
+        BinaryPrimitives.WriteUInt32LittleEndian(trailer.Slice(pad), Options.Crc ? crc : 0);
         queue.Advance(tail);
     }
 
@@ -236,11 +244,8 @@ internal sealed class FpduEncoder
         int padStart = Fpdu.LengthFieldSize + ulpdu;
         int pad = Fpdu.PadLength(ulpdu);
         span.Slice(padStart, pad).Clear();
-        if (Options.Crc)
-        {
-            int covered = padStart + pad;
-            BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Crc32C.Compute(span.Slice(0, covered)));
-        }
+        int covered = padStart + pad;
+        BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Options.Crc ? Crc32C.Compute(span.Slice(0, covered)) : 0);
     }
 }
 
@@ -279,7 +284,8 @@ internal sealed class FpduDecoder
                 $"ULPDU_Length {ulpdu} exceeds the receive limit {Options.ReceiveLimit}; FPDU framing is lost.");
             return ParseStatus.Error;
         }
-        int total = Fpdu.WireLengthFor(ulpdu, Options.Crc);
+        // The CRC field is always there (RFC 5044 §4.1); without CRC it is skipped unchecked (RFC 5044 §4.4).
+        int total = Fpdu.WireLengthFor(ulpdu);
         if (buffer.Length < total) return ParseStatus.NeedMoreData;
         ReadOnlySequence<byte> frame = buffer.Slice(0, total);
 
@@ -304,7 +310,7 @@ internal sealed class FpduDecoder
         if (!TryDecodeUlpdu(ulpduBytes, out DdpRdmapHeader header, out ReadOnlySequence<byte> payload, out RdmaReadRequest rr, out TerminateMessage term, out error))
             return ParseStatus.Error;
 
-        fpdu = new Fpdu(header, payload, rr, term, total);
+        fpdu = new Fpdu(header, payload, rr, term, ulpdu);
         buffer = buffer.Slice(total);
         return ParseStatus.Frame;
     }

@@ -199,7 +199,7 @@ internal sealed partial class IwarpConnection
         target.Offset = off;
         target.PayloadLength = (int)len;
         target.Placed = 0;
-        target.WireLength = Fpdu.WireLengthFor(ulpdu, crc: false);
+        target.WireLength = Fpdu.WireLengthFor(ulpdu);
         target.Read = p;
         return true;
     }
@@ -247,14 +247,14 @@ internal sealed partial class IwarpConnection
             if (n == 0) return Placement.Truncated;
             t.Placed += n;
         }
-        var f = new Fpdu(t.Header, default, default, default, t.WireLength);
+        var f = new Fpdu(t.Header, default, default, default, t.Header.Length + t.PayloadLength);
         if (t.Read is { } p2 && !FinishReadResponse(f, p2, (uint)t.PayloadLength)) return Placement.Stop;
         return Placement.Done;
     }
 
     private Placement RevokedDuringPlacement(DirectTarget t)
     {
-        RegionRevoked(new Fpdu(t.Header, default, default, default, t.WireLength), isReadResponse: t.Read is not null);
+        RegionRevoked(new Fpdu(t.Header, default, default, default, t.Header.Length + t.PayloadLength), isReadResponse: t.Read is not null);
         return Placement.Stop;
     }
 

@@ -1,0 +1,159 @@
+using System.Net;
+using System.Text;
+using PinnedDma.Verbs;
+using PinnedDma.Verbs.Iwarp;
+using Xunit;
+
+namespace PinnedDma.Tests.Iwarp;
+
+/// <summary>
+/// The transport against a peer written from the RFC texts (<see cref="RawIwarpPeer"/>, which shares no code with the
+/// library's codec): FPDU layout without CRC, MPA revision negotiation, RFC 6581 peer-to-peer mode with each RTR type,
+/// the responder's silence until the initiator's first FPDU, ULPDU lengths up to 65535, FPDUs sized to the TCP MSS,
+/// and Terminate contents.
+/// </summary>
+public sealed class IwarpConformanceTests : IDisposable
+{
+    private static readonly TimeSpan Bound = RawIwarpPeer.Bound;
+    private const int BufferLength = 256 * 1024;
+
+    private readonly RdmaDevice _dev = new("conformance");
+    private readonly ProtectionDomain _pd;
+    private readonly List<IDisposable> _owned = new();
+
+    public IwarpConformanceTests() => _pd = _dev.AllocatePd();
+
+    public void Dispose()
+    {
+        for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
+        _dev.Dispose();
+    }
+
+    private T Own<T>(T d) where T : IDisposable
+    {
+        _owned.Add(d);
+        return d;
+    }
+
+    /// <summary>A queue pair in Init with remote read/write and a registered buffer allowing both.</summary>
+    private sealed record Side(QueuePair Qp, CompletionQueue Cq, MemoryRegion Mr);
+
+    private Side NewSide()
+    {
+        var cq = Own(_dev.CreateCompletionQueue(64));
+        var qp = Own(_pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq }));
+        qp.Modify(new QpAttributes { State = QpState.Init, AccessFlags = AccessFlags.RemoteRead | AccessFlags.RemoteWrite });
+        var mr = Own(_pd.RegisterBuffer(BufferLength, AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead));
+        return mr.GetBufferSpan().Length == BufferLength ? new Side(qp, cq, mr) : throw new InvalidOperationException();
+    }
+
+    private static bool WaitBounded(Task t) => t.Wait(Bound);
+
+    private static WorkCompletion Next(CompletionQueue cq)
+    {
+        var wc = new WorkCompletion[1];
+        Assert.True(cq.Poll(wc, Bound) == 1, "no completion within the bound");
+        return wc[0];
+    }
+
+    private static bool NoCompletion(CompletionQueue cq, TimeSpan wait)
+    {
+        var wc = new WorkCompletion[1];
+        return cq.Poll(wc, wait) == 0;
+    }
+
+    private static void Post(Side s, ulong wrId, WrOpcode op, long offset, uint length, ulong remote = 0, uint rkey = 0) =>
+        s.Qp.PostSend(new SendWorkRequest { WrId = wrId, Opcode = op, Flags = SendFlags.Signaled, Local = new(s.Mr.Address + (ulong)offset, length, s.Mr.LKey), RemoteAddress = remote, RKey = rkey });
+
+    private static void PostRecv(Side s, ulong wrId, long offset, uint length) =>
+        s.Qp.PostRecv(new RecvWorkRequest(wrId, new(s.Mr.Address + (ulong)offset, length, s.Mr.LKey)));
+
+    /// <summary>A listener with <paramref name="options"/> that accepts one request onto <paramref name="side"/>.</summary>
+    private (IwarpListener Listener, Task<IwarpConnectionRequest> Accepted) Listen(Side side, IwarpOptions options)
+    {
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), options));
+        var accepted = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            var req = await listener.AcceptAsync(cts.Token);
+            req.Accept(side.Qp);
+            return req;
+        });
+        return (listener, accepted);
+    }
+
+    private static readonly byte[] Rev1NoCrcRequest = RawIwarpPeer.MpaFrame(request: true, flags: 0x00, revision: 1, default);
+
+    // ------------------------------------------------------------ 1. the CRC field is always there (RFC 5044 §4.1, §4.4)
+
+    [Fact]
+    public void Without_crc_fpdus_carry_a_zero_crc_field_both_ways()
+    {
+        var side = NewSide();
+        PostRecv(side, 50, 0x1000, 64);
+        var (listener, accepted) = Listen(side, new IwarpOptions { MpaRevision = 1, Crc = false });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev1NoCrcRequest));
+        var reply = peer.ReadMpa(request: false);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        Assert.False(reply.Crc);
+        Assert.False(reply.Reject);
+        Assert.Equal(1, reply.Revision);
+
+        // The peer's FPDUs: RDMA Write "conformant" (ULPDU 24, pad 2, CRC field 0) and Send "hello".
+        byte[] write = RawIwarpPeer.Fpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address + 0x2000, "conformant"u8), crc: false);
+        Assert.Equal(2 + 24 + 2 + 4, write.Length);
+        peer.Send(write);
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, 1, 0, "hello"u8));
+        var recv = Next(side.Cq);
+        Assert.Equal(WcStatus.Success, recv.Status);
+        Assert.Equal(50ul, recv.WrId);
+        Assert.Equal(5u, recv.ByteLength);
+        Assert.Equal("hello", Encoding.ASCII.GetString(side.Mr.GetBufferSpan().Slice(0x1000, 5)));
+        Assert.Equal("conformant", Encoding.ASCII.GetString(side.Mr.GetBufferSpan().Slice(0x2000, 10)));
+
+        // Ours, byte for byte (the gather send path: payload straight from the registered region).
+        "answer!"u8.CopyTo(side.Mr.GetBufferSpan()[0x3000..]);
+        "xyz"u8.CopyTo(side.Mr.GetBufferSpan()[0x3100..]);
+        Post(side, 1, WrOpcode.Send, 0x3000, 7);
+        Post(side, 2, WrOpcode.RdmaWrite, 0x3100, 3, remote: 0x10, rkey: 0x1234);
+        Assert.Equal(WcStatus.Success, Next(side.Cq).Status);
+        Assert.Equal(WcStatus.Success, Next(side.Cq).Status);
+        byte[] send = Convert.FromHexString(
+            "0019" +                                    // ULPDU_Length 25 = 18 + 7
+            "4143" + "00000000" + "00000000" + "00000001" + "00000000" + // L, DV 1 | RV 1, Send; QN 0, MSN 1, MO 0
+            Convert.ToHexString("answer!"u8) +
+            "00" +                                      // pad: 2 + 25 = 27 -> 28
+            "00000000");                                // the CRC field, zero
+        Assert.Equal(send, peer.ReadExactly(send.Length));
+        byte[] rdmaWrite = Convert.FromHexString(
+            "0011" +                                    // 17 = 14 + 3
+            "c140" + "00001234" + "0000000000000010" +  // T, L, DV 1 | RV 1, Write; STag; TO
+            Convert.ToHexString("xyz"u8) +
+            "00" +                                      // pad: 19 -> 20
+            "00000000");
+        Assert.Equal(rdmaWrite, peer.ReadExactly(rdmaWrite.Length));
+        Assert.Equal(QpState.Rts, side.Qp.State);
+    }
+
+    [Fact]
+    public void Without_crc_a_large_write_placed_directly_consumes_its_crc_field()
+    {
+        // Payloads of 12 KiB and more go from the socket straight into the region; the CRC field after the pad must
+        // be skipped there too, or the next FPDU is misframed.
+        var side = NewSide();
+        PostRecv(side, 51, 0, 64);
+        var (listener, accepted) = Listen(side, new IwarpOptions { MpaRevision = 1, Crc = false, MaxFpduSize = 65_541 });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev1NoCrcRequest));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        var payload = new byte[30_001];
+        for (int i = 0; i < payload.Length; i++) payload[i] = (byte)(i * 31 + 7);
+        peer.SendFpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address + 0x1000, payload));
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, 1, 0, "after"u8));
+        var recv = Next(side.Cq);
+        Assert.True(recv.Status == WcStatus.Success, $"{recv.Status}: {side.Qp.ConnectionCloseReason}");
+        Assert.Equal("after", Encoding.ASCII.GetString(side.Mr.GetBufferSpan()[..5]));
+        Assert.True(side.Mr.GetBufferSpan().Slice(0x1000, payload.Length).SequenceEqual(payload));
+        Assert.Equal(QpState.Rts, side.Qp.State);
+    }
+}
