@@ -52,10 +52,12 @@ public sealed class RpingInteropTests
 
     private static string[] Transport(bool crc) => crc ? Array.Empty<string>() : new[] { "--no-crc" };
 
-    /// <summary>Our client against rping -s on the stock-configured siw (MPA rev 2, CRC as the initiator asks).</summary>
+    /// <summary>Our client against rping -s on the stock-configured siw (MPA rev 2, CRC as the initiator asks: with and without).</summary>
     [Theory]
     [InlineData(64, true)]
     [InlineData(60000, true)]
+    [InlineData(64, false)]
+    [InlineData(60000, false)]
     public void Our_client_pings_the_kernel_rping_server(int size, bool crc)
     {
         var sw = Stopwatch.StartNew();
@@ -85,6 +87,9 @@ public sealed class RpingInteropTests
     [InlineData(64, 1, false, true)]
     [InlineData(60000, 1, false, true)]
     [InlineData(64, 2, true, true)]
+    [InlineData(64, 2, false, false)]
+    [InlineData(60000, 2, false, false)]
+    [InlineData(60000, 1, false, false)]
     public void Kernel_rping_client_pings_our_server(int size, int kernelMpaRevision, bool kernelRequiresCrc, bool crc)
     {
         var sw = Stopwatch.StartNew();
