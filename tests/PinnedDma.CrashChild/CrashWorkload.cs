@@ -156,7 +156,7 @@ internal static class CrashWorkload
             case CrashOpKind.Clone: v.OpenFile(op.File).CloneRangeFrom(v.OpenFile(op.Source), op.Offset2, op.Offset, op.Length); break;
             case CrashOpKind.Collapse: v.OpenFile(op.File).CollapseRange(op.Offset, op.Length); break;
             case CrashOpKind.Insert: v.OpenFile(op.File).InsertRange(op.Offset, op.Length); break;
-            case CrashOpKind.Unshare: v.OpenFile(op.File).UnshareRange(op.Offset, op.Length); break;
+            case CrashOpKind.Unshare: v.OpenFile(op.File).UnshareRange(op.Offset, op.Length, keepSize: true); break;
             case CrashOpKind.Delete: v.DeleteFile(op.File); break;
             case CrashOpKind.Create: v.CreateFile(op.File); break;
             case CrashOpKind.Compact: v.Compact(); break;

@@ -549,8 +549,10 @@ public sealed partial class Volume
             Live(dst);
             if (length == 0)
             {
-                // FICLONERANGE: length 0 means "to the source's EOF".
-                if (srcOffset >= src.Size) return 0;
+                // FICLONERANGE: length 0 means "to the source's EOF"; an offset past that EOF is EINVAL, as in Linux.
+                if (srcOffset > src.Size)
+                    ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Source offset {srcOffset} is past the source's EOF ({src.Size}).");
+                if (srcOffset == src.Size) return 0;
                 length = src.Size - srcOffset;
                 CheckFileRange(dstOffset, length);
             }
@@ -565,18 +567,26 @@ public sealed partial class Volume
     {
         CheckFileRange(srcOffset, length);
         CheckFileRange(dstOffset, length);
-        if (length == 0) return 0;
         return Mutate(new RemapContext("dedupe range", policy), ctx =>
         {
             Live(src);
             Live(dst);
+            if (length == 0)
+            {
+                // FIDEDUPERANGE checks the source range against its EOF before anything else (EINVAL), then a zero
+                // length dedupes nothing.
+                if (srcOffset > src.Size)
+                    ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Source offset {srcOffset} is past the source's EOF ({src.Size}).");
+                return 0L;
+            }
             long blocks = RemapBlocks(src, srcOffset, dst, dstOffset, length, dedupe: true);
-            if (blocks == 0) return 0L;
-            long bytes = Math.Min(blocks << BlockShift, length);
+            if (blocks == 0) return length;
             if (!RangesEqual(src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks))
                 ThrowHelper.Throw(PinnedDmaError.RangesDiffer, "Dedupe: the ranges' contents differ; nothing was shared.");
             ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks);
-            return bytes;
+            // Linux reports the length asked for, though it shares only whole blocks (a partial last block is
+            // shared only where both ranges end at their files' EOF).
+            return length;
         });
     }
 
@@ -669,7 +679,7 @@ public sealed partial class Volume
         return pieces;
     }
 
-    internal void UnshareRange(Inode inode, long offset, long length, ConflictPolicy? policy)
+    internal void UnshareRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy)
     {
         CheckFileRange(offset, length);
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
@@ -677,7 +687,13 @@ public sealed partial class Volume
         {
             Live(inode);
             long end = Math.Min(offset + length, inode.Size);
-            if (end <= offset) return 0;
+            // Without KEEP_SIZE, Linux grows the file to the end of the range (fallocate mode semantics).
+            bool grow = !keepSize && offset + length > inode.Size;
+            if (end <= offset)
+            {
+                if (grow) PrimSetSize(inode, offset + length);
+                return 0;
+            }
             var (first, stop) = BlockSpan(offset, end - offset);
             var conflicts = new List<Seal>();
             long need = 0;
@@ -693,6 +709,7 @@ public sealed partial class Volume
                 if (sealedByWriter) MoveOtherSharers(inode, a, b);
                 else RelocateRange(inode, a, b - a);
             }
+            if (grow) PrimSetSize(inode, offset + length);
             return 0;
         });
     }

@@ -71,7 +71,7 @@ public sealed class VolumeFile
     /// <summary>Inserts a block-aligned hole and shifts the rest up (FALLOC_FL_INSERT_RANGE). The offset must be before EOF.</summary>
     public void InsertRange(long offset, long length, ConflictPolicy? policy = null) => Volume.InsertRange(Inode, offset, length, policy);
 
-    /// <summary>Reflinks <paramref name="length"/> bytes of <paramref name="source"/> at <paramref name="sourceOffset"/> into this file at <paramref name="offset"/> (FICLONERANGE). A length of 0 clones to the source's EOF.</summary>
+    /// <summary>Reflinks <paramref name="length"/> bytes of <paramref name="source"/> at <paramref name="sourceOffset"/> into this file at <paramref name="offset"/> (FICLONERANGE). A length of 0 clones to the source's EOF; with a source offset past that EOF it is <see cref="PinnedDmaError.InvalidArgument"/> (EINVAL).</summary>
     public void CloneRangeFrom(VolumeFile source, long sourceOffset, long offset, long length, ConflictPolicy? policy = null)
     {
         ArgumentNullException.ThrowIfNull(source);
@@ -79,7 +79,12 @@ public sealed class VolumeFile
         Volume.CloneRange(source.Inode, sourceOffset, Inode, offset, length, policy);
     }
 
-    /// <summary>Shares <paramref name="source"/>'s blocks over this file's range when the contents are equal (FIDEDUPERANGE); returns the bytes deduplicated.</summary>
+    /// <summary>
+    /// Shares <paramref name="source"/>'s blocks over this file's range when the contents are equal (FIDEDUPERANGE).
+    /// Returns the length asked for, as Linux reports it (<c>bytes_deduped</c>), though only whole blocks are shared
+    /// (a partial last block only where both ranges end at their files' EOF). A length of 0 dedupes nothing; a
+    /// source offset past the source's EOF is <see cref="PinnedDmaError.InvalidArgument"/> (EINVAL).
+    /// </summary>
     public long DedupeRangeFrom(VolumeFile source, long sourceOffset, long offset, long length, ConflictPolicy? policy = null)
     {
         ArgumentNullException.ThrowIfNull(source);
@@ -87,8 +92,14 @@ public sealed class VolumeFile
         return Volume.DedupeRange(source.Inode, sourceOffset, Inode, offset, length, policy);
     }
 
-    /// <summary>Gives every shared block of the range a private copy (FALLOC_FL_UNSHARE_RANGE); pinned blocks stay and their other sharers move.</summary>
-    public void UnshareRange(long offset, long length, ConflictPolicy? policy = null) => Volume.UnshareRange(Inode, offset, length, policy);
+    /// <summary>
+    /// Gives every shared block of the range a private copy (FALLOC_FL_UNSHARE_RANGE); pinned blocks stay and their
+    /// other sharers move. As in Linux, a range reaching past EOF grows the file to its end, unless
+    /// <paramref name="keepSize"/> (FALLOC_FL_KEEP_SIZE). Holes in the range stay holes (XFS also preallocates them;
+    /// what the file reads is the same).
+    /// </summary>
+    public void UnshareRange(long offset, long length, ConflictPolicy? policy = null, bool keepSize = false) =>
+        Volume.UnshareRange(Inode, offset, length, keepSize, policy);
 
     /// <summary>The mapped extents that intersect the byte range, like FIEMAP.</summary>
     public IReadOnlyList<FileExtent> GetExtents(long offset = 0, long length = long.MaxValue) => Volume.GetExtents(Inode, offset, length);

@@ -344,8 +344,8 @@ public sealed class VolumeModelTests
                     {
                         long size = _model[name].Count;
                         long off = op.A % (Span(size) + 1), len = 1 + op.B % (4 * Bs);
-                        Log($"{name}.UnshareRange({off}, {len})");
-                        _files[name].UnshareRange(off, len);
+                        Log($"{name}.UnshareRange({off}, {len}, keepSize: true)");
+                        _files[name].UnshareRange(off, len, keepSize: true);
                         break;
                     }
                 default: throw new InvalidOperationException(op.Kind.ToString());
@@ -721,7 +721,7 @@ public sealed class VolumeModelTests
             }
             Log(call);
             long got = f.DedupeRangeFrom(sf, sOff, dOff, len);
-            long want = Math.Min(blocks * Bs, len);
+            long want = len; // Linux reports the length asked for, though it shares whole blocks only
             if (got != want) throw new ModelMismatchException($"{call} returned {got}, expected {want}.");
         }
 

@@ -109,6 +109,21 @@ public sealed partial class XfsDifferentialTests : IDisposable
             new Op(Kind.Clone, 0, 4096, 8192, Source: 0, SourceOffset: 8192),
             new Op(Kind.Clone, 0, 24576, 8192, Source: 0, SourceOffset: 0),
             new Op(Kind.Clone, 2, 0, 4096, Source: 0, SourceOffset: 45056),
+            // Length 0: a clone goes to the source's EOF (nothing when at it, EINVAL past it); a dedupe does nothing,
+            // but EINVAL with the source offset past EOF.
+            new Op(Kind.Clone, 2, 0, 0, Source: 1, SourceOffset: 12000),
+            new Op(Kind.Clone, 2, 0, 0, Source: 1, SourceOffset: 16384),
+            new Op(Kind.Clone, 2, 0, 0, Source: 1, SourceOffset: 12001),
+            new Op(Kind.Clone, 2, 4096, 0, Source: 1, SourceOffset: 8192),
+            new Op(Kind.Dedupe, 1, 0, 0, Source: 0, SourceOffset: 20000),
+            new Op(Kind.Dedupe, 1, 0, 0, Source: 0, SourceOffset: 24576),
+            new Op(Kind.Dedupe, 1, 0, 0, Source: 0, SourceOffset: 20001),
+            new Op(Kind.Dedupe, 1, 90000, 0, Source: 0, SourceOffset: 0),
+            // Unshare past or straddling EOF: grows the file unless KEEP_SIZE.
+            new Op(Kind.Unshare, 2, 40000, 5000, KeepSize: true),
+            new Op(Kind.Unshare, 2, 40000, 5000),
+            new Op(Kind.Unshare, 2, 60000, 100),
+            new Op(Kind.Unshare, 1, 0, 0),
         ]);
     }
 
@@ -152,7 +167,7 @@ public sealed partial class XfsDifferentialTests : IDisposable
                 string ours = op.RunVolume(files);
                 log.Add($"{step}: {op} -> xfs {linux}, volume {ours}");
                 if (linux != ours) Fail(seed, log, $"outcome differs: xfs {linux}, volume {ours}");
-                if (linux == "ok") state.Remember(op);
+                if (linux.StartsWith("ok", StringComparison.Ordinal)) state.Remember(op);
                 foreach (int f in op.Touched) Compare(seed, log, f, handles[f], files[f]);
             }
             for (int f = 0; f < FileCount; f++) Compare(seed, log, f, handles[f], files[f]);
@@ -256,7 +271,7 @@ public sealed partial class XfsDifferentialTests : IDisposable
             Kind.Insert => $"finsert f{File} {Offset} {Length}",
             Kind.Clone => $"reflink f{Source} {SourceOffset} -> f{File} {Offset} len={Length}",
             Kind.Dedupe => $"dedupe f{Source} {SourceOffset} -> f{File} {Offset} len={Length}",
-            Kind.Unshare => $"funshare f{File} {Offset} {Length}",
+            Kind.Unshare => $"funshare{(KeepSize ? " -k" : "")} f{File} {Offset} {Length}",
             _ => Kind.ToString(),
         };
 
@@ -276,7 +291,7 @@ public sealed partial class XfsDifferentialTests : IDisposable
                 case Kind.Allocate: return Errno(Native.Fallocate(fd, keep, Offset, Length));
                 case Kind.Collapse: return Errno(Native.Fallocate(fd, FallocCollapseRange, Offset, Length));
                 case Kind.Insert: return Errno(Native.Fallocate(fd, FallocInsertRange, Offset, Length));
-                case Kind.Unshare: return Errno(Native.Fallocate(fd, FallocUnshareRange | FallocKeepSize, Offset, Length));
+                case Kind.Unshare: return Errno(Native.Fallocate(fd, FallocUnshareRange | keep, Offset, Length));
                 case Kind.Clone:
                 {
                     var arg = new FileCloneRange
@@ -302,7 +317,7 @@ public sealed partial class XfsDifferentialTests : IDisposable
                     if (rc != 0) return Errno(rc);
                     return arg.Status switch
                     {
-                        0 => "ok",
+                        0 => $"ok {arg.BytesDeduped}",
                         1 => "RangesDiffer",
                         < 0 => ErrnoName(-arg.Status),
                         _ => $"dedupe status {arg.Status}",
@@ -327,9 +342,9 @@ public sealed partial class XfsDifferentialTests : IDisposable
                     case Kind.Allocate: file.Allocate(Offset, Length, KeepSize); break;
                     case Kind.Collapse: file.CollapseRange(Offset, Length); break;
                     case Kind.Insert: file.InsertRange(Offset, Length); break;
-                    case Kind.Unshare: file.UnshareRange(Offset, Length); break;
+                    case Kind.Unshare: file.UnshareRange(Offset, Length, keepSize: KeepSize); break;
                     case Kind.Clone: file.CloneRangeFrom(f[Source], SourceOffset, Offset, Length); break;
-                    case Kind.Dedupe: file.DedupeRangeFrom(f[Source], SourceOffset, Offset, Length); break;
+                    case Kind.Dedupe: return $"ok {file.DedupeRangeFrom(f[Source], SourceOffset, Offset, Length)}";
                     default: throw new InvalidOperationException(Kind.ToString());
                 }
                 return "ok";
@@ -386,7 +401,7 @@ public sealed partial class XfsDifferentialTests : IDisposable
                 < 65 => Insert(f, size),
                 < 80 => Clone(f),
                 < 92 => Dedupe(f),
-                _ => new Op(Kind.Unshare, f, AnyOffset(size), AnyLength() * (rng.Next(3) == 0 ? 8 : 1)),
+                _ => new Op(Kind.Unshare, f, AnyOffset(size), AnyLength() * (rng.Next(3) == 0 ? 8 : 1), KeepSize: rng.Next(2) == 0),
             };
         }
 
@@ -448,6 +463,8 @@ public sealed partial class XfsDifferentialTests : IDisposable
         {
             int src = rng.Next(FileCount);
             long srcSize = Size(src);
+            if (rng.Next(8) == 0)
+                return new Op(Kind.Clone, dst, AlignedBelow(Size(dst) + 2 * Block), 0, Source: src, SourceOffset: PastOrAtEof(srcSize));
             if (rng.Next(5) == 0 || srcSize == 0)
                 return new Op(Kind.Clone, dst, AnyOffset(Size(dst)), AnyLength(), Source: src, SourceOffset: AnyOffset(srcSize));
             long srcOff = AlignedBelow(srcSize);
@@ -474,6 +491,8 @@ public sealed partial class XfsDifferentialTests : IDisposable
             }
             int src = rng.Next(FileCount);
             long srcSize = Size(src), dstSize = Size(dst);
+            if (rng.Next(8) == 0)
+                return new Op(Kind.Dedupe, dst, PastOrAtEof(dstSize), 0, Source: src, SourceOffset: PastOrAtEof(srcSize));
             if (rng.Next(4) == 0 || srcSize == 0 || dstSize == 0)
                 return new Op(Kind.Dedupe, dst, AnyOffset(dstSize), AnyLength(), Source: src, SourceOffset: AnyOffset(srcSize));
             // Often both ranges are holes or zeroed, which dedupe as equal.
@@ -482,6 +501,14 @@ public sealed partial class XfsDifferentialTests : IDisposable
             if (rng.Next(2) == 0) len = Math.Min(len, rng.Next(1, 4) * (long)Block);
             return new Op(Kind.Dedupe, dst, dstOff, len, Source: src, SourceOffset: srcOff);
         }
+
+        /// <summary>The EOF itself, or a block-aligned or unaligned offset past it.</summary>
+        private long PastOrAtEof(long size) => rng.Next(3) switch
+        {
+            0 => size,
+            1 => (size / Block + rng.Next(1, 3)) * Block,
+            _ => size + rng.Next(1, Block),
+        };
 
         private long AlignedBelow(long size) => size <= 0 ? 0 : rng.NextInt64(0, (size - 1) / Block + 1) * Block;
 
@@ -495,18 +522,20 @@ public sealed partial class XfsDifferentialTests : IDisposable
 
         private long AnyOffset(long size)
         {
-            long off = rng.Next(4) switch
+            long off = rng.Next(5) switch
             {
                 0 => rng.Next(0, 64) * (long)Block,
                 1 => Math.Max(0, size + rng.Next(-2 * Block, Block)),
+                2 => size + rng.Next(0, 3) * (long)Block + rng.Next(0, 2) * rng.Next(1, Block), // at or past EOF
                 _ => rng.NextInt64(0, Math.Max(size, Block) + 2 * Block),
             };
             return Math.Min(off, MaxEnd - 16 * Block);
         }
 
-        private long AnyLength() => rng.Next(4) switch
+        private long AnyLength() => rng.Next(5) switch
         {
             0 => rng.Next(1, 9) * (long)Block,
+            1 when rng.Next(3) == 0 => 0, // fallocate refuses it; a clone goes to EOF, a dedupe does nothing
             1 => rng.Next(1, 200),
             _ => rng.Next(1, 4 * Block),
         };
