@@ -5,7 +5,7 @@ namespace PinnedDma.Verbs;
 
 /// <summary>
 /// A completion queue (ibv_cq): a fixed ring the DMA engine fills and <see cref="Poll(Span{WorkCompletion})"/> drains into the caller's
-/// span. <see cref="WaitAsync"/> is an allocation-free awaitable (a reusable value-task source) for one waiter.
+/// span. <see cref="WaitAsync(CancellationToken)"/> is an allocation-free awaitable (a reusable value-task source) for one waiter.
 /// An overrun (the engine finds the ring full) puts the CQ in error, as IBV_EVENT_CQ_ERR does.
 /// </summary>
 public sealed class CompletionQueue : IDisposable, IValueTaskSource
@@ -20,9 +20,13 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     // Threads blocked in Poll(span, timeout), woken by Push.
     private readonly ManualResetEventSlim _available = new(false, 0);
     private int _blocked;
+    private bool _disposed; // under _sync
+    private CancellationTokenRegistration _cancel;
+    private readonly RdmaDevice? _device;
 
-    internal CompletionQueue(int capacity)
+    internal CompletionQueue(int capacity, RdmaDevice? device = null)
     {
+        _device = device;
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(capacity, 1 << 22);
         _ring = new WorkCompletion[capacity];
@@ -42,6 +46,7 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     {
         lock (_sync)
         {
+            if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
             if (_overrun) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Completion queue overrun (capacity {_ring.Length}): completions were lost.");
             int n = Math.Min(into.Length, _count);
             for (int i = 0; i < n; i++)
@@ -55,16 +60,45 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     }
 
     /// <summary>Completes when at least one completion can be polled. One waiter at a time; allocates nothing.</summary>
-    public ValueTask WaitAsync()
+    public ValueTask WaitAsync() => WaitAsync(CancellationToken.None);
+
+    /// <summary>
+    /// Completes when at least one completion can be polled (ibv_req_notify_cq + ibv_get_cq_event). One waiter at a
+    /// time. Faults with <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> is
+    /// canceled first, and with <see cref="ObjectDisposedException"/> when the CQ (or its device) is disposed first.
+    /// </summary>
+    public ValueTask WaitAsync(CancellationToken cancellationToken)
     {
         lock (_sync)
         {
+            if (_disposed) return ValueTask.FromException(new ObjectDisposedException(nameof(CompletionQueue)));
             if (_count > 0 || _overrun) return ValueTask.CompletedTask;
+            if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled(cancellationToken);
             if (_armed) throw new InvalidOperationException("Only one WaitAsync may be pending on a completion queue.");
             _waiter.Reset();
             _armed = true;
-            return new ValueTask(this, _waiter.Version);
+            short version = _waiter.Version;
+            if (cancellationToken.CanBeCanceled)
+                _cancel = cancellationToken.UnsafeRegister(static (st, ct) => ((CompletionQueue)st!).CancelWaiter(ct), this);
+            return new ValueTask(this, version);
         }
+    }
+
+    // Waiter state machine: whoever clears _armed under _sync (Push, CancelWaiter, Dispose) completes the waiter, once.
+    private void CancelWaiter(CancellationToken ct)
+    {
+        lock (_sync)
+        {
+            if (!_armed) return;
+            _armed = false;
+        }
+        _waiter.SetException(new OperationCanceledException(ct));
+    }
+
+    internal void ThrowIfDisposed()
+    {
+        lock (_sync)
+            if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
     }
 
     /// <summary>
@@ -89,6 +123,7 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
             }
             lock (_sync)
             {
+                if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
                 if (_count > 0 || _overrun) continue;
                 _available.Reset();
                 _blocked++;
@@ -109,6 +144,7 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
         bool wake = false;
         lock (_sync)
         {
+            if (_disposed) return; // nobody can poll it any more
             if (_count == _ring.Length)
             {
                 _overrun = true;
@@ -125,7 +161,11 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
             }
             if (_blocked > 0) _available.Set();
         }
-        if (wake) _waiter.SetResult(true);
+        if (wake)
+        {
+            _cancel.Unregister();
+            _waiter.SetResult(true);
+        }
     }
 
     void IValueTaskSource.GetResult(short token) => _waiter.GetResult(token);
@@ -135,8 +175,27 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
         _waiter.OnCompleted(continuation, state, token, flags);
 
-    /// <summary>Destroys the CQ.</summary>
+    /// <summary>
+    /// ibv_destroy_cq. A pending <see cref="WaitAsync()"/> faults with <see cref="ObjectDisposedException"/>, a thread
+    /// blocked in <see cref="Poll(Span{WorkCompletion}, TimeSpan)"/> wakes and throws it, and so does every later call.
+    /// Queue pairs still completing into it lose those completions (dispose them first: disposing the device does).
+    /// </summary>
     public void Dispose()
     {
+        bool wake;
+        lock (_sync)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            wake = _armed;
+            _armed = false;
+            _available.Set();
+        }
+        if (wake)
+        {
+            _cancel.Unregister();
+            _waiter.SetException(new ObjectDisposedException(nameof(CompletionQueue)));
+        }
+        _device?.Forget(this);
     }
 }

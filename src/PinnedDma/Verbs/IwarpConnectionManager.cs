@@ -214,6 +214,7 @@ public sealed class IwarpConnectionRequest
     public void Accept(QueuePair qp, ReadOnlySpan<byte> privateData = default)
     {
         ArgumentNullException.ThrowIfNull(qp);
+        qp.CheckConnectable(); // before any side effect: a QP in the wrong state is refused and the request stays undecided
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         var decision = MpaNegotiation.Respond(_request, _options.ToMpa(privateData.ToArray()));
         _socket.Send(decision.Reply.ToArray());
@@ -249,6 +250,7 @@ public static class IwarpConnector
         ArgumentNullException.ThrowIfNull(endpoint);
         options ??= new IwarpOptions();
         options.Validate();
+        qp.CheckConnectable(); // before any side effect (no socket, no state change)
         // Blocking calls on a thread of its own: the socket never joins the runtime's socket event loop (see IwarpListener).
         return Task.Factory.StartNew(() => Connect(qp, endpoint, privateData, options, cancellationToken), cancellationToken,
             TaskCreationOptions.LongRunning, TaskScheduler.Default);

@@ -109,6 +109,8 @@ public sealed unsafe class MemoryRegion : IDisposable
 
     internal void Invalidate() => _invalidated = true;
 
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
     internal DmaDrain Drain => _pin?.Drain ?? _bufferDrain;
 
     /// <summary>Enters the region for one DMA access; false when it was revoked or deregistered meanwhile.</summary>
@@ -191,6 +193,7 @@ public sealed unsafe class MemoryRegion : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _invalidated = true;
         Pd.Device.Keys.Remove(this);
+        Pd.Forget(this);
         if (_pin is not null)
         {
             _pin.Dispose();

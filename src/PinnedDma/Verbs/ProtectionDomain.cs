@@ -4,11 +4,42 @@ using PinnedDma.Storage;
 namespace PinnedDma.Verbs;
 
 /// <summary>A protection domain (ibv_pd): memory regions and queue pairs of one PD can reach each other, no others.</summary>
+/// <remarks>
+/// Lifetime: the PD holds its queue pairs and memory regions (each child names its PD, and the PD knows its
+/// children). Disposing the PD cascades: its queue pairs are destroyed first (remote access ends, outstanding work
+/// completes with WrFlushErr), then its regions are deregistered (keys stop working, in-flight DMA drains). No child
+/// can be created once the PD's dispose has begun.
+/// </remarks>
 public sealed class ProtectionDomain : IDisposable
 {
-    private int _disposed;
+    private readonly object _sync = new();
+    private readonly HashSet<QueuePair> _qps = new();
+    private readonly HashSet<MemoryRegion> _mrs = new();
+    private int _disposed; // written under _sync
 
     internal ProtectionDomain(RdmaDevice device) => Device = device;
+
+    /// <summary>Adds a child; false (nothing added) once the PD's dispose has begun.</summary>
+    private bool TryAdopt(QueuePair? qp, MemoryRegion? mr)
+    {
+        lock (_sync)
+        {
+            if (_disposed != 0) return false;
+            if (qp is not null) _qps.Add(qp);
+            if (mr is not null) _mrs.Add(mr);
+            return true;
+        }
+    }
+
+    internal void Forget(QueuePair qp)
+    {
+        lock (_sync) _qps.Remove(qp);
+    }
+
+    internal void Forget(MemoryRegion mr)
+    {
+        lock (_sync) _mrs.Remove(mr);
+    }
 
     /// <summary>The device.</summary>
     public RdmaDevice Device { get; }
@@ -20,6 +51,7 @@ public sealed class ProtectionDomain : IDisposable
     /// </summary>
     public MemoryRegion RegisterFile(PinOwner owner, VolumeFile file, long offset, long length, AccessFlags access, PinOptions options = PinOptions.None)
     {
+        Device.ThrowIfDisposed();
         ArgumentNullException.ThrowIfNull(owner);
         ArgumentNullException.ThrowIfNull(file);
         ThrowIfDisposed();
@@ -38,8 +70,7 @@ public sealed class ProtectionDomain : IDisposable
             var pin = owner.Pin(file, offset, length, MemoryRegion.NeedsWrite(access) ? PinAccess.Write : PinAccess.Read, options);
             mr = new MemoryRegion(this, pin, access);
         }
-        Device.Keys.Add(mr);
-        return mr;
+        return Publish(mr);
     }
 
     /// <summary>Registers a fresh page-aligned native buffer of <paramref name="length"/> bytes (pinned by construction).</summary>
@@ -48,9 +79,7 @@ public sealed class ProtectionDomain : IDisposable
         ThrowIfDisposed();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
         CheckAccess(access, isFile: false);
-        var mr = new MemoryRegion(this, length, access);
-        Device.Keys.Add(mr);
-        return mr;
+        return Publish(new MemoryRegion(this, length, access));
     }
 
     /// <summary>Creates an RC queue pair.</summary>
@@ -58,7 +87,27 @@ public sealed class ProtectionDomain : IDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         ThrowIfDisposed();
-        return new QueuePair(this, options);
+        var qp = new QueuePair(this, options);
+        if (!TryAdopt(qp, null))
+        {
+            qp.Dispose();
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        return qp;
+    }
+
+    /// <summary>Adopts a new region, then gives it a key: a region the PD's dispose may have missed never gets one.</summary>
+    private MemoryRegion Publish(MemoryRegion mr)
+    {
+        if (!TryAdopt(null, mr))
+        {
+            mr.Dispose();
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        Device.Keys.Add(mr);
+        // The PD's dispose may have deregistered the region between the adoption and the key: give the key back.
+        if (!mr.IsValid && mr.IsDisposed) Device.Keys.Remove(mr);
+        return mr;
     }
 
     internal static void CheckAccess(AccessFlags access, bool isFile)
@@ -77,6 +126,23 @@ public sealed class ProtectionDomain : IDisposable
         if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
     }
 
-    /// <summary>Deallocates the PD.</summary>
-    public void Dispose() => Interlocked.Exchange(ref _disposed, 1);
+    /// <summary>
+    /// ibv_dealloc_pd, cascading (see the remarks): destroys the PD's queue pairs, then deregisters its regions. After
+    /// it returns no byte moves through anything of this PD.
+    /// </summary>
+    public void Dispose()
+    {
+        QueuePair[] qps;
+        MemoryRegion[] mrs;
+        lock (_sync)
+        {
+            if (_disposed != 0) return;
+            _disposed = 1;
+            qps = _qps.ToArray();
+            mrs = _mrs.ToArray();
+        }
+        foreach (var qp in qps) qp.Dispose();
+        foreach (var mr in mrs) mr.Dispose();
+        Device.Forget(this);
+    }
 }

@@ -19,10 +19,15 @@ public sealed class QueuePair : IDisposable
     private readonly RecvWorkRequest[] _rq;
     private int _rqHead, _rqCount;
     private QpState _state;
-    private int _disposed;
+    private int _disposed; // written under Sync
 
     internal QueuePair(ProtectionDomain pd, QueuePairOptions o)
     {
+        // Validated here, at the API boundary: the engine and receive threads trust these.
+        if (o.SendCq is null) throw new ArgumentNullException(nameof(o), "QueuePairOptions.SendCq is required.");
+        if (o.RecvCq is null) throw new ArgumentNullException(nameof(o), "QueuePairOptions.RecvCq is required.");
+        o.SendCq.ThrowIfDisposed();
+        o.RecvCq.ThrowIfDisposed();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(o.MaxSendWr);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(o.MaxRecvWr);
         Pd = pd;
@@ -74,9 +79,11 @@ public sealed class QueuePair : IDisposable
     {
         lock (Sync)
         {
-            if (_state is not (QpState.Reset or QpState.Init))
+            if (_disposed != 0 || _state is not (QpState.Reset or QpState.Init))
             {
-                connection.Dispose();
+                // The connection never belonged to this QP: it goes without touching the QP's state.
+                connection.Abandon();
+                if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Connecting a QP in {_state}: it must be in Reset or Init.");
             }
             if (_state == QpState.Reset) RemoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite;
@@ -84,6 +91,20 @@ public sealed class QueuePair : IDisposable
             _state = QpState.Rts;
         }
         connection.Start();
+    }
+
+    /// <summary>
+    /// Checks, before any side effect, that a connection may be attached (the connection manager calls it first, so a
+    /// QP in the wrong state is refused without moving it to Error or touching the network).
+    /// </summary>
+    internal void CheckConnectable()
+    {
+        lock (Sync)
+        {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
+            if (_state is not (QpState.Reset or QpState.Init))
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Connecting a QP in {_state}: it must be in Reset or Init.");
+        }
     }
 
     internal TimeSpan RnrTimeout { get; private set; } = TimeSpan.FromMilliseconds(100);
@@ -111,6 +132,7 @@ public sealed class QueuePair : IDisposable
     public void Modify(QpAttributes attributes)
     {
         ArgumentNullException.ThrowIfNull(attributes);
+        ThrowIfDisposed();
         QueuePair? peer = null;
         if (attributes.State == QpState.Rtr)
         {
@@ -122,11 +144,14 @@ public sealed class QueuePair : IDisposable
         }
         lock (Sync)
         {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
             if (!IsLegal(_state, attributes.State))
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Illegal QP transition {_state} -> {attributes.State}.");
             switch (attributes.State)
             {
                 case QpState.Reset:
+                    // Whatever was outstanding completes (flushed) before the rings are emptied: no request is lost.
+                    FlushAllLocked();
                     _sqCount = _rqCount = 0;
                     _sqHead = _rqHead = 0;
                     Peer = null;
@@ -144,6 +169,12 @@ public sealed class QueuePair : IDisposable
             }
             if (attributes.RnrTimeout is TimeSpan t) RnrTimeout = t;
             _state = attributes.State;
+        }
+        if (attributes.State is QpState.Error or QpState.Reset)
+        {
+            // No remote access from here on: the connection ends and the accesses already inside leave first.
+            Connection?.Close($"queue pair moved to {attributes.State}");
+            WaitForActiveToLeave();
         }
         if (attributes.State is QpState.Rts) Engine.Ring(this);
     }
@@ -166,6 +197,7 @@ public sealed class QueuePair : IDisposable
     {
         lock (Sync)
         {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
             if (_state == QpState.Error)
             {
                 SendCq.Push(new WorkCompletion(wr.WrId, WcStatus.WrFlushErr, ToWcOpcode(wr.Opcode), 0, QpNumber, WcFlags.None, 0, 0));
@@ -186,6 +218,7 @@ public sealed class QueuePair : IDisposable
     {
         lock (Sync)
         {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
             if (_state == QpState.Error)
             {
                 RecvCq.Push(new WorkCompletion(wr.WrId, WcStatus.WrFlushErr, WcOpcode.Recv, 0, QpNumber, WcFlags.None, 0, 0));
@@ -200,10 +233,11 @@ public sealed class QueuePair : IDisposable
         if (Peer is { } p) p.Engine.Ring(p);
     }
 
-    internal bool TryPeekSend(out SendWorkRequest wr)
+    internal bool TryPeekSend(out SendWorkRequest wr, out int epoch)
     {
         lock (Sync)
         {
+            epoch = _flushEpoch;
             // Sqd: the send queue is drained; posted work waits for the move back to Rts. Error: the move flushed it.
             if (_sqCount == 0 || _state != QpState.Rts) { wr = default; return false; }
             wr = _sq[_sqHead];
@@ -211,15 +245,73 @@ public sealed class QueuePair : IDisposable
         }
     }
 
-    internal void PopSend()
+    /// <summary>
+    /// Frees the head of the send queue peeked at <paramref name="epoch"/>; false (and nothing popped) when a flush
+    /// came in between: the flush completed that request already, so the engine must not complete it again.
+    /// </summary>
+    internal bool PopSend(int epoch)
     {
         lock (Sync)
         {
-            if (_sqCount == 0) return;
+            if (_sqCount == 0 || epoch != _flushEpoch) return false;
             _sqHead = (_sqHead + 1) % _sq.Length;
             _sqCount--;
+            return true;
         }
     }
+
+    // ------------------------------------------------------------ the active gate
+
+    // Every access the QP makes or serves (a requester work request on the engine, an incoming RDMA Write, Read or Send
+    // on the receive side, a Read Response going out) runs inside this gate. It is open in Rtr, Rts and Sqd only; a
+    // move to Error or Reset, and Dispose, shut it under Sync and then wait for the accesses inside to leave, so after
+    // they return no byte moves on behalf of this QP. Entering takes Sync, so no access can start after the move.
+    private int _active;
+    private ManualResetEventSlim? _activeLeft;
+    [ThreadStatic] private static int t_insideActive;
+
+    /// <summary>Enters an access; false when the QP does not accept any (not Rtr/Rts/Sqd, or disposed).</summary>
+    internal bool TryEnterActive()
+    {
+        lock (Sync)
+        {
+            if (_disposed != 0 || _state is not (QpState.Rtr or QpState.Rts or QpState.Sqd)) return false;
+            _active++;
+        }
+        t_insideActive++;
+        return true;
+    }
+
+    internal void ExitActive()
+    {
+        t_insideActive--;
+        if (Interlocked.Decrement(ref _active) == 0) Volatile.Read(ref _activeLeft)?.Set();
+    }
+
+    /// <summary>Waits until no access is inside the gate (after the gate was shut under Sync).</summary>
+    private void WaitForActiveToLeave()
+    {
+        // A thread inside an access (a completion handler on the engine thread, say) cannot wait for itself.
+        if (t_insideActive > 0) return;
+        if (Volatile.Read(ref _active) == 0) return;
+        var ev = LazyInitializer.EnsureInitialized(ref _activeLeft, () => new ManualResetEventSlim(false));
+        while (Volatile.Read(ref _active) != 0)
+        {
+            ev.Reset();
+            if (Volatile.Read(ref _active) == 0) break;
+            ev.Wait(1);
+        }
+    }
+
+    /// <summary>True once Dispose has begun.</summary>
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    private void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
+    }
+
+    private int _flushEpoch;
 
     internal bool TryTakeRecv(out RecvWorkRequest wr)
     {
@@ -271,6 +363,7 @@ public sealed class QueuePair : IDisposable
     /// </summary>
     private void FlushAllLocked()
     {
+        _flushEpoch++;
         while (_sqCount > 0)
         {
             var s = _sq[_sqHead];
@@ -311,13 +404,27 @@ public sealed class QueuePair : IDisposable
         b.Modify(new QpAttributes { State = QpState.Rts });
     }
 
-    /// <summary>ibv_destroy_qp: moves to Error (flushing) and leaves the fabric.</summary>
+    /// <summary>
+    /// ibv_destroy_qp: ends remote access first (the QP moves to Error, every outstanding request completes with
+    /// WrFlushErr, the connection closes, accesses in flight leave), then leaves the fabric and its protection domain.
+    /// After it returns no byte moves on behalf of this QP. Later calls on it throw <see cref="ObjectDisposedException"/>.
+    /// </summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        EnterError();
+        lock (Sync)
+        {
+            if (_disposed != 0) return;
+            _disposed = 1;
+            if (_state != QpState.Error)
+            {
+                _state = QpState.Error;
+                FlushAllLocked();
+            }
+        }
         Connection?.Close("queue pair destroyed");
+        WaitForActiveToLeave();
         lock (Fabric) Fabric.Remove(QpNumber);
+        Pd.Forget(this);
     }
 
     /// <inheritdoc />

@@ -1,3 +1,4 @@
+using PinnedDma.Internal;
 using PinnedDma.Verbs.Internal;
 
 namespace PinnedDma.Verbs;
@@ -7,9 +8,19 @@ namespace PinnedDma.Verbs;
 /// byte through memory-region translation while holding the pin's drain. Queue pairs of devices in one process
 /// connect over the in-process loopback fabric.
 /// </summary>
+/// <remarks>
+/// Lifetime: disposing the device cascades, as process exit does for an ibv_context (the choice this library makes
+/// over libibverbs' EBUSY rule, because a Dispose in a finally block must not fail): every protection domain is
+/// disposed (its queue pairs destroyed, then its regions deregistered), then every completion queue (pending waiters
+/// fault with <see cref="ObjectDisposedException"/>), then the DMA engine stops and its thread is joined. No child can
+/// be created once the device's dispose has begun, and after it returns no byte moves through the device.
+/// </remarks>
 public sealed class RdmaDevice : IDisposable
 {
-    private int _disposed;
+    private readonly object _sync = new();
+    private readonly HashSet<ProtectionDomain> _pds = new();
+    private readonly HashSet<CompletionQueue> _cqs = new();
+    private int _disposed; // written under _sync
 
     /// <summary>Opens a soft device.</summary>
     public RdmaDevice(string name = "soft0")
@@ -26,15 +37,58 @@ public sealed class RdmaDevice : IDisposable
     internal DmaEngine Engine { get; }
 
     /// <summary>ibv_alloc_pd.</summary>
-    public ProtectionDomain AllocatePd() => new(this);
+    public ProtectionDomain AllocatePd()
+    {
+        var pd = new ProtectionDomain(this);
+        lock (_sync)
+        {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
+            _pds.Add(pd);
+        }
+        return pd;
+    }
 
     /// <summary>ibv_create_cq with <paramref name="capacity"/> entries; an overrun is an error, not growth.</summary>
-    public CompletionQueue CreateCompletionQueue(int capacity) => new(capacity);
+    public CompletionQueue CreateCompletionQueue(int capacity)
+    {
+        var cq = new CompletionQueue(capacity, this);
+        lock (_sync)
+        {
+            if (_disposed != 0) ThrowHelper.ThrowObjectDisposed(this);
+            _cqs.Add(cq);
+        }
+        return cq;
+    }
 
-    /// <summary>Stops the DMA engine.</summary>
+    internal void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
+    }
+
+    internal void Forget(ProtectionDomain pd)
+    {
+        lock (_sync) _pds.Remove(pd);
+    }
+
+    internal void Forget(CompletionQueue cq)
+    {
+        lock (_sync) _cqs.Remove(cq);
+    }
+
+    /// <summary>Closes the device, cascading to everything opened on it (see the remarks).</summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        ProtectionDomain[] pds;
+        CompletionQueue[] cqs;
+        lock (_sync)
+        {
+            if (_disposed != 0) return;
+            _disposed = 1;
+            pds = _pds.ToArray();
+            cqs = _cqs.ToArray();
+        }
+        foreach (var pd in pds) pd.Dispose();
+        foreach (var cq in cqs) cq.Dispose();
         Engine.Dispose();
     }
 }

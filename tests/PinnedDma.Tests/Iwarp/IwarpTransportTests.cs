@@ -107,7 +107,7 @@ public sealed class IwarpTransportTests : IDisposable
     }
 
     [Fact]
-    public async Task Accepting_onto_a_queue_pair_in_the_wrong_state_fails_and_closes_the_socket()
+    public async Task Accepting_onto_a_queue_pair_in_the_wrong_state_fails_before_any_side_effect()
     {
         using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0));
         var spd = _serverDev.AllocatePd();
@@ -120,15 +120,16 @@ public sealed class IwarpTransportTests : IDisposable
         var accept = Task.Run(async () =>
         {
             var request = await listener.AcceptAsync();
+            // Refused before anything is sent or changed: the request is still undecided, so the application can
+            // answer it properly (here with a reject; accepting on another QP would work as well).
             var ex = Assert.Throws<PinnedDmaException>(() => request.Accept(sqp));
             Assert.Equal(PinnedDmaError.InvalidArgument, ex.Error);
+            request.Reject();
         });
-        await IwarpConnector.ConnectAsync(cqp, listener.LocalEndPoint);
+        var refused = await Assert.ThrowsAsync<PinnedDmaException>(() => IwarpConnector.ConnectAsync(cqp, listener.LocalEndPoint));
+        Assert.Equal(PinnedDmaError.ConnectionRejected, refused.Error);
         await accept.WaitAsync(TimeSpan.FromSeconds(10));
-        // The reply went out before the QP refused the connection: the socket must still be closed, so the client sees
-        // the stream end and its QP moves to Error (rather than waiting on a half-open connection forever).
-        await cqp.Connection!.Completion.WaitAsync(TimeSpan.FromSeconds(10));
-        Assert.Equal(QpState.Error, cqp.State);
-        Assert.Equal("peer closed the connection", cqp.ConnectionCloseReason);
+        Assert.Equal(QpState.Error, sqp.State);
+        Assert.Null(sqp.Connection);
     }
 }

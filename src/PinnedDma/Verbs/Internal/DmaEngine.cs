@@ -7,8 +7,9 @@ namespace PinnedDma.Verbs.Internal;
 /// The soft NIC's DMA engine: one named background thread per device (as SocketAsyncEngine has one event loop) that
 /// takes queue pairs off a doorbell queue and executes their send queues in order. Every byte moves through
 /// memory-region translation while the region's drain is held, so a lease revocation waits for the copy in flight and
-/// then no later access can touch the blocks. A fault in the loop is not swallowed: it ends the process, because a
-/// DMA engine in an unknown state must not keep writing memory.
+/// then no later access can touch the blocks. A fault while working for one queue pair is not swallowed and does not
+/// end the process: that QP's head request completes in error and the QP moves to Error (so it stops touching memory),
+/// and the engine goes on with the others.
 /// </summary>
 internal sealed class DmaEngine : IDisposable
 {
@@ -86,23 +87,49 @@ internal sealed class DmaEngine : IDisposable
 
     private void Process(QueuePair qp)
     {
-        var connection = qp.Connection;
-        connection?.ServiceInbound();
-        ProcessSendQueue(qp);
-        connection?.FlushPending();
+        // The QP's gate: a QP moved to Error or disposed has ended remote and local access, so its engine work stops;
+        // whoever moved it waits for the work inside to leave.
+        if (!qp.TryEnterActive()) return;
+        try
+        {
+            var connection = qp.Connection;
+            connection?.ServiceInbound();
+            ProcessSendQueue(qp);
+            connection?.FlushPending();
+        }
+        catch (Exception e)
+        {
+            // A fault while executing one QP's work must not take the engine (and every other QP) down, nor leave the
+            // QP half-done: its head request fails and the QP moves to Error, flushing the rest.
+            Fault(qp, e);
+        }
+        finally
+        {
+            qp.ExitActive();
+        }
+    }
+
+    /// <summary>A fault inside the engine: the QP's head request completes in error (LocQpOpErr) and the QP moves to Error.</summary>
+    internal static void Fault(QueuePair qp, Exception e)
+    {
+        if (qp.TryPeekSend(out var wr, out int epoch) && qp.PopSend(epoch))
+            qp.FailRequest(qp.SendCq, new WorkCompletion(wr.WrId, WcStatus.LocQpOpErr, QueuePair.ToWcOpcode(wr.Opcode), 0, qp.QpNumber, WcFlags.None, 0, 0));
+        else
+            qp.EnterError();
+        qp.Connection?.Close($"engine fault: {e.GetType().Name}: {e.Message}");
     }
 
     private void ProcessSendQueue(QueuePair qp)
     {
         for (int n = 0; n < Budget; n++)
         {
-            if (!qp.TryPeekSend(out var wr)) return;
+            if (!qp.TryPeekSend(out var wr, out int epoch)) return;
             // Fence: wait for earlier network RDMA Reads; their last completion rings the queue pair again.
             if ((wr.Flags & SendFlags.Fence) != 0 && qp.Connection is { } fenced && fenced.ParkForFence()) return;
             // An RDMA Read over the network completes from the receive loop, possibly before Execute returns: free its
             // send-queue slot first, or a poster that saw the completion and refills the queue gets a false "full".
             bool popFirst = qp.Connection is not null && wr.Opcode == WrOpcode.RdmaRead;
-            if (popFirst) qp.PopSend();
+            if (popFirst && !qp.PopSend(epoch)) return; // flushed meanwhile: the flush completed it
             var status = Execute(qp, in wr, out uint bytes, out bool rnr);
             if (rnr)
             {
@@ -116,7 +143,8 @@ internal sealed class DmaEngine : IDisposable
                 status = WcStatus.RnrRetryExcErr;
             }
             qp.RnrDeadline = 0;
-            if (!popFirst) qp.PopSend();
+            // A flush (move to Error, Dispose) since the peek completed this request already.
+            if (!popFirst && !qp.PopSend(epoch)) return;
             Interlocked.Increment(ref Executed);
             if (status == WcStatus.Success && bytes == uint.MaxValue)
             {
@@ -163,7 +191,21 @@ internal sealed class DmaEngine : IDisposable
             return st;
         }
         var peer = qp.Peer;
-        if (peer is null || !peer.CanRespond) return WcStatus.RetryExcErr;
+        // The responder's gate: a peer in Error (or disposed) serves nothing, and its Modify/Dispose waits for this.
+        if (peer is null || !peer.TryEnterActive()) return WcStatus.RetryExcErr;
+        try
+        {
+            return ExecuteLoopback(qp, peer, in wr, lmr, loff, out rnr);
+        }
+        finally
+        {
+            peer.ExitActive();
+        }
+    }
+
+    private WcStatus ExecuteLoopback(QueuePair qp, QueuePair peer, in SendWorkRequest wr, MemoryRegion? lmr, long loff, out bool rnr)
+    {
+        rnr = false;
         switch (wr.Opcode)
         {
             case WrOpcode.RdmaWrite:

@@ -108,7 +108,7 @@ internal sealed partial class IwarpConnection
                 ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
                 if (status != ParseStatus.Frame) break;
                 probe = direct && fpdu.Payload.Length >= PlaceDirectMin;
-                if (!OnFpdu(fpdu))
+                if (!OnFpduInsideQp(fpdu))
                 {
                     stop = true;
                     break;
@@ -122,7 +122,7 @@ internal sealed partial class IwarpConnection
             if (direct && TryDirectTarget(buffer, out var target))
             {
                 // Everything buffered belongs to this segment: place it, empty the pipe, receive the rest.
-                var placed = PlaceBuffered(target, buffer);
+                var placed = _qp.TryEnterActive() ? PlaceBufferedInsideQp(target, buffer) : Placement.Stop;
                 reader.AdvanceTo(buffer.End);
                 if (placed == Placement.Done) placed = ReceiveDirect(fd, target);
                 if (placed == Placement.Stop) return default;
@@ -226,7 +226,13 @@ internal sealed partial class IwarpConnection
         var mr = t.Region!;
         while (t.Placed < t.PayloadLength)
         {
-            if (!mr.TryEnter()) return RevokedDuringPlacement(t);
+            // The QP's gate around each piece, as the region's drain: never held while waiting for the peer.
+            if (!_qp.TryEnterActive()) return Placement.Stop;
+            if (!mr.TryEnter())
+            {
+                _qp.ExitActive();
+                return RevokedDuringPlacement(t);
+            }
             int n;
             try
             {
@@ -237,6 +243,7 @@ internal sealed partial class IwarpConnection
             finally
             {
                 mr.Exit();
+                _qp.ExitActive();
             }
             if (n < 0)
             {
@@ -267,6 +274,35 @@ internal sealed partial class IwarpConnection
         if (!isReadResponse) return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
         CompleteHeadRead(WcStatus.LocProtErr);
         return false;
+    }
+
+    /// <summary>
+    /// Acts on one FPDU inside the QP's gate: a QP moved to Error, reset or destroyed serves nothing more, not even what
+    /// is already buffered (false: stop receiving), and whoever moved it waits for the FPDU being handled.
+    /// </summary>
+    private bool OnFpduInsideQp(Fpdu f)
+    {
+        if (!_qp.TryEnterActive()) return false;
+        try
+        {
+            return OnFpdu(f);
+        }
+        finally
+        {
+            _qp.ExitActive();
+        }
+    }
+
+    private Placement PlaceBufferedInsideQp(DirectTarget t, in ReadOnlySequence<byte> buffer)
+    {
+        try
+        {
+            return PlaceBuffered(t, buffer);
+        }
+        finally
+        {
+            _qp.ExitActive();
+        }
     }
 
     private bool Fail(TerminateCode code, in Fpdu f, string why)

@@ -178,6 +178,14 @@ internal sealed partial class IwarpConnection : IDisposable
                         p.Done = false;
                         lock (_readsLock)
                         {
+                            // Close sets the flag, then completes what is queued under this lock: a read queued after
+                            // that would never complete, so it is refused here instead (every posted request completes).
+                            if (Volatile.Read(ref _closed) != 0)
+                            {
+                                p.Sink = null;
+                                _readPool.Return(p);
+                                return WcStatus.RetryExcErr;
+                            }
                             _reads.Enqueue(p);
                             _order.Enqueue((p, default));
                         }
@@ -265,8 +273,17 @@ internal sealed partial class IwarpConnection : IDisposable
     /// <summary>DMA engine thread: answers accepted RDMA Read Requests, in order.</summary>
     public void ServiceInbound()
     {
-        // One servicer at a time keeps responses in request order (the receive loop services the rest before a Terminate).
-        lock (_serviceLock) ServiceInboundLocked();
+        // Inside the QP's gate: a QP in Error or destroyed answers no more Read Requests.
+        if (!_qp.TryEnterActive()) return;
+        try
+        {
+            // One servicer at a time keeps responses in request order (the receive loop services the rest before a Terminate).
+            lock (_serviceLock) ServiceInboundLocked();
+        }
+        finally
+        {
+            _qp.ExitActive();
+        }
     }
 
     private readonly object _serviceLock = new();
@@ -357,6 +374,16 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     private int _started;
+
+    /// <summary>Drops a connection that was never attached to its queue pair: the socket closes, the QP is untouched.</summary>
+    public void Abandon()
+    {
+        if (Interlocked.Exchange(ref _closed, 1) != 0) return;
+        CloseReason = "not attached: the queue pair was in the wrong state";
+        try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
+        Engine.Stop();
+        if (Interlocked.Exchange(ref _started, 1) == 0) _rx.Dispose();
+    }
 
     public void Dispose() => Close("closed locally");
 }
