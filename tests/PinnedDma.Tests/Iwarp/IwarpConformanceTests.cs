@@ -243,4 +243,71 @@ public sealed class IwarpConformanceTests : IDisposable
         Assert.Equal(2, side.Qp.Connection!.Negotiated.Revision);
         Assert.Equal(QpState.Rts, side.Qp.State);
     }
+
+    // ------------------------------------------------------------ 7. Terminate's DDP Segment Length (RFC 5040 §4.8)
+
+    [Fact]
+    public void A_terminate_reports_the_ddp_segment_length_not_the_fpdu_length()
+    {
+        var side = NewSide();
+        var (listener, accepted) = Listen(side, new IwarpOptions { MpaRevision = 1 });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, RawIwarpPeer.MpaFrame(true, 0x40, 1, default)));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = true;
+        // An RDMA Read Request (QN 1, MSN 1) of an STag nobody registered: DDP segment 18 + 28 = 46 bytes, FPDU 52.
+        uint bogus = 0x0100_0000u | 0x77;
+        Assert.Null(_dev.Keys.Lookup(bogus));
+        byte[] ddpSegment = RawIwarpPeer.Untagged(1, true, 1, 1, 0, RawIwarpPeer.ReadRequestBody(0x4444, 0, 64, bogus, 0));
+        Assert.Equal(46, ddpSegment.Length);
+        Assert.Equal(52, RawIwarpPeer.Fpdu(ddpSegment, crc: true).Length);
+        peer.SendFpdu(ddpSegment);
+        var term = peer.ReceiveUntil(7);
+        var all = peer.ReadToEnd();
+        Assert.Empty(all);
+        // Terminate: QN 2, MSN 1; RDMAP layer (0), Remote Protection (1), Invalid STag (0); M and D set.
+        Assert.Equal(2u, term.Qn);
+        Assert.Equal(1u, term.Msn);
+        var c = term.TerminateControl;
+        Assert.Equal((0, 1, 0x00, true, true), (c.Layer, c.EType, c.Code, c.M, c.D));
+        Assert.Equal(46, term.TerminateSegmentLength);
+        // The terminated DDP header follows: the Read Request's own 18 bytes.
+        Assert.True(term.Payload.Slice(6, 18).SequenceEqual(ddpSegment.AsSpan(0, 18)));
+    }
+
+    // ------------------------------------------------------------ 5. any ULPDU up to 65535 (RFC 5044 §5.1)
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_ulpdu_larger_than_our_own_fpdu_size_is_accepted(bool crc)
+    {
+        const int size = 60_000;
+        var side = NewSide();
+        PostRecv(side, 70, 0, size);
+        var options = new IwarpOptions { MpaRevision = 1, Crc = crc, MaxFpduSize = 16 * 1024 };
+        var (listener, accepted) = Listen(side, options);
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, RawIwarpPeer.MpaFrame(true, crc ? (byte)0x40 : (byte)0, 1, default)));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = crc;
+        var send = new byte[size];
+        var write = new byte[size];
+        for (int i = 0; i < size; i++)
+        {
+            send[i] = (byte)(i * 7 + 1);
+            write[i] = (byte)(i * 13 + 5);
+        }
+        // One 60,000-byte RDMA Write segment (ULPDU 60,014) and one 60,000-byte Send segment (ULPDU 60,018).
+        peer.SendFpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address + 0x10000, write));
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, 1, 0, send));
+        var recv = Next(side.Cq);
+        Assert.True(recv.Status == WcStatus.Success, $"{recv.Status}: {side.Qp.ConnectionCloseReason}");
+        Assert.Equal((uint)size, recv.ByteLength);
+        Assert.True(side.Mr.GetBufferSpan()[..size].SequenceEqual(send));
+        Assert.True(side.Mr.GetBufferSpan().Slice(0x10000, size).SequenceEqual(write));
+        Assert.Equal(QpState.Rts, side.Qp.State);
+        Assert.Null(side.Qp.Connection!.LastTerminateSent);
+        Assert.True(peer.NothingArrives(TimeSpan.FromMilliseconds(200)), "the real side sent something (a Terminate?)");
+    }
 }
