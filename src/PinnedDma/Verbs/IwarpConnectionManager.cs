@@ -8,8 +8,12 @@ namespace PinnedDma.Verbs;
 /// <summary>iWARP connection settings (MPA, RFC 5044 and RFC 6581).</summary>
 public sealed class IwarpOptions
 {
-    /// <summary>MPA revision to offer: 1, or 2 for the enhanced connection setup with IRD/ORD. Default 1.</summary>
-    public byte MpaRevision { get; init; } = 1;
+    /// <summary>
+    /// Highest MPA revision this side speaks: 2 (default) for the enhanced connection setup of RFC 6581 §5 with IRD/ORD
+    /// (and peer-to-peer mode), or 1 (RFC 5044 §7.1). The initiator offers it; the listener answers a revision 2 request
+    /// with a revision 2 reply and a revision 1 request with a revision 1 reply (never above what it was offered).
+    /// </summary>
+    public byte MpaRevision { get; init; } = 2;
 
     /// <summary>Ask for CRC32c on every FPDU. Default true.</summary>
     public bool Crc { get; init; } = true;
@@ -225,7 +229,7 @@ public sealed class IwarpConnectionRequest
     public void Reject(ReadOnlySpan<byte> privateData = default)
     {
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
-        var reply = new MpaFrame { Kind = MpaFrameKind.Reply, Reject = true, Revision = _request.Revision == 2 ? (byte)1 : _request.Revision, Crc = _request.Crc, PrivateData = privateData.ToArray() };
+        var reply = MpaNegotiation.BuildReject(_request, _options.ToMpa(privateData.ToArray()));
         try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
         _rx.Dispose(); // and the socket it owns
     }

@@ -156,4 +156,158 @@ public sealed class IwarpConformanceTests : IDisposable
         Assert.True(side.Mr.GetBufferSpan().Slice(0x1000, payload.Length).SequenceEqual(payload));
         Assert.Equal(QpState.Rts, side.Qp.State);
     }
+
+    // ------------------------------------------------------------ 2. MPA revision (RFC 5044 §7.1, RFC 6581 §5)
+
+    [Fact]
+    public void By_default_the_listener_answers_a_revision_2_request_with_a_revision_2_reply()
+    {
+        var side = NewSide();
+        PostRecv(side, 60, 0, 64);
+        var (listener, accepted) = Listen(side, new IwarpOptions());
+        // "MPA ID Req Frame", flags C|S (0x50), rev 2, PD_Length 4, IRD 16 / ORD 16, no P2P: what siw sends.
+        byte[] request = Convert.FromHexString("4d504120494420526571204672616d65" + "50" + "02" + "0004" + "0010" + "0010");
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, request));
+        var reply = peer.ReadMpa(request: false);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        Assert.False(reply.Reject);
+        Assert.Equal(2, reply.Revision);
+        Assert.True(reply.Enhanced, "a revision 2 reply to an enhanced request carries the RFC 6581 setup data");
+        Assert.True(reply.Crc);
+        Assert.Equal(4, reply.PdLength);
+        Assert.False(reply.P2p);
+        Assert.True(reply.Ird > 0 && reply.Ord > 0, "the reply advertises non-zero IRD and ORD");
+        Assert.Equal(2, side.Qp.Connection!.Negotiated.Revision);
+        peer.Crc = true;
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, 1, 0, "rev2"u8));
+        var recv = Next(side.Cq);
+        Assert.True(recv.Status == WcStatus.Success, $"{recv.Status}: {side.Qp.ConnectionCloseReason}");
+        Assert.Equal("rev2", Encoding.ASCII.GetString(side.Mr.GetBufferSpan()[..4]));
+    }
+
+    [Fact]
+    public void By_default_the_listener_answers_a_revision_1_request_with_a_revision_1_reply()
+    {
+        var side = NewSide();
+        PostRecv(side, 61, 0, 64);
+        var (listener, accepted) = Listen(side, new IwarpOptions { Crc = false });
+        // "MPA ID Req Frame", no flags, rev 1, PD_Length 0.
+        byte[] request = Convert.FromHexString("4d504120494420526571204672616d65" + "00" + "01" + "0000");
+        Assert.Equal(Rev1NoCrcRequest, request);
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, request));
+        var reply = peer.ReadMpa(request: false);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        Assert.Equal(Convert.FromHexString("4d504120494420526570204672616d65" + "00" + "01" + "0000"), reply.Bytes);
+        Assert.Equal(1, side.Qp.Connection!.Negotiated.Revision);
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, 1, 0, "rev1"u8));
+        var recv = Next(side.Cq);
+        Assert.True(recv.Status == WcStatus.Success, $"{recv.Status}: {side.Qp.ConnectionCloseReason}");
+        Assert.Equal("rev1", Encoding.ASCII.GetString(side.Mr.GetBufferSpan()[..4]));
+    }
+
+    [Fact]
+    public void A_reject_of_a_revision_2_request_is_a_revision_2_reply()
+    {
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0)));
+        var rejected = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            (await listener.AcceptAsync(cts.Token)).Reject("no"u8);
+        });
+        byte[] request = Convert.FromHexString("4d504120494420526571204672616d65" + "50" + "02" + "0004" + "0010" + "0010");
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, request));
+        var reply = peer.ReadMpa(request: false);
+        Assert.True(WaitBounded(rejected));
+        Assert.True(reply.Reject);
+        Assert.Equal(2, reply.Revision);
+        Assert.True(reply.Enhanced);
+        Assert.Equal("no", Encoding.ASCII.GetString(reply.PrivateData[4..]));
+    }
+
+    [Fact]
+    public async Task By_default_the_connector_offers_revision_2_with_the_enhanced_setup_data()
+    {
+        var side = NewSide();
+        using var l = RawIwarpPeer.Listen();
+        var connect = IwarpConnector.ConnectAsync(side.Qp, (IPEndPoint)l.LocalEndPoint!, "pd"u8.ToArray());
+        using var peer = Own(RawIwarpPeer.Accept(l));
+        var request = peer.ReadMpa(request: true);
+        Assert.Equal(2, request.Revision);
+        Assert.True(request.Enhanced);
+        Assert.True(request.Crc);
+        Assert.False(request.P2p, "peer-to-peer mode is asked for only when configured");
+        Assert.Equal(6, request.PdLength);
+        Assert.Equal("pd", Encoding.ASCII.GetString(request.PrivateData[4..]));
+        peer.Send(RawIwarpPeer.MpaFrame(request: false, flags: 0x50, revision: 2, RawIwarpPeer.Enhanced(8, 8, false, false, false, false)));
+        await connect.WaitAsync(Bound);
+        Assert.Equal(2, side.Qp.Connection!.Negotiated.Revision);
+        Assert.Equal(QpState.Rts, side.Qp.State);
+    }
+
+    // ------------------------------------------------------------ 7. Terminate's DDP Segment Length (RFC 5040 §4.8)
+
+    [Fact]
+    public void A_terminate_reports_the_ddp_segment_length_not_the_fpdu_length()
+    {
+        var side = NewSide();
+        var (listener, accepted) = Listen(side, new IwarpOptions { MpaRevision = 1 });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, RawIwarpPeer.MpaFrame(true, 0x40, 1, default)));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = true;
+        // An RDMA Read Request (QN 1, MSN 1) of an STag nobody registered: DDP segment 18 + 28 = 46 bytes, FPDU 52.
+        uint bogus = 0x0100_0000u | 0x77;
+        Assert.Null(_dev.Keys.Lookup(bogus));
+        byte[] ddpSegment = RawIwarpPeer.Untagged(1, true, 1, 1, 0, RawIwarpPeer.ReadRequestBody(0x4444, 0, 64, bogus, 0));
+        Assert.Equal(46, ddpSegment.Length);
+        Assert.Equal(52, RawIwarpPeer.Fpdu(ddpSegment, crc: true).Length);
+        peer.SendFpdu(ddpSegment);
+        var term = peer.ReceiveUntil(7);
+        var all = peer.ReadToEnd();
+        Assert.Empty(all);
+        // Terminate: QN 2, MSN 1; RDMAP layer (0), Remote Protection (1), Invalid STag (0); M and D set.
+        Assert.Equal(2u, term.Qn);
+        Assert.Equal(1u, term.Msn);
+        var c = term.TerminateControl;
+        Assert.Equal((0, 1, 0x00, true, true), (c.Layer, c.EType, c.Code, c.M, c.D));
+        Assert.Equal(46, term.TerminateSegmentLength);
+        // The terminated DDP header follows: the Read Request's own 18 bytes.
+        Assert.True(term.Payload.Slice(6, 18).SequenceEqual(ddpSegment.AsSpan(0, 18)));
+    }
+
+    // ------------------------------------------------------------ 5. any ULPDU up to 65535 (RFC 5044 §5.1)
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_ulpdu_larger_than_our_own_fpdu_size_is_accepted(bool crc)
+    {
+        const int size = 60_000;
+        var side = NewSide();
+        PostRecv(side, 70, 0, size);
+        var options = new IwarpOptions { MpaRevision = 1, Crc = crc, MaxFpduSize = 16 * 1024 };
+        var (listener, accepted) = Listen(side, options);
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, RawIwarpPeer.MpaFrame(true, crc ? (byte)0x40 : (byte)0, 1, default)));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = crc;
+        var send = new byte[size];
+        var write = new byte[size];
+        for (int i = 0; i < size; i++)
+        {
+            send[i] = (byte)(i * 7 + 1);
+            write[i] = (byte)(i * 13 + 5);
+        }
+        // One 60,000-byte RDMA Write segment (ULPDU 60,014) and one 60,000-byte Send segment (ULPDU 60,018).
+        peer.SendFpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address + 0x10000, write));
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, 1, 0, send));
+        var recv = Next(side.Cq);
+        Assert.True(recv.Status == WcStatus.Success, $"{recv.Status}: {side.Qp.ConnectionCloseReason}");
+        Assert.Equal((uint)size, recv.ByteLength);
+        Assert.True(side.Mr.GetBufferSpan()[..size].SequenceEqual(send));
+        Assert.True(side.Mr.GetBufferSpan().Slice(0x10000, size).SequenceEqual(write));
+        Assert.Equal(QpState.Rts, side.Qp.State);
+        Assert.Null(side.Qp.Connection!.LastTerminateSent);
+        Assert.True(peer.NothingArrives(TimeSpan.FromMilliseconds(200)), "the real side sent something (a Terminate?)");
+    }
 }

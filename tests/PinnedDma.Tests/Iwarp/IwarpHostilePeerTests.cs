@@ -356,12 +356,15 @@ public sealed class IwarpHostilePeerTests : IDisposable
                 }
             case Attack.Oversized:
                 {
+                    // Any ULPDU_Length up to 65535 is valid (the sender picks its MULPDU, RFC 5044 §5.1): a length
+                    // past our own FPDU size is waited for, and a stream that ends inside it is a lost connection.
                     int len = _receiveLimit + 1 + Pick(a, ushort.MaxValue - _receiveLimit);
                     var f = new byte[2 + Math.Min(payload.Length, 64)];
                     BinaryPrimitives.WriteUInt16BigEndian(f, (ushort)len);
                     payload.AsSpan(0, f.Length - 2).CopyTo(f.AsSpan(2));
                     frames.Add(f);
-                    expected = TerminateCode.Mpa(MpaErrorCode.FramingError);
+                    halfClose = true;
+                    expected = TerminateCode.Mpa(MpaErrorCode.TcpConnectionLost);
                     break;
                 }
             case Attack.Truncated:

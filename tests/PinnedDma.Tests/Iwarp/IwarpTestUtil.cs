@@ -60,19 +60,27 @@ internal static class IwarpTestUtil
         return (s, ReadMpaFrame(s, MpaFrameKind.Reply));
     }
 
-    /// <summary>Reads one MPA Request or Reply without private data from a raw socket and requires it to parse.</summary>
+    /// <summary>Reads one MPA Request or Reply (header and private data) from a raw socket and requires it to parse.</summary>
     public static MpaFrame ReadMpaFrame(Socket s, MpaFrameKind kind)
     {
         var bytes = new byte[MpaFrame.HeaderSize];
-        for (int got = 0; got < bytes.Length;)
-        {
-            int n = s.Receive(bytes, got, bytes.Length - got, SocketFlags.None);
-            Assert.True(n > 0, "the other side closed during MPA setup");
-            got += n;
-        }
+        ReceiveExactly(s, bytes, 0, bytes.Length);
+        int pd = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(bytes.AsSpan(18));
+        Array.Resize(ref bytes, MpaFrame.HeaderSize + pd);
+        ReceiveExactly(s, bytes, MpaFrame.HeaderSize, pd);
         var seq = new ReadOnlySequence<byte>(bytes);
         Assert.Equal(ParseStatus.Frame, MpaFrame.TryParse(ref seq, kind, out var frame, out _));
         return frame!;
+    }
+
+    private static void ReceiveExactly(Socket s, byte[] into, int offset, int count)
+    {
+        for (int got = 0; got < count;)
+        {
+            int n = s.Receive(into, offset + got, count - got, SocketFlags.None);
+            Assert.True(n > 0, "the other side closed during MPA setup");
+            got += n;
+        }
     }
 
     /// <summary>Bit-at-a-time CRC32C, independent of the library's implementation.</summary>

@@ -269,9 +269,14 @@ internal sealed partial class IwarpConnection
         return false;
     }
 
+    /// <summary>
+    /// Records the Terminate for <paramref name="f"/>: its DDP header and, in the DDP Segment Length field, the length of
+    /// its DDP segment (DDP/RDMAP header and payload, i.e. ULPDU_Length; not the FPDU's wire length with framing, pad
+    /// and CRC) as RFC 5040 §4.8 (Terminate Header) defines it.
+    /// </summary>
     private bool Fail(TerminateCode code, in Fpdu f, string why)
     {
-        _pendingTerminate = (code, f.Header, (ushort)Math.Min(f.WireLength, ushort.MaxValue), why);
+        _pendingTerminate = (code, f.Header, (ushort)f.DdpSegmentLength, why);
         return false;
     }
 

@@ -59,7 +59,9 @@ internal sealed partial class IwarpConnection : IDisposable
         _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize, settings.SendStallTimeout);
         _qp = qp;
         Negotiated = negotiated;
-        var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize) };
+        // The MULPDU is the sender's own choice (from its MSS) and never advertised (RFC 5044 §5.1): whatever we send,
+        // any valid ULPDU_Length up to 65535 is accepted.
+        var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize), MaxReceiveUlpduLength = ushort.MaxValue };
         _encoder = new FpduEncoder(options);
         _decoder = new FpduDecoder(options);
         Engine = new DmaEngine($"iwarp-qp{qp.QpNumber}");

@@ -222,8 +222,8 @@ internal sealed record MpaFrame
 /// <summary>Local settings for MPA connection setup.</summary>
 internal sealed record MpaLocalSettings
 {
-    /// <summary>Revision to offer/accept (1, or 2 for RFC 6581 enhanced setup).</summary>
-    public byte Revision { get; init; } = 1;
+    /// <summary>Highest revision to offer/accept (2, RFC 6581 enhanced setup, by default; or 1).</summary>
+    public byte Revision { get; init; } = 2;
 
     /// <summary>Whether this side wants CRC; CRC is used when either side asks for it.</summary>
     public bool WantCrc { get; init; } = true;
@@ -304,11 +304,6 @@ internal static class MpaNegotiation
             replyEnhanced = new MpaEnhancedParameters(ird, ord, peer.PeerToPeer && chosen != MpaRtrTypes.None, chosen);
             negotiated = negotiated with { Ird = ird, Ord = ord, PeerToPeer = peer.PeerToPeer && chosen != MpaRtrTypes.None, Rtr = chosen };
         }
-        else if (rev == 2)
-        {
-            // Revision 2 without enhanced data from the initiator: reply in kind, advertising our depths.
-            replyEnhanced = new MpaEnhancedParameters(local.Ird, local.Ord, false, MpaRtrTypes.None);
-        }
 
         var reply = new MpaFrame
         {
@@ -320,6 +315,26 @@ internal static class MpaNegotiation
             PrivateData = local.PrivateData,
         };
         return new MpaResponderDecision(reply, error, negotiated);
+    }
+
+    /// <summary>
+    /// A reject reply (R set) to <paramref name="request"/>, in the revision the request gets answered with (the lower of
+    /// the two sides'), with the enhanced setup data when that revision is 2 and the request carried it.
+    /// </summary>
+    public static MpaFrame BuildReject(MpaFrame request, MpaLocalSettings local)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(local);
+        byte rev = Math.Min(request.Revision, local.Revision);
+        return new MpaFrame
+        {
+            Kind = MpaFrameKind.Reply,
+            Reject = true,
+            Revision = rev,
+            Crc = request.Crc || local.WantCrc,
+            Enhanced = rev == 2 && request.Enhanced.HasValue ? new MpaEnhancedParameters(local.Ird, local.Ord, false, MpaRtrTypes.None) : null,
+            PrivateData = local.PrivateData,
+        };
     }
 
     /// <summary>Initiator side: checks the reply against the request that was sent.</summary>
