@@ -8,6 +8,17 @@ using PinnedDma.Verbs;
 // on 127.0.0.1. The responder's memory is a pinned range of a file on a volume in a local file.
 //   dotnet run -c Release --project samples/PerfTest -- write_bw --transport iwarp --size 65536 --iters 5000
 //   dotnet run -c Release --project samples/PerfTest -- all
+if (args.Length > 0 && args[0] == "peer")
+{
+    var peerOptions = PeerOptions.Parse(args);
+    if (peerOptions is null)
+    {
+        Console.Error.WriteLine("usage: PerfTest peer write_bw|read_bw (--server [--bind addr] | --connect addr) [--port N] [--size N] [--iters N] [--no-crc]");
+        return 2;
+    }
+    using var peer = new PerftestPeer(peerOptions);
+    return await peer.RunAsync();
+}
 var opts = Options.Parse(args);
 if (opts is null)
 {

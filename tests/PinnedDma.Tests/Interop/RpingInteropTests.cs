@@ -64,7 +64,7 @@ public sealed class RpingInteropTests
         var vm = _guest.Vm;
         vm.ConfigureSiw();
         using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S {size}", Bound, awaitPort: 7174);
-        using var client = RpingProcess.Start(_guest.Root, new[] { "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
+        using var client = SampleProcess.Start(_guest.Root, "Rping", new[] { "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
             "-S", size.ToString(CultureInfo.InvariantCulture), "-C", Count.ToString(CultureInfo.InvariantCulture) }.Concat(Transport(crc)).ToArray());
         var (code, ours) = client.Wait(Bound);
         var theirs = server.Wait();
@@ -96,7 +96,7 @@ public sealed class RpingInteropTests
         var vm = _guest.Vm;
         vm.ConfigureSiw(mpaVersion: kernelMpaRevision, crcRequired: kernelRequiresCrc);
         int port = vm.FreeHostPort();
-        using var server = RpingProcess.Start(_guest.Root, new[] { "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
+        using var server = SampleProcess.Start(_guest.Root, "Rping", new[] { "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
             "-S", size.ToString(CultureInfo.InvariantCulture) }.Concat(Transport(crc)).ToArray());
         server.WaitListening(Bound);
         var theirs = vm.Run($"rping -c -v -V -a {GuestVm.HostAddress} -p {port} -S {size} -C {Count}", Bound);
