@@ -259,7 +259,10 @@ public sealed partial class Volume : IDisposable
         return v;
     }
 
-    /// <summary>Opens the volume file, checks it and closes it again: the offline fsck.</summary>
+    /// <summary>
+    /// Opens the volume file, checks it and closes it again: the offline fsck. A volume that is open (here or in
+    /// another process) is <see cref="PinnedDmaError.Busy"/>: check it with <see cref="Fsck"/> on that volume instead.
+    /// </summary>
     public static FsckReport Check(string path)
     {
         using var v = Open(path, new VolumeOptions { TryMapSync = false });

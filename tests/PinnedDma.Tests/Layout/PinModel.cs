@@ -456,7 +456,7 @@ internal sealed class PinModel : IDisposable
                 if (f is null) return;
                 long off = op.B % (f.Data.Length + Bs), len = 1 + op.C % (8 * Bs);
                 var policy = PolicyFrom(op.E);
-                act = () => f.H.UnshareRange(off, len, policy);
+                act = () => f.H.UnshareRange(off, len, policy, keepSize: true); // FALLOC_FL_KEEP_SIZE: the model keeps the size
                 Note($"{f.Name}[{off},+{len}) {policy}");
                 break;
             }
