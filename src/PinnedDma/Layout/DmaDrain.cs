@@ -41,7 +41,11 @@ public sealed class DmaDrain
         else if ((s & CountMask) == CountMask) throw new InvalidOperationException("DmaDrain.Exit without TryEnter.");
     }
 
-    /// <summary>Closes the drain and waits until no access is inside. Idempotent; safe from several threads.</summary>
+    /// <summary>
+    /// Closes the drain and waits until no access is inside. Idempotent; safe from several threads. An access still
+    /// inside after <see cref="StallGrace"/> is one that waits on something outside (a send to a peer that does not
+    /// read): its stall handlers run, once, to cut it off, so a revocation is bounded whatever a peer does.
+    /// </summary>
     public void Close()
     {
         int s = Interlocked.Or(ref _state, Closed);
@@ -49,6 +53,37 @@ public sealed class DmaDrain
         var spin = new SpinWait();
         for (int i = 0; i < 50 && (Volatile.Read(ref _state) & CountMask) != 0; i++) spin.SpinOnce();
         var ev = LazyInitializer.EnsureInitialized(ref _drained, () => new ManualResetEventSlim(false));
-        while ((Volatile.Read(ref _state) & CountMask) != 0) ev.Wait(1);
+        long cutAt = Environment.TickCount64 + (long)StallGrace.TotalMilliseconds;
+        bool cut = false;
+        while ((Volatile.Read(ref _state) & CountMask) != 0)
+        {
+            ev.Wait(1);
+            if (!cut && Environment.TickCount64 >= cutAt)
+            {
+                cut = true;
+                Action[] handlers;
+                lock (_stallHandlers) handlers = _stallHandlers.ToArray();
+                foreach (var h in handlers) h();
+            }
+        }
+    }
+
+    /// <summary>How long <see cref="Close"/> lets an access finish on its own before it runs the stall handlers.</summary>
+    internal static readonly TimeSpan StallGrace = TimeSpan.FromMilliseconds(100);
+
+    private readonly List<Action> _stallHandlers = new();
+
+    /// <summary>
+    /// Registers, for the time of one access that may wait on the outside world, how to cut it off (close the
+    /// connection it waits on). Pair with <see cref="RemoveStallHandler"/> before <see cref="Exit"/>.
+    /// </summary>
+    internal void AddStallHandler(Action cutOff)
+    {
+        lock (_stallHandlers) _stallHandlers.Add(cutOff);
+    }
+
+    internal void RemoveStallHandler(Action cutOff)
+    {
+        lock (_stallHandlers) _stallHandlers.Remove(cutOff);
     }
 }

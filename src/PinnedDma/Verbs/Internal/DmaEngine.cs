@@ -77,6 +77,8 @@ internal sealed class DmaEngine : IDisposable
             for (int i = 0; i < 64 && _pending == 0 && !_stop; i++) spin.SpinOnce(sleep1Threshold: -1);
             if (_pending != 0) continue;
             _wake.Reset();
+            // Stop sets the event after setting the flag: re-checked after the reset, a stop is never slept through.
+            if (_stop) break;
             lock (_sync)
                 if (_doorbell.Count > 0) continue;
             // Ring sets the event after enqueuing and the queue is re-checked after the reset, so no doorbell is missed;

@@ -220,6 +220,9 @@ internal sealed partial class IwarpConnection : IDisposable
         int hl = tagged ? DdpRdmapHeader.TaggedLength : DdpRdmapHeader.UntaggedLength;
         int max = _encoder.MaxPayload(hl);
         if (length > 0 && !mr!.TryEnter()) return WcStatus.LocProtErr;
+        // A send inside the region's drain may block on a peer that does not read: a revocation waiting for the drain
+        // cuts this connection off rather than wait (the socket shuts down, the blocked send fails, the drain is left).
+        if (length > 0) mr!.Drain.AddStallHandler(_cutOffForRevoke ??= () => Close("region revoked while a send to the peer was blocked"));
         try
         {
             lock (_sendLock)
@@ -267,7 +270,11 @@ internal sealed partial class IwarpConnection : IDisposable
         }
         finally
         {
-            if (length > 0) mr!.Exit();
+            if (length > 0)
+            {
+                mr!.Drain.RemoveStallHandler(_cutOffForRevoke!);
+                mr.Exit();
+            }
         }
         return WcStatus.Success;
     }
@@ -376,6 +383,7 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     private int _started;
+    private Action? _cutOffForRevoke;
 
     /// <summary>Drops a connection that was never attached to its queue pair: the socket closes, the QP is untouched.</summary>
     public void Abandon()
