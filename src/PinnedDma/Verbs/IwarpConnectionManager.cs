@@ -38,8 +38,13 @@ public sealed class IwarpOptions
     /// <summary>Outbound RDMA Read depth advertised in revision 2. Default 16.</summary>
     public ushort Ord { get; init; } = 16;
 
-    /// <summary>Largest FPDU sent (length field to CRC). Default 16 KiB; at most 65 535 + 6.</summary>
-    public int MaxFpduSize { get; init; } = 16 * 1024;
+    /// <summary>
+    /// Largest FPDU this side sends (length field to CRC field), or 0 (default) to size FPDUs to the connection's TCP
+    /// segment: after connect and accept the effective MSS is read (TCP_MAXSEG) and the MULPDU is EMSS - 6, rounded
+    /// down to keep the 4-byte alignment (RFC 5044 §5.1, no markers), so that one FPDU fits in one segment. A positive
+    /// value (64 to 65 541) overrides that. What the peer sends is accepted up to 65 535 bytes of ULPDU either way.
+    /// </summary>
+    public int MaxFpduSize { get; init; }
 
     /// <summary>
     /// Initiator: request the peer-to-peer mode of RFC 6581 §7 (MPA revision 2 only), offering <see cref="RtrTypes"/>;
@@ -80,7 +85,7 @@ public sealed class IwarpOptions
     internal void Validate()
     {
         if (MpaRevision is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(MpaRevision), MpaRevision, "MPA revision is 1 or 2.");
-        if (MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 64 to 65541 bytes.");
+        if (MaxFpduSize != 0 && MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 0 (from the TCP MSS) or 64 to 65541 bytes.");
         if (PeerToPeer && MpaRevision != 2) throw new ArgumentException("Peer-to-peer mode (RFC 6581) needs MPA revision 2.", nameof(PeerToPeer));
         if (((int)RtrTypes & ~7) != 0 || (PeerToPeer && RtrTypes == IwarpRtrTypes.None))
             throw new ArgumentOutOfRangeException(nameof(RtrTypes), RtrTypes, "RTR types are a non-empty combination of the three RFC 6581 types.");

@@ -542,4 +542,103 @@ public sealed class IwarpConformanceTests : IDisposable
         Assert.Equal(2, reply.Revision);
         Assert.False(reply.P2p);
     }
+
+    // ------------------------------------------------------------ 6. FPDUs sized to the TCP segment (RFC 5044 §5.1)
+
+    /// <summary>Sends an RDMA Write of <paramref name="length"/> bytes and a Send of 3000 from <paramref name="side"/>.</summary>
+    private static void SendBulk(Side side, int length)
+    {
+        var span = side.Mr.GetBufferSpan();
+        for (int i = 0; i < length; i++) span[i] = (byte)(i * 11 + 3);
+        Post(side, 110, WrOpcode.RdmaWrite, 0, (uint)length, remote: 0x1000, rkey: 0x4242);
+        Post(side, 111, WrOpcode.Send, 0, 3000);
+        Assert.Equal(WcStatus.Success, Next(side.Cq).Status);
+        Assert.Equal(WcStatus.Success, Next(side.Cq).Status);
+    }
+
+    /// <summary>Reads the Write's segments and the Send; returns the largest FPDU seen and checks the data.</summary>
+    private static int ReceiveBulk(RawIwarpPeer peer, int length, int mss)
+    {
+        int placed = 0, largest = 0;
+        while (true)
+        {
+            var f = peer.ReceiveFpdu()!;
+            Assert.True(f.WireLength <= mss, $"an FPDU of {f.WireLength} bytes does not fit the {mss}-byte TCP segment");
+            largest = Math.Max(largest, f.WireLength);
+            if (f.Opcode == 3)
+            {
+                if (f.Last) break;
+                continue;
+            }
+            Assert.Equal(0, f.Opcode);
+            Assert.Equal(0x1000ul + (ulong)placed, f.TaggedOffset);
+            for (int i = 0; i < f.Payload.Length; i++) Assert.Equal((byte)((placed + i) * 11 + 3), f.Payload[i]);
+            placed += f.Payload.Length;
+        }
+        Assert.Equal(length, placed);
+        return largest;
+    }
+
+    [Theory]
+    [InlineData(536)]
+    [InlineData(1460)]
+    public async Task As_initiator_fpdus_fit_the_tcp_segment_the_peer_announced(int announced)
+    {
+        var side = NewSide();
+        using var l = RawIwarpPeer.Listen(mss: announced);
+        var connect = IwarpConnector.ConnectAsync(side.Qp, (IPEndPoint)l.LocalEndPoint!);
+        using var peer = Own(RawIwarpPeer.Accept(l));
+        var request = peer.ReadMpa(request: true);
+        peer.Send(RawIwarpPeer.MpaFrame(false, 0x50, 2, RawIwarpPeer.Enhanced(16, 16, false, false, false, false)));
+        await connect.WaitAsync(Bound);
+        Assert.True(request.Crc);
+        peer.Crc = true;
+        int ours = side.Qp.Connection!.Emss;
+        Assert.True(ours > 0 && ours <= announced, $"our EMSS {ours} vs the {announced} announced");
+        // MULPDU = EMSS - 6, kept 4-byte aligned: an FPDU of exactly the segment size, or up to 3 bytes less.
+        Assert.Equal(ours - 6 - ((ours - 4) & 3), side.Qp.Connection.MaxUlpduLength);
+        SendBulk(side, 20_000);
+        int largest = ReceiveBulk(peer, 20_000, ours);
+        Assert.True(largest > ours - 4, $"FPDUs of at most {largest} bytes do not fill the {ours}-byte segment");
+    }
+
+    [Fact]
+    public void As_responder_fpdus_fit_the_tcp_segment_the_initiator_announced()
+    {
+        const int announced = 1460;
+        var side = NewSide();
+        var (listener, accepted) = Listen(side, new IwarpOptions());
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request(), mss: announced));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = true;
+        peer.SendFpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address, default)); // the initiator's first FPDU
+        int ours = side.Qp.Connection!.Emss;
+        Assert.True(ours > 0 && ours <= announced, $"our EMSS {ours} vs the {announced} announced");
+        SendBulk(side, 30_000);
+        int largest = ReceiveBulk(peer, 30_000, ours);
+        Assert.True(largest > ours - 4);
+    }
+
+    [Fact]
+    public async Task On_loopback_the_large_mss_keeps_large_fpdus_and_max_fpdu_size_overrides_it()
+    {
+        var a = NewSide();
+        var b = NewSide();
+        var (listener, accepted) = Listen(a, new IwarpOptions());
+        await IwarpConnector.ConnectAsync(b.Qp, listener.LocalEndPoint).WaitAsync(Bound);
+        await accepted.WaitAsync(Bound);
+        int emss = b.Qp.Connection!.Emss;
+        Assert.True(emss > 16 * 1024, $"loopback EMSS {emss}");
+        Assert.True(b.Qp.Connection.MaxUlpduLength > 16 * 1024 && b.Qp.Connection.MaxUlpduLength <= emss - 6);
+        Assert.True(a.Qp.Connection!.MaxUlpduLength > 16 * 1024);
+
+        var c = NewSide();
+        var d = NewSide();
+        var (l2, accepted2) = Listen(c, new IwarpOptions { MaxFpduSize = 4096 });
+        await IwarpConnector.ConnectAsync(d.Qp, l2.LocalEndPoint, default, new IwarpOptions { MaxFpduSize = 2048 }).WaitAsync(Bound);
+        await accepted2.WaitAsync(Bound);
+        Assert.Equal(4096 - 6, c.Qp.Connection!.MaxUlpduLength);
+        Assert.Equal(2048 - 6, d.Qp.Connection!.MaxUlpduLength);
+    }
 }

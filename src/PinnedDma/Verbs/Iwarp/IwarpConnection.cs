@@ -58,8 +58,9 @@ internal sealed partial class IwarpConnection : IDisposable
         // validated the initiator's first FPDU (the RTR in peer-to-peer mode). The initiator may send at once.
         if (initiator) _transmit.Set();
         _awaitRtr = !initiator && negotiated.PeerToPeer;
-        int maxFpduSize = settings.MaxFpduSize;
         _socket = rx.Socket;
+        Emss = ReadEmss(_socket);
+        int maxFpduSize = settings.MaxFpduSize > 0 ? settings.MaxFpduSize : Emss > 0 ? Math.Max(Emss, 64) : FpduOptions.DefaultMaxFpduSize;
         _rx = rx;
         _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize, settings.SendStallTimeout);
         _qp = qp;
@@ -73,6 +74,27 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     public MpaNegotiated Negotiated { get; }
+
+    /// <summary>The connection's effective TCP MSS (TCP_MAXSEG) when it could be read, else 0.</summary>
+    public int Emss { get; }
+
+    /// <summary>MULPDU: the largest ULPDU this side sends (from <see cref="Emss"/> unless overridden).</summary>
+    public int MaxUlpduLength => _encoder.Options.MaxUlpduLength;
+
+    /// <summary>TCP_MAXSEG of a connected socket: the MSS its sends are cut to (0 when the platform does not say).</summary>
+    private static int ReadEmss(Socket socket)
+    {
+        const int IpProtoTcp = 6, TcpMaxSeg = 2;
+        Span<byte> value = stackalloc byte[4];
+        try
+        {
+            return socket.GetRawSocketOption(IpProtoTcp, TcpMaxSeg, value) == 4 ? Math.Max(0, System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(value)) : 0;
+        }
+        catch (Exception e) when (e is SocketException or PlatformNotSupportedException)
+        {
+            return 0;
+        }
+    }
 
     /// <summary>Whether this side sent the MPA Request (the initiator) rather than the Reply.</summary>
     public bool Initiator { get; }
