@@ -5,6 +5,20 @@ using PinnedDma.Verbs.Iwarp;
 
 namespace PinnedDma.Verbs;
 
+/// <summary>The zero-length ready-to-receive (RTR) messages of RFC 6581 §7 that may open a peer-to-peer connection.</summary>
+[Flags]
+public enum IwarpRtrTypes
+{
+    /// <summary>None.</summary>
+    None = 0,
+    /// <summary>A zero-length Send (the B bit of the enhanced setup data).</summary>
+    ZeroLengthSend = 1,
+    /// <summary>A zero-length RDMA Write (the C bit).</summary>
+    ZeroLengthRdmaWrite = 2,
+    /// <summary>A zero-length RDMA Read (the D bit).</summary>
+    ZeroLengthRdmaRead = 4,
+}
+
 /// <summary>iWARP connection settings (MPA, RFC 5044 and RFC 6581).</summary>
 public sealed class IwarpOptions
 {
@@ -24,8 +38,28 @@ public sealed class IwarpOptions
     /// <summary>Outbound RDMA Read depth advertised in revision 2. Default 16.</summary>
     public ushort Ord { get; init; } = 16;
 
-    /// <summary>Largest FPDU sent (length field to CRC). Default 16 KiB; at most 65 535 + 6.</summary>
-    public int MaxFpduSize { get; init; } = 16 * 1024;
+    /// <summary>
+    /// Largest FPDU this side sends (length field to CRC field), or 0 (default) to size FPDUs to the connection's TCP
+    /// segment: after connect and accept the effective MSS is read (TCP_MAXSEG) and the MULPDU is EMSS - 6, rounded
+    /// down to keep the 4-byte alignment (RFC 5044 §5.1, no markers), so that one FPDU fits in one segment. A positive
+    /// value (64 to 65 541) overrides that. What the peer sends is accepted up to 65 535 bytes of ULPDU either way.
+    /// </summary>
+    public int MaxFpduSize { get; init; }
+
+    /// <summary>
+    /// Initiator: request the peer-to-peer mode of RFC 6581 §7 (MPA revision 2 only), offering <see cref="RtrTypes"/>;
+    /// the connection then starts with a zero-length RTR message of the type the responder picked, which the other side
+    /// consumes without a completion, so either side may send first. Without it (default) the responder sends nothing
+    /// until the initiator's first FPDU arrived (RFC 5044 §7.1.2), so the initiator must send first. A listener accepts
+    /// peer-to-peer requests whenever one of its <see cref="RtrTypes"/> was offered, whatever this setting.
+    /// </summary>
+    public bool PeerToPeer { get; init; }
+
+    /// <summary>
+    /// The RFC 6581 RTR message types this side supports: offered when requesting peer-to-peer mode, accepted as the
+    /// responder (which picks a zero-length RDMA Write, then Read, then Send among the offered ones). Default: all three.
+    /// </summary>
+    public IwarpRtrTypes RtrTypes { get; init; } = IwarpRtrTypes.ZeroLengthSend | IwarpRtrTypes.ZeroLengthRdmaWrite | IwarpRtrTypes.ZeroLengthRdmaRead;
 
     /// <summary>Time allowed for the MPA exchange. Default 5 s.</summary>
     public TimeSpan SetupTimeout { get; init; } = TimeSpan.FromSeconds(5);
@@ -43,13 +77,18 @@ public sealed class IwarpOptions
         WantCrc = Crc,
         Ird = Ird,
         Ord = Ord,
+        PeerToPeer = PeerToPeer,
+        RtrTypes = (MpaRtrTypes)RtrTypes,
         PrivateData = privateData,
     };
 
     internal void Validate()
     {
         if (MpaRevision is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(MpaRevision), MpaRevision, "MPA revision is 1 or 2.");
-        if (MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 64 to 65541 bytes.");
+        if (MaxFpduSize != 0 && MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 0 (from the TCP MSS) or 64 to 65541 bytes.");
+        if (PeerToPeer && MpaRevision != 2) throw new ArgumentException("Peer-to-peer mode (RFC 6581) needs MPA revision 2.", nameof(PeerToPeer));
+        if (((int)RtrTypes & ~7) != 0 || (PeerToPeer && RtrTypes == IwarpRtrTypes.None))
+            throw new ArgumentOutOfRangeException(nameof(RtrTypes), RtrTypes, "RTR types are a non-empty combination of the three RFC 6581 types.");
         if (SendStallTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(SendStallTimeout), SendStallTimeout, "The send stall timeout must be positive.");
     }
 }
@@ -222,7 +261,7 @@ public sealed class IwarpConnectionRequest
             _rx.Dispose(); // and the socket it owns
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
-        qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options));
+        qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options, initiator: false));
     }
 
     /// <summary>Rejects with an MPA reply that has the R flag set.</summary>
@@ -293,7 +332,7 @@ public static class IwarpConnector
                 var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
                 if (error.IsError)
                     throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
-                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options));
+                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options, initiator: true));
                 return reply.PrivateData;
             }
         }

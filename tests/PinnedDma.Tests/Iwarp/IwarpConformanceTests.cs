@@ -310,4 +310,335 @@ public sealed class IwarpConformanceTests : IDisposable
         Assert.Null(side.Qp.Connection!.LastTerminateSent);
         Assert.True(peer.NothingArrives(TimeSpan.FromMilliseconds(200)), "the real side sent something (a Terminate?)");
     }
+
+    // ------------------------------------------------------------ 4. the responder speaks second (RFC 5044 §7.1.2)
+
+    private static byte[] Rev2Request(bool p2p = false, bool send = false, bool write = false, bool read = false) =>
+        RawIwarpPeer.MpaFrame(request: true, flags: 0x50, revision: 2, RawIwarpPeer.Enhanced(16, 16, p2p, send, write, read));
+
+    [Fact]
+    public void The_responder_sends_nothing_before_the_initiators_first_fpdu_and_holds_what_was_posted()
+    {
+        var side = NewSide();
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0)));
+        "early"u8.CopyTo(side.Mr.GetBufferSpan()[0x100..]);
+        var accepted = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            (await listener.AcceptAsync(cts.Token)).Accept(side.Qp);
+            // Posted the moment the connection exists: held, not sent and not lost.
+            Post(side, 80, WrOpcode.Send, 0x100, 5);
+        });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request()));
+        var reply = peer.ReadMpa(request: false);
+        Assert.False(reply.Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = true;
+        Assert.True(peer.NothingArrives(TimeSpan.FromMilliseconds(500)), "the responder sent before the initiator's first FPDU");
+        Assert.True(NoCompletion(side.Cq, TimeSpan.Zero), "the held Send completed before it could be sent");
+
+        peer.SendFpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address + 0x200, "first"u8));
+        var send = peer.ReceiveFpdu();
+        Assert.NotNull(send);
+        Assert.Equal(3, send!.Opcode);
+        Assert.Equal(1u, send.Msn);
+        Assert.Equal("early", Encoding.ASCII.GetString(send.Payload));
+        var wc = Next(side.Cq);
+        Assert.Equal((80ul, WcStatus.Success), (wc.WrId, wc.Status));
+        Assert.Equal("first", Encoding.ASCII.GetString(side.Mr.GetBufferSpan().Slice(0x200, 5)));
+    }
+
+    [Fact]
+    public void A_responder_whose_first_fpdu_never_comes_closes_with_the_held_send_flushed()
+    {
+        var side = NewSide();
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0)));
+        var accepted = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            (await listener.AcceptAsync(cts.Token)).Accept(side.Qp);
+            Post(side, 81, WrOpcode.Send, 0, 5);
+        });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request()));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Socket.Shutdown(System.Net.Sockets.SocketShutdown.Both);
+        var wc = Next(side.Cq);
+        Assert.Equal(81ul, wc.WrId);
+        Assert.NotEqual(WcStatus.Success, wc.Status);
+        Assert.Equal(QpState.Error, side.Qp.State);
+    }
+
+    // ------------------------------------------------------------ 3. RFC 6581 peer-to-peer mode
+
+    public static TheoryData<int> RtrKinds => new() { 1, 2, 4 };
+
+    private static IwarpRtrTypes Rtr(int kind) => (IwarpRtrTypes)kind;
+
+    /// <summary>The RTR FPDU of RFC 6581 §7 a raw initiator sends for <paramref name="kind"/>.</summary>
+    private static byte[] RtrUlpdu(int kind) => kind switch
+    {
+        1 => RawIwarpPeer.Untagged(3, true, 0, 1, 0, default),
+        2 => RawIwarpPeer.Tagged(0, true, 1, 0, default),
+        _ => RawIwarpPeer.Untagged(1, true, 1, 1, 0, RawIwarpPeer.ReadRequestBody(0x5151, 0x99, 0, 1, 0)),
+    };
+
+    [Theory]
+    [MemberData(nameof(RtrKinds))]
+    public void As_responder_each_rtr_type_is_negotiated_consumed_silently_and_opens_the_connection(int kind)
+    {
+        var side = NewSide();
+        PostRecv(side, 90, 0, 64);
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0)));
+        "server first"u8.CopyTo(side.Mr.GetBufferSpan()[0x100..]);
+        var accepted = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            (await listener.AcceptAsync(cts.Token)).Accept(side.Qp);
+            Post(side, 91, WrOpcode.Send, 0x100, 12);
+        });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request(true, kind == 1, kind == 2, kind == 4)));
+        var reply = peer.ReadMpa(request: false);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        Assert.False(reply.Reject);
+        Assert.True(reply.P2p, "the reply must confirm peer-to-peer mode");
+        Assert.Equal((kind == 1, kind == 2, kind == 4), (reply.RtrSend, reply.RtrWrite, reply.RtrRead));
+        peer.Crc = true;
+        Assert.True(peer.NothingArrives(TimeSpan.FromMilliseconds(300)), "the responder sent before the RTR");
+
+        peer.SendFpdu(RtrUlpdu(kind));
+        if (kind == 4)
+        {
+            // The zero-length RDMA Read gets its zero-length Read Response, to the sink the request named.
+            var rresp = peer.ReceiveFpdu()!;
+            Assert.Equal((2, true, 0x5151u, 0x99ul, 0), (rresp.Opcode, rresp.Last, rresp.STag, rresp.TaggedOffset, rresp.Payload.Length));
+        }
+        var send = peer.ReceiveFpdu()!;
+        Assert.Equal((3, 1u), (send.Opcode, send.Msn));
+        Assert.Equal("server first", Encoding.ASCII.GetString(send.Payload));
+        Assert.Equal((91ul, WcStatus.Success), (Next(side.Cq) is var wc ? (wc.WrId, wc.Status) : default));
+
+        // The RTR took no receive: the posted one gets the peer's first real Send (MSN 2 after a Send RTR, else 1).
+        peer.SendFpdu(RawIwarpPeer.Untagged(3, true, 0, kind == 1 ? 2u : 1u, 0, "data"u8));
+        var recv = Next(side.Cq);
+        Assert.True(recv.Status == WcStatus.Success, $"{recv.Status}: {side.Qp.ConnectionCloseReason}");
+        Assert.Equal((90ul, 4u), (recv.WrId, recv.ByteLength));
+        Assert.Equal("data", Encoding.ASCII.GetString(side.Mr.GetBufferSpan()[..4]));
+        Assert.True(NoCompletion(side.Cq, TimeSpan.FromMilliseconds(100)), "the RTR surfaced as a completion");
+        Assert.Equal(QpState.Rts, side.Qp.State);
+    }
+
+    [Theory]
+    [MemberData(nameof(RtrKinds))]
+    public async Task As_initiator_the_rtr_the_responder_picked_is_the_first_fpdu_and_completes_nothing(int kind)
+    {
+        var side = NewSide();
+        using var l = RawIwarpPeer.Listen();
+        var options = new IwarpOptions { PeerToPeer = true };
+        var connect = IwarpConnector.ConnectAsync(side.Qp, (IPEndPoint)l.LocalEndPoint!, default, options);
+        using var peer = Own(RawIwarpPeer.Accept(l));
+        var request = peer.ReadMpa(request: true);
+        Assert.True(request.P2p);
+        Assert.True(request.RtrSend && request.RtrWrite && request.RtrRead, "all three RTR types are offered by default");
+        peer.Send(RawIwarpPeer.MpaFrame(false, 0x50, 2, RawIwarpPeer.Enhanced(16, 16, true, kind == 1, kind == 2, kind == 4)));
+        await connect.WaitAsync(Bound);
+        Assert.Equal(Rtr(kind), (IwarpRtrTypes)side.Qp.Connection!.Negotiated.Rtr);
+        peer.Crc = true;
+
+        var rtr = peer.ReceiveFpdu()!;
+        Assert.True(rtr.Last);
+        switch (kind)
+        {
+            case 1:
+                Assert.Equal((3, 0u, 1u, 0u, 0), (rtr.Opcode, rtr.Qn, rtr.Msn, rtr.Mo, rtr.Payload.Length));
+                break;
+            case 2:
+                Assert.Equal((0, true, 0), (rtr.Opcode, rtr.Tagged, rtr.Payload.Length));
+                break;
+            default:
+                Assert.Equal((1, 1u, 1u), (rtr.Opcode, rtr.Qn, rtr.Msn));
+                var body = rtr.Payload;
+                Assert.Equal(28, body.Length);
+                Assert.Equal(0u, System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(body[12..])); // RDMA Read Message Size
+                // The peer answers with the zero-length Read Response: consumed, no completion.
+                peer.SendFpdu(RawIwarpPeer.Tagged(2, true, System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(body),
+                    System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(body[4..]), default));
+                break;
+        }
+        "after rtr"u8.CopyTo(side.Mr.GetBufferSpan());
+        Post(side, 92, WrOpcode.Send, 0, 9);
+        var send = peer.ReceiveFpdu()!;
+        Assert.Equal((3, kind == 1 ? 2u : 1u), (send.Opcode, send.Msn));
+        var wc = Next(side.Cq);
+        Assert.Equal((92ul, WcStatus.Success), (wc.WrId, wc.Status));
+        if (kind == 4)
+        {
+            // A Read the application posts takes MSN 2 on QN 1 and completes as usual.
+            Post(side, 93, WrOpcode.RdmaRead, 0x1000, 3, remote: 0x40, rkey: 0x7777);
+            var rr = peer.ReceiveFpdu()!;
+            Assert.Equal((1, 2u), (rr.Opcode, rr.Msn));
+            var b = rr.Payload;
+            peer.SendFpdu(RawIwarpPeer.Tagged(2, true, System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(b),
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(b[4..]), "abc"u8));
+            var rd = Next(side.Cq);
+            Assert.Equal((93ul, WcStatus.Success, WcOpcode.RdmaRead), (rd.WrId, rd.Status, rd.Opcode));
+            Assert.Equal("abc", Encoding.ASCII.GetString(side.Mr.GetBufferSpan().Slice(0x1000, 3)));
+        }
+        Assert.True(NoCompletion(side.Cq, TimeSpan.FromMilliseconds(100)), "the RTR surfaced as a completion");
+        Assert.Equal(QpState.Rts, side.Qp.State);
+    }
+
+    [Theory]
+    [MemberData(nameof(RtrKinds))]
+    public async Task Between_our_own_ends_each_rtr_type_lets_the_responder_send_first(int kind)
+    {
+        var server = NewSide();
+        var client = NewSide();
+        PostRecv(client, 100, 0, 64);
+        PostRecv(server, 101, 0, 64);
+        "from server"u8.CopyTo(server.Mr.GetBufferSpan()[0x100..]);
+        "from client"u8.CopyTo(client.Mr.GetBufferSpan()[0x100..]);
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), new IwarpOptions { RtrTypes = Rtr(kind) }));
+        var accepted = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            (await listener.AcceptAsync(cts.Token)).Accept(server.Qp);
+            Post(server, 102, WrOpcode.Send, 0x100, 11);
+        });
+        await IwarpConnector.ConnectAsync(client.Qp, listener.LocalEndPoint, default, new IwarpOptions { PeerToPeer = true }).WaitAsync(Bound);
+        await accepted.WaitAsync(Bound);
+        Assert.Equal(Rtr(kind), (IwarpRtrTypes)client.Qp.Connection!.Negotiated.Rtr);
+        Assert.True(server.Qp.Connection!.Negotiated.PeerToPeer);
+        // The server spoke first (it only waited for the RTR); the client answers.
+        var got = Next(client.Cq);
+        Assert.True(got.Status == WcStatus.Success, $"{got.Status}: {client.Qp.ConnectionCloseReason}");
+        Assert.Equal((100ul, 11u), (got.WrId, got.ByteLength));
+        Assert.Equal("from server", Encoding.ASCII.GetString(client.Mr.GetBufferSpan()[..11]));
+        Assert.Equal(102ul, Next(server.Cq).WrId);
+        Post(client, 103, WrOpcode.Send, 0x100, 11);
+        Assert.Equal(103ul, Next(client.Cq).WrId);
+        var got2 = Next(server.Cq);
+        Assert.Equal((101ul, WcStatus.Success, 11u), (got2.WrId, got2.Status, got2.ByteLength));
+        Assert.True(NoCompletion(client.Cq, TimeSpan.FromMilliseconds(100)) && NoCompletion(server.Cq, TimeSpan.Zero), "an RTR surfaced as a completion");
+    }
+
+    [Fact]
+    public async Task Without_a_common_rtr_type_the_request_is_rejected_with_no_matching_rtr()
+    {
+        var side = NewSide();
+        var listener = Own(new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), new IwarpOptions { RtrTypes = IwarpRtrTypes.ZeroLengthRdmaWrite | IwarpRtrTypes.ZeroLengthRdmaRead }));
+        var refused = Task.Run(async () =>
+        {
+            using var cts = new CancellationTokenSource(Bound);
+            var req = await listener.AcceptAsync(cts.Token);
+            return Assert.Throws<PinnedDmaException>(() => req.Accept(side.Qp));
+        });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request(p2p: true, send: true)));
+        var reply = peer.ReadMpa(request: false);
+        var ex = await refused.WaitAsync(Bound);
+        Assert.Equal(PinnedDmaError.ConnectionRejected, ex.Error);
+        Assert.Contains("NoMatchingRtr", ex.Message, StringComparison.Ordinal);
+        Assert.True(reply.Reject);
+        Assert.Equal(2, reply.Revision);
+        Assert.False(reply.P2p);
+    }
+
+    // ------------------------------------------------------------ 6. FPDUs sized to the TCP segment (RFC 5044 §5.1)
+
+    /// <summary>Sends an RDMA Write of <paramref name="length"/> bytes and a Send of 3000 from <paramref name="side"/>.</summary>
+    private static void SendBulk(Side side, int length)
+    {
+        var span = side.Mr.GetBufferSpan();
+        for (int i = 0; i < length; i++) span[i] = (byte)(i * 11 + 3);
+        Post(side, 110, WrOpcode.RdmaWrite, 0, (uint)length, remote: 0x1000, rkey: 0x4242);
+        Post(side, 111, WrOpcode.Send, 0, 3000);
+        Assert.Equal(WcStatus.Success, Next(side.Cq).Status);
+        Assert.Equal(WcStatus.Success, Next(side.Cq).Status);
+    }
+
+    /// <summary>Reads the Write's segments and the Send; returns the largest FPDU seen and checks the data.</summary>
+    private static int ReceiveBulk(RawIwarpPeer peer, int length, int mss)
+    {
+        int placed = 0, largest = 0;
+        while (true)
+        {
+            var f = peer.ReceiveFpdu()!;
+            Assert.True(f.WireLength <= mss, $"an FPDU of {f.WireLength} bytes does not fit the {mss}-byte TCP segment");
+            largest = Math.Max(largest, f.WireLength);
+            if (f.Opcode == 3)
+            {
+                if (f.Last) break;
+                continue;
+            }
+            Assert.Equal(0, f.Opcode);
+            Assert.Equal(0x1000ul + (ulong)placed, f.TaggedOffset);
+            for (int i = 0; i < f.Payload.Length; i++) Assert.Equal((byte)((placed + i) * 11 + 3), f.Payload[i]);
+            placed += f.Payload.Length;
+        }
+        Assert.Equal(length, placed);
+        return largest;
+    }
+
+    [Theory]
+    [InlineData(536)]
+    [InlineData(1460)]
+    public async Task As_initiator_fpdus_fit_the_tcp_segment_the_peer_announced(int announced)
+    {
+        var side = NewSide();
+        using var l = RawIwarpPeer.Listen(mss: announced);
+        var connect = IwarpConnector.ConnectAsync(side.Qp, (IPEndPoint)l.LocalEndPoint!);
+        using var peer = Own(RawIwarpPeer.Accept(l));
+        var request = peer.ReadMpa(request: true);
+        peer.Send(RawIwarpPeer.MpaFrame(false, 0x50, 2, RawIwarpPeer.Enhanced(16, 16, false, false, false, false)));
+        await connect.WaitAsync(Bound);
+        Assert.True(request.Crc);
+        peer.Crc = true;
+        int ours = side.Qp.Connection!.Emss;
+        Assert.True(ours > 0 && ours <= announced, $"our EMSS {ours} vs the {announced} announced");
+        // MULPDU = EMSS - 6, kept 4-byte aligned: an FPDU of exactly the segment size, or up to 3 bytes less.
+        Assert.Equal(ours - 6 - ((ours - 4) & 3), side.Qp.Connection.MaxUlpduLength);
+        SendBulk(side, 20_000);
+        int largest = ReceiveBulk(peer, 20_000, ours);
+        Assert.True(largest > ours - 4, $"FPDUs of at most {largest} bytes do not fill the {ours}-byte segment");
+    }
+
+    [Fact]
+    public void As_responder_fpdus_fit_the_tcp_segment_the_initiator_announced()
+    {
+        const int announced = 1460;
+        var side = NewSide();
+        var (listener, accepted) = Listen(side, new IwarpOptions());
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request(), mss: announced));
+        Assert.False(peer.ReadMpa(request: false).Reject);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = true;
+        peer.SendFpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address, default)); // the initiator's first FPDU
+        int ours = side.Qp.Connection!.Emss;
+        Assert.True(ours > 0 && ours <= announced, $"our EMSS {ours} vs the {announced} announced");
+        SendBulk(side, 30_000);
+        int largest = ReceiveBulk(peer, 30_000, ours);
+        Assert.True(largest > ours - 4);
+    }
+
+    [Fact]
+    public async Task On_loopback_the_large_mss_keeps_large_fpdus_and_max_fpdu_size_overrides_it()
+    {
+        var a = NewSide();
+        var b = NewSide();
+        var (listener, accepted) = Listen(a, new IwarpOptions());
+        await IwarpConnector.ConnectAsync(b.Qp, listener.LocalEndPoint).WaitAsync(Bound);
+        await accepted.WaitAsync(Bound);
+        int emss = b.Qp.Connection!.Emss;
+        Assert.True(emss > 16 * 1024, $"loopback EMSS {emss}");
+        Assert.True(b.Qp.Connection.MaxUlpduLength > 16 * 1024 && b.Qp.Connection.MaxUlpduLength <= emss - 6);
+        Assert.True(a.Qp.Connection!.MaxUlpduLength > 16 * 1024);
+
+        var c = NewSide();
+        var d = NewSide();
+        var (l2, accepted2) = Listen(c, new IwarpOptions { MaxFpduSize = 4096 });
+        await IwarpConnector.ConnectAsync(d.Qp, l2.LocalEndPoint, default, new IwarpOptions { MaxFpduSize = 2048 }).WaitAsync(Bound);
+        await accepted2.WaitAsync(Bound);
+        Assert.Equal(4096 - 6, c.Qp.Connection!.MaxUlpduLength);
+        Assert.Equal(2048 - 6, d.Qp.Connection!.MaxUlpduLength);
+    }
 }

@@ -31,7 +31,7 @@ public sealed class IwarpHostilePeerTests : IDisposable
     private readonly ProtectionDomain _pd, _otherPd;
     private readonly MemoryRegion _rw, _ro, _foreign, _bystander, _recv;
     private readonly IwarpListener _listener;
-    private readonly int _receiveLimit = FpduOptions.MaxUlpduForFpduSize(new IwarpOptions().MaxFpduSize);
+    private readonly int _receiveLimit = FpduOptions.MaxUlpduForFpduSize(FpduOptions.DefaultMaxFpduSize);
 
     public IwarpHostilePeerTests()
     {

@@ -108,7 +108,7 @@ internal sealed partial class IwarpConnection
                 ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
                 if (status != ParseStatus.Frame) break;
                 probe = direct && fpdu.Payload.Length >= PlaceDirectMin;
-                if (!OnFpdu(fpdu))
+                if (!(_firstReceived ? OnFpdu(fpdu) : OnFirstFpdu(fpdu)))
                 {
                     stop = true;
                     break;
@@ -119,7 +119,7 @@ internal sealed partial class IwarpConnection
                 reader.AdvanceTo(buffer.Start);
                 return error;
             }
-            if (direct && TryDirectTarget(buffer, out var target))
+            if (direct && !_awaitRtr && TryDirectTarget(buffer, out var target))
             {
                 // Everything buffered belongs to this segment: place it, empty the pipe, receive the rest.
                 var placed = PlaceBuffered(target, buffer);
@@ -127,6 +127,12 @@ internal sealed partial class IwarpConnection
                 if (placed == Placement.Done) placed = ReceiveDirect(fd, target);
                 if (placed == Placement.Stop) return default;
                 if (placed == Placement.Truncated) return EndOfStream(target.WireLength);
+                if (!_firstReceived)
+                {
+                    // A whole, valid first FPDU: the responder may send from now on.
+                    _firstReceived = true;
+                    _transmit.Set();
+                }
                 probe = true;
                 continue;
             }
@@ -280,6 +286,52 @@ internal sealed partial class IwarpConnection
         return false;
     }
 
+    /// <summary>
+    /// The peer's first FPDU. A responder in peer-to-peer mode requires the negotiated RTR message and consumes it
+    /// (RFC 6581 §7): a zero-length Send takes MSN 1 but no receive and completes nothing; a zero-length RDMA Write
+    /// places nothing; a zero-length RDMA Read Request gets its zero-length Read Response. Once the first FPDU is
+    /// validated, a responder may send (RFC 5044 §7.1.2).
+    /// </summary>
+    private bool OnFirstFpdu(in Fpdu f)
+    {
+        if (_awaitRtr)
+        {
+            var h = f.Header;
+            bool rtr = h.Last && Negotiated.Rtr switch
+            {
+                MpaRtrTypes.ZeroLengthSend => h.Opcode == RdmapOpcode.Send && f.Payload.IsEmpty && h.MessageSequenceNumber == _expectSendMsn && h.MessageOffset == 0,
+                MpaRtrTypes.ZeroLengthRdmaWrite => h.Opcode == RdmapOpcode.RdmaWrite && f.Payload.IsEmpty,
+                MpaRtrTypes.ZeroLengthRdmaRead => h.Opcode == RdmapOpcode.RdmaReadRequest && h.MessageSequenceNumber == _expectReadMsn && f.ReadRequest.MessageSize == 0,
+                _ => false,
+            };
+            if (!rtr && h.Opcode != RdmapOpcode.Terminate)
+                return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), f,
+                    $"the first FPDU ({h.Opcode}, {f.Payload.Length} bytes) is not the negotiated {Negotiated.Rtr} RTR message");
+            if (!rtr) return OnFpdu(f);
+            _awaitRtr = false;
+            if (h.Opcode == RdmapOpcode.Send) _expectSendMsn++;
+            if (h.Opcode == RdmapOpcode.RdmaReadRequest)
+            {
+                // Answered here, before anything this side has waiting: the zero-length Read Response is the first FPDU
+                // the responder sends (a few bytes into an empty socket buffer).
+                _expectReadMsn++;
+                var rr = f.ReadRequest;
+                lock (_sendLock)
+                {
+                    _encoder.WriteReadResponse(_out, rr.SinkSTag, rr.SinkTaggedOffset, true, default);
+                    _out.Flush();
+                }
+            }
+            _firstReceived = true;
+            _transmit.Set();
+            return true;
+        }
+        if (!OnFpdu(f)) return false;
+        _firstReceived = true;
+        _transmit.Set();
+        return true;
+    }
+
     private bool OnFpdu(Fpdu f)
     {
         var h = f.Header;
@@ -423,6 +475,7 @@ internal sealed partial class IwarpConnection
             {
                 done.Done = true;
                 done.Status = status;
+                // The RTR's read completes nothing (it never entered the completion order).
             }
             resume = _fenceParked && _reads.Count == 0;
             if (resume) _fenceParked = false;

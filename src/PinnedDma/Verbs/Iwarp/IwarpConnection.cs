@@ -51,10 +51,16 @@ internal sealed partial class IwarpConnection : IDisposable
     // Pad bytes of a directly placed segment still to be skipped in the pipe.
     private int _skip;
 
-    public IwarpConnection(SocketReceivePipe rx, QueuePair qp, MpaNegotiated negotiated, IwarpOptions settings)
+    public IwarpConnection(SocketReceivePipe rx, QueuePair qp, MpaNegotiated negotiated, IwarpOptions settings, bool initiator)
     {
-        int maxFpduSize = settings.MaxFpduSize;
+        Initiator = initiator;
+        // RFC 5044 §7.1.2 (and RFC 6581 §7 in peer-to-peer mode): the responder sends nothing until it has received and
+        // validated the initiator's first FPDU (the RTR in peer-to-peer mode). The initiator may send at once.
+        if (initiator) _transmit.Set();
+        _awaitRtr = !initiator && negotiated.PeerToPeer;
         _socket = rx.Socket;
+        Emss = ReadEmss(_socket);
+        int maxFpduSize = settings.MaxFpduSize > 0 ? settings.MaxFpduSize : Emss > 0 ? Math.Max(Emss, 64) : FpduOptions.DefaultMaxFpduSize;
         _rx = rx;
         _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize, settings.SendStallTimeout);
         _qp = qp;
@@ -68,6 +74,78 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     public MpaNegotiated Negotiated { get; }
+
+    /// <summary>The connection's effective TCP MSS (TCP_MAXSEG) when it could be read, else 0.</summary>
+    public int Emss { get; }
+
+    /// <summary>MULPDU: the largest ULPDU this side sends (from <see cref="Emss"/> unless overridden).</summary>
+    public int MaxUlpduLength => _encoder.Options.MaxUlpduLength;
+
+    /// <summary>TCP_MAXSEG of a connected socket: the MSS its sends are cut to (0 when the platform does not say).</summary>
+    private static int ReadEmss(Socket socket)
+    {
+        const int IpProtoTcp = 6, TcpMaxSeg = 2;
+        Span<byte> value = stackalloc byte[4];
+        try
+        {
+            return socket.GetRawSocketOption(IpProtoTcp, TcpMaxSeg, value) == 4 ? Math.Max(0, System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(value)) : 0;
+        }
+        catch (Exception e) when (e is SocketException or PlatformNotSupportedException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Whether this side sent the MPA Request (the initiator) rather than the Reply.</summary>
+    public bool Initiator { get; }
+
+    // Set once this side may send FPDUs: at once for the initiator, after the first valid FPDU for the responder.
+    private readonly ManualResetEventSlim _transmit = new(false);
+    // Responder in peer-to-peer mode: the first FPDU must be the negotiated RTR message, which is consumed here.
+    private bool _awaitRtr;
+    // Whether the peer's first FPDU was received and validated.
+    private bool _firstReceived;
+
+    /// <summary>
+    /// Engine thread: holds work until this side may transmit (a responder before the initiator's first FPDU); false
+    /// when the connection closed meanwhile. Work posted early is kept in order, not lost.
+    /// </summary>
+    private bool WaitUntilMayTransmit()
+    {
+        if (!_transmit.IsSet) _transmit.Wait();
+        return Volatile.Read(ref _closed) == 0;
+    }
+
+    /// <summary>
+    /// Initiator in peer-to-peer mode: sends the negotiated zero-length RTR message as the very first FPDU (RFC 6581 §7):
+    /// a Send on QN 0 (it takes MSN 1), an RDMA Write, or an RDMA Read Request on QN 1 (MSN 1) whose zero-length Read
+    /// Response is consumed here and never completes a work request. STag 1 and offset 0 name no buffer: a zero-length
+    /// transfer is not checked against one.
+    /// </summary>
+    private void SendRtr()
+    {
+        const uint RtrStag = 1;
+        lock (_sendLock)
+        {
+            switch (Negotiated.Rtr)
+            {
+                case MpaRtrTypes.ZeroLengthSend:
+                    _encoder.Write(_out, DdpRdmapHeader.ForUntagged(RdmapOpcode.Send, DdpQueue.Send, _sendMsn++, 0, true), default(ReadOnlySpan<byte>));
+                    break;
+                case MpaRtrTypes.ZeroLengthRdmaWrite:
+                    _encoder.WriteRdmaWrite(_out, RtrStag, 0, true, default);
+                    break;
+                case MpaRtrTypes.ZeroLengthRdmaRead:
+                    lock (_readsLock)
+                        _reads.Enqueue(new PendingRead { Internal = true, SinkSTag = RtrStag, SinkTo = 0, Length = 0 });
+                    _encoder.WriteReadRequest(_out, _readMsn++, new RdmaReadRequest(RtrStag, 0, 0, RtrStag, 0));
+                    break;
+                default:
+                    throw new InvalidOperationException($"No RTR message for {Negotiated.Rtr}.");
+            }
+            _out.Flush();
+        }
+    }
 
     /// <summary>
     /// This connection's own send engine: requester work and RDMA Read responses run on it, so a peer that reads
@@ -91,6 +169,17 @@ internal sealed partial class IwarpConnection : IDisposable
     {
         // Exactly one of Start and Close owns the receive pipe's end: the thread started here, or Close.
         if (Interlocked.Exchange(ref _started, 1) != 0) return;
+        if (Initiator && Negotiated.PeerToPeer)
+        {
+            try
+            {
+                SendRtr();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+            {
+                Close($"send failed: {e.Message}");
+            }
+        }
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Completion = done.Task;
         var thread = new Thread(() =>
@@ -116,6 +205,8 @@ internal sealed partial class IwarpConnection : IDisposable
 
     private sealed class PendingRead
     {
+        /// <summary>The RTR message's zero-length read: completes no work request.</summary>
+        public bool Internal;
         public ulong WrId;
         public bool Signaled;
         public MemoryRegion? Sink;
@@ -149,7 +240,7 @@ internal sealed partial class IwarpConnection : IDisposable
     public WcStatus Execute(in SendWorkRequest wr, MemoryRegion? local, long localOffset, out bool deferred)
     {
         deferred = false;
-        if (Volatile.Read(ref _closed) != 0) return WcStatus.RetryExcErr;
+        if (Volatile.Read(ref _closed) != 0 || !WaitUntilMayTransmit()) return WcStatus.RetryExcErr;
         try
         {
             switch (wr.Opcode)
@@ -339,6 +430,7 @@ internal sealed partial class IwarpConnection : IDisposable
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
         CloseReason = reason;
+        _transmit.Set(); // releases an engine thread holding work for the first FPDU
         // Shutting down wakes every thread waiting on the socket. The socket itself is disposed by the receive pipe that
         // owns it, after releasing its handle reference: Socket.Dispose waits for every reference, so disposing here
         // from a thread that holds one (the receive thread on an error) would never return.

@@ -234,11 +234,11 @@ internal sealed record MpaLocalSettings
     /// <summary>Outbound RDMA Read queue depth advertised in revision 2.</summary>
     public ushort Ord { get; init; } = 16;
 
-    /// <summary>Revision 2: request peer-to-peer mode (initiator) / accept it (responder).</summary>
+    /// <summary>Revision 2, initiator: request peer-to-peer mode. A responder accepts it whenever an RTR type matches.</summary>
     public bool PeerToPeer { get; init; }
 
-    /// <summary>Revision 2: RTR message types this side supports.</summary>
-    public MpaRtrTypes RtrTypes { get; init; } = MpaRtrTypes.ZeroLengthSend;
+    /// <summary>Revision 2: RTR message types this side supports (offers as initiator, accepts as responder).</summary>
+    public MpaRtrTypes RtrTypes { get; init; } = MpaRtrTypes.ZeroLengthSend | MpaRtrTypes.ZeroLengthRdmaWrite | MpaRtrTypes.ZeroLengthRdmaRead;
 
     /// <summary>Private data for the ULP.</summary>
     public ReadOnlyMemory<byte> PrivateData { get; init; } = ReadOnlyMemory<byte>.Empty;
@@ -296,10 +296,12 @@ internal static class MpaNegotiation
             MpaRtrTypes chosen = MpaRtrTypes.None;
             if (peer.PeerToPeer && !error.IsError)
             {
-                MpaRtrTypes common = peer.RtrTypes & local.RtrTypes;
-                chosen = Lowest(common);
-                if (!local.PeerToPeer || chosen == MpaRtrTypes.None)
-                    error = IwarpError.Mpa(IwarpErrorKind.MpaNoMatchingRtr, MpaErrorCode.NoMatchingRtr, $"No common RTR type (peer {peer.RtrTypes}, local {local.RtrTypes}).");
+                // RFC 6581 §7.1: the responder picks one RTR type of those offered that it supports and echoes it; "no
+                // matching RTR option" (0x07) only when there is none. A zero-length RDMA Read needs an IRD of 1.
+                MpaRtrTypes supported = local.RtrTypes & (local.Ird == 0 ? ~MpaRtrTypes.ZeroLengthRdmaRead : ~MpaRtrTypes.None);
+                chosen = Preferred(peer.RtrTypes & supported);
+                if (chosen == MpaRtrTypes.None)
+                    error = IwarpError.Mpa(IwarpErrorKind.MpaNoMatchingRtr, MpaErrorCode.NoMatchingRtr, $"No common RTR type (peer {peer.RtrTypes}, local {supported}).");
             }
             replyEnhanced = new MpaEnhancedParameters(ird, ord, peer.PeerToPeer && chosen != MpaRtrTypes.None, chosen);
             negotiated = negotiated with { Ird = ird, Ord = ord, PeerToPeer = peer.PeerToPeer && chosen != MpaRtrTypes.None, Rtr = chosen };
@@ -378,5 +380,12 @@ internal static class MpaNegotiation
         return default;
     }
 
-    private static MpaRtrTypes Lowest(MpaRtrTypes t) => (MpaRtrTypes)((int)t & -(int)t);
+    /// <summary>
+    /// The RTR type to use among <paramref name="common"/>: a zero-length RDMA Write (needs no receive and no read
+    /// credit), then an RDMA Read, then a Send.
+    /// </summary>
+    private static MpaRtrTypes Preferred(MpaRtrTypes common) =>
+        (common & MpaRtrTypes.ZeroLengthRdmaWrite) != 0 ? MpaRtrTypes.ZeroLengthRdmaWrite
+        : (common & MpaRtrTypes.ZeroLengthRdmaRead) != 0 ? MpaRtrTypes.ZeroLengthRdmaRead
+        : common & MpaRtrTypes.ZeroLengthSend;
 }
