@@ -9,8 +9,8 @@ using PinnedDma.Verbs;
 /// <summary>
 /// The other side of perftest's ib_write_bw / ib_read_bw with -R (connections by rdma_cm), as perftest 6.06
 /// (Debian's perftest 4.5-0.17) runs them, over our iWARP transport:
-///   PerfTest peer write_bw|read_bw --server [--bind addr] [--port 18515] [--size N] [--iters N] [--no-crc]
-///   PerfTest peer write_bw|read_bw --connect addr [--port 18515] [--size N] [--iters N] [--no-crc]
+///   PerfTest peer write_bw|read_bw --server [--bind addr] [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
+///   PerfTest peer write_bw|read_bw --connect addr [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
 /// perftest opens two rdma_cm connections to the same port: a control channel first, on which both sides trade
 /// fixed-size Sends (the client sends first, the server answers: versions, page and cache line sizes, MTU, then the
 /// 56-byte struct pingpong_dest several times as a barrier or to carry the buffer's address and rkey, and at the
@@ -45,7 +45,7 @@ sealed class PerftestPeer : IDisposable
         // Room for the client's offsets inside a page-sized cycle buffer past a message of the largest size.
         _buf = _pd.RegisterBuffer(Math.Max(o.Size, 4096) * 2 + 8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead);
         // perftest's read test asks for as many outstanding reads as the device allows (siw: 128) and wants them granted.
-        _iwarp = new IwarpOptions { MpaRevision = 2, Crc = o.Crc, Ird = 128, Ord = 128 };
+        _iwarp = new IwarpOptions { MpaRevision = o.MpaRevision, Crc = o.Crc, Ird = 128, Ord = 128 };
     }
 
     public async Task<int> RunAsync()
@@ -274,7 +274,7 @@ sealed class PerftestPeer : IDisposable
     private readonly record struct BwReport(ulong Size, ulong Iters, double BwPeak, double BwAvg, double MsgRate);
 }
 
-sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port, int Size, int Iters, bool Crc)
+sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port, int Size, int Iters, bool Crc, byte MpaRevision = 2)
 {
     public static PeerOptions? Parse(string[] a)
     {
@@ -293,9 +293,10 @@ sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port,
                 case "--size": o = o with { Size = int.Parse(Next(), CultureInfo.InvariantCulture) }; break;
                 case "--iters": o = o with { Iters = int.Parse(Next(), CultureInfo.InvariantCulture) }; break;
                 case "--no-crc": o = o with { Crc = false }; break;
+                case "--mpa-rev": o = o with { MpaRevision = byte.Parse(Next(), CultureInfo.InvariantCulture) }; break;
                 default: return null;
             }
         }
-        return side && o.Size is > 0 and <= 1 << 20 && o.Iters > 0 ? o : null;
+        return side && o.Size is > 0 and <= 1 << 20 && o.Iters > 0 && o.MpaRevision is 1 or 2 ? o : null;
     }
 }

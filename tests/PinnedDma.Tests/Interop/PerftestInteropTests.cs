@@ -29,23 +29,35 @@ public sealed class PerftestInteropTests
 
     private static string Clip(string s) => s.Length <= 6000 ? s : s[..6000] + "...";
 
+    private static string[] PeerArgs(string test, int size, int mpaRevision, bool crc, params string[] side)
+    {
+        var a = new List<string> { "peer", test, "--size", size.ToString(CultureInfo.InvariantCulture), "--iters", Iters.ToString(CultureInfo.InvariantCulture),
+            "--mpa-rev", mpaRevision.ToString(CultureInfo.InvariantCulture) };
+        if (!crc) a.Add("--no-crc");
+        a.AddRange(side);
+        return a.ToArray();
+    }
+
     /// <summary>perftest's result row: " size  iters  peak  average  msgrate".</summary>
     private static bool HasRow(string output, int size, int iters) =>
         Regex.IsMatch(output, $@"(?m)^ {size}\s+{iters}\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+\s*$");
 
+    /// <summary>perftest's client on siw (MPA rev 2 or, by siw's knob, rev 1) against our peer (CRC on or off).</summary>
     [Theory]
-    [InlineData("write_bw", 64)]
-    [InlineData("write_bw", 65536)]
-    [InlineData("read_bw", 64)]
-    [InlineData("read_bw", 65536)]
-    public void Kernel_perftest_client_runs_against_our_peer(string test, int size)
+    [InlineData("write_bw", 64, 2, true)]
+    [InlineData("write_bw", 65536, 2, true)]
+    [InlineData("read_bw", 64, 2, true)]
+    [InlineData("read_bw", 65536, 2, true)]
+    [InlineData("write_bw", 65536, 1, true)]
+    [InlineData("read_bw", 65536, 1, false)]
+    [InlineData("write_bw", 65536, 2, false)]
+    public void Kernel_perftest_client_runs_against_our_peer(string test, int size, int kernelMpaRevision, bool crc)
     {
         var sw = Stopwatch.StartNew();
         var vm = _guest.Vm;
-        vm.ConfigureSiw();
+        vm.ConfigureSiw(mpaVersion: kernelMpaRevision);
         int port = vm.FreeHostPort();
-        using var ours = SampleProcess.Start(_guest.Root, "PerfTest", "peer", test, "--server", "--bind", "127.0.0.1",
-            "--port", port.ToString(CultureInfo.InvariantCulture), "--size", size.ToString(CultureInfo.InvariantCulture), "--iters", Iters.ToString(CultureInfo.InvariantCulture));
+        using var ours = SampleProcess.Start(_guest.Root, "PerfTest", PeerArgs(test, size, 2, crc, "--server", "--bind", "127.0.0.1", "--port", port.ToString(CultureInfo.InvariantCulture)));
         ours.WaitListening(Bound);
         var theirs = vm.Run($"ib_{test} -R -F -s {size} -n {Iters} -p {port} {GuestVm.HostAddress}", Bound);
         var (code, output) = ours.Wait(Bound);
@@ -56,19 +68,25 @@ public sealed class PerftestInteropTests
         Assert.Contains($"remote report: size {size} iters {Iters} ", output, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// Our peer as perftest's client against its server on siw: MPA rev 2, and rev 1 where the test needs no RDMA Read
+    /// depth (a rev-1 initiator leaves siw with IRD/ORD 0); CRC on and off.
+    /// </summary>
     [Theory]
-    [InlineData("write_bw", 64)]
-    [InlineData("write_bw", 65536)]
-    [InlineData("read_bw", 64)]
-    [InlineData("read_bw", 65536)]
-    public void Our_peer_runs_against_the_kernel_perftest_server(string test, int size)
+    [InlineData("write_bw", 64, 2, true)]
+    [InlineData("write_bw", 65536, 2, true)]
+    [InlineData("read_bw", 64, 2, true)]
+    [InlineData("read_bw", 65536, 2, true)]
+    [InlineData("write_bw", 65536, 1, true)]
+    [InlineData("write_bw", 65536, 1, false)]
+    [InlineData("read_bw", 65536, 2, false)]
+    public void Our_peer_runs_against_the_kernel_perftest_server(string test, int size, int mpaRevision, bool crc)
     {
         var sw = Stopwatch.StartNew();
         var vm = _guest.Vm;
         vm.ConfigureSiw();
         using var server = vm.Start($"ib_{test} -R -F -s {size} -n {Iters}", Bound, awaitPort: 18515);
-        using var ours = SampleProcess.Start(_guest.Root, "PerfTest", "peer", test, "--connect", "127.0.0.1",
-            "--port", vm.HostPort(18515).ToString(CultureInfo.InvariantCulture), "--size", size.ToString(CultureInfo.InvariantCulture), "--iters", Iters.ToString(CultureInfo.InvariantCulture));
+        using var ours = SampleProcess.Start(_guest.Root, "PerfTest", PeerArgs(test, size, mpaRevision, crc, "--connect", "127.0.0.1", "--port", vm.HostPort(18515).ToString(CultureInfo.InvariantCulture)));
         var (code, output) = ours.Wait(Bound);
         var theirs = server.Wait();
         _log.WriteLine($"ours:\n{Clip(output)}\nguest ib_{test} server (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
