@@ -641,4 +641,26 @@ public sealed class IwarpConformanceTests : IDisposable
         Assert.Equal(4096 - 6, c.Qp.Connection!.MaxUlpduLength);
         Assert.Equal(2048 - 6, d.Qp.Connection!.MaxUlpduLength);
     }
+
+    [Fact]
+    public async Task An_initiator_whose_offer_the_reply_does_not_match_sends_no_matching_rtr_and_closes()
+    {
+        var side = NewSide();
+        using var l = RawIwarpPeer.Listen();
+        var connect = IwarpConnector.ConnectAsync(side.Qp, (IPEndPoint)l.LocalEndPoint!, default,
+            new IwarpOptions { PeerToPeer = true, RtrTypes = IwarpRtrTypes.ZeroLengthRdmaWrite });
+        using var peer = Own(RawIwarpPeer.Accept(l));
+        var request = peer.ReadMpa(request: true);
+        Assert.Equal((true, false, true, false), (request.P2p, request.RtrSend, request.RtrWrite, request.RtrRead));
+        // An accepting reply that picks a type that was not offered.
+        peer.Send(RawIwarpPeer.MpaFrame(false, 0x50, 2, RawIwarpPeer.Enhanced(16, 16, true, false, false, true)));
+        var ex = await Assert.ThrowsAsync<PinnedDmaException>(() => connect.WaitAsync(Bound));
+        Assert.Contains("NoMatchingRtr", ex.Message, StringComparison.Ordinal);
+        peer.Crc = true;
+        var term = peer.ReceiveFpdu()!;
+        Assert.Equal((7, 2u, 1u), (term.Opcode, term.Qn, term.Msn));
+        var c = term.TerminateControl;
+        Assert.Equal((2, 0, 0x07), (c.Layer, c.EType, c.Code)); // LLP layer, MPA error type, no matching RTR option
+        Assert.Empty(peer.ReadToEnd());
+    }
 }
