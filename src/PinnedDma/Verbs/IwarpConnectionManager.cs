@@ -279,6 +279,23 @@ public sealed class IwarpConnectionRequest
 public static class IwarpConnector
 {
     /// <summary>
+    /// An accepted reply the initiator cannot work with (no matching RTR type, RFC 6581 §7.1; insufficient IRD): the
+    /// connection is in FPDU mode, so the refusal is a Terminate carrying the MPA error code (RFC 6581 §9), then a close.
+    /// </summary>
+    private static void SendSetupTerminate(Socket socket, bool crc, TerminateCode code)
+    {
+        try
+        {
+            var bytes = new System.Buffers.ArrayBufferWriter<byte>(64);
+            new FpduEncoder(new FpduOptions { Crc = crc }).WriteTerminate(bytes, 1, new TerminateMessage { Code = code });
+            socket.Send(bytes.WrittenSpan);
+        }
+        catch (SocketException)
+        {
+        }
+    }
+
+    /// <summary>
     /// Connects <paramref name="qp"/> (in Reset or Init) to a listener: TCP connect, MPA request with
     /// <paramref name="privateData"/>, reply. Returns the responder's private data; the QP is in RTS. A reject throws
     /// <see cref="PinnedDmaError.ConnectionRejected"/>.
@@ -332,6 +349,8 @@ public static class IwarpConnector
                     throw new PinnedDmaException(PinnedDmaError.ProtocolError, $"Bad MPA reply: {e.Error}");
                 }
                 var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
+                if (error.IsError && !reply.Reject && error.Kind is IwarpErrorKind.MpaNoMatchingRtr or IwarpErrorKind.MpaInsufficientIrd)
+                    SendSetupTerminate(socket, request.Crc || reply.Crc, error.Terminate);
                 if (error.IsError)
                     throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
                 qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options, initiator: true));

@@ -641,4 +641,74 @@ public sealed class IwarpConformanceTests : IDisposable
         Assert.Equal(4096 - 6, c.Qp.Connection!.MaxUlpduLength);
         Assert.Equal(2048 - 6, d.Qp.Connection!.MaxUlpduLength);
     }
+
+    [Fact]
+    public async Task An_initiator_whose_offer_the_reply_does_not_match_sends_no_matching_rtr_and_closes()
+    {
+        var side = NewSide();
+        using var l = RawIwarpPeer.Listen();
+        var connect = IwarpConnector.ConnectAsync(side.Qp, (IPEndPoint)l.LocalEndPoint!, default,
+            new IwarpOptions { PeerToPeer = true, RtrTypes = IwarpRtrTypes.ZeroLengthRdmaWrite });
+        using var peer = Own(RawIwarpPeer.Accept(l));
+        var request = peer.ReadMpa(request: true);
+        Assert.Equal((true, false, true, false), (request.P2p, request.RtrSend, request.RtrWrite, request.RtrRead));
+        // An accepting reply that picks a type that was not offered.
+        peer.Send(RawIwarpPeer.MpaFrame(false, 0x50, 2, RawIwarpPeer.Enhanced(16, 16, true, false, false, true)));
+        var ex = await Assert.ThrowsAsync<PinnedDmaException>(() => connect.WaitAsync(Bound));
+        Assert.Contains("NoMatchingRtr", ex.Message, StringComparison.Ordinal);
+        peer.Crc = true;
+        var term = peer.ReceiveFpdu()!;
+        Assert.Equal((7, 2u, 1u), (term.Opcode, term.Qn, term.Msn));
+        var c = term.TerminateControl;
+        Assert.Equal((2, 0, 0x07), (c.Layer, c.EType, c.Code)); // LLP layer, MPA error type, no matching RTR option
+        Assert.Empty(peer.ReadToEnd());
+    }
+
+    // ------------------------------------------------------------ errors from the peer: Terminate, then a clean close
+
+    [Fact]
+    public void A_bad_crc_gets_an_mpa_crc_terminate_and_a_clean_close()
+    {
+        var side = NewSide();
+        var (listener, accepted) = Listen(side, new IwarpOptions());
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, Rev2Request()));
+        Assert.True(peer.ReadMpa(request: false).Crc);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = true;
+        byte[] f = RawIwarpPeer.Fpdu(RawIwarpPeer.Tagged(0, true, side.Mr.RKey, side.Mr.Address, "abcd"u8), crc: true);
+        f[^1] ^= 0x20;
+        peer.Send(f);
+        var term = peer.ReceiveUntil(7);
+        var c = term.TerminateControl;
+        Assert.Equal((2, 0, 0x02), (c.Layer, c.EType, c.Code)); // LLP, MPA, CRC error (RFC 5044 §8)
+        Assert.Empty(peer.ReadToEnd());
+        Assert.True(WaitBounded(side.Qp.Connection!.Completion));
+        Assert.Equal(QpState.Error, side.Qp.State);
+        Assert.False(side.Mr.GetBufferSpan()[..4].SequenceEqual("abcd"u8), "a segment with a bad CRC was placed");
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void An_invalid_stag_gets_a_ddp_tagged_terminate_and_a_clean_close(bool crc)
+    {
+        var side = NewSide();
+        var (listener, accepted) = Listen(side, new IwarpOptions { Crc = crc });
+        using var peer = Own(RawIwarpPeer.Connect(listener.LocalEndPoint, RawIwarpPeer.MpaFrame(true, crc ? (byte)0x50 : (byte)0x10, 2, RawIwarpPeer.Enhanced(16, 16, false, false, false, false))));
+        Assert.Equal(crc, peer.ReadMpa(request: false).Crc);
+        Assert.True(WaitBounded(accepted), "the listener did not accept");
+        peer.Crc = crc;
+        uint bogus = 0x0100_0000u | 0x55;
+        Assert.Null(_dev.Keys.Lookup(bogus));
+        byte[] segment = RawIwarpPeer.Tagged(0, true, bogus, 0x10, "nope"u8);
+        peer.SendFpdu(segment);
+        var term = peer.ReceiveUntil(7);
+        var c = term.TerminateControl;
+        Assert.Equal((1, 1, 0x00, true, true), (c.Layer, c.EType, c.Code, c.M, c.D)); // DDP, tagged buffer, invalid STag (RFC 5041 §7)
+        Assert.Equal(segment.Length, term.TerminateSegmentLength);
+        Assert.True(term.Payload.Slice(6, 14).SequenceEqual(segment.AsSpan(0, 14)), "the terminated DDP header");
+        Assert.Empty(peer.ReadToEnd());
+        Assert.True(WaitBounded(side.Qp.Connection!.Completion));
+        Assert.Equal(QpState.Error, side.Qp.State);
+    }
 }
