@@ -12,13 +12,15 @@ using PinnedDma.Verbs;
 // and a rotating alphabet; the server RDMA READs it and sends a go-ahead; the client sends the same record for its
 // sink buffer; the server RDMA WRITEs the data back and sends a go-ahead; the client compares (-V) and prints it (-v).
 // Unlike rdma-core's rping, the exit code tells: 0 only when every ping completed (and matched, with -V).
-// Transport options: --no-crc, --mpa-rev 1|2 (default 2), --timeout seconds per step (default 30).
+// Transport options: --no-crc, --mpa-rev 1|2 (default 2), --p2p to request RFC 6581 peer-to-peer mode, --rtr with the
+// RTR types offered (client) or accepted (server), a comma-separated list of send, write, read (default all three),
+// --timeout seconds per step (default 30).
 try
 {
     var o = RpingOptions.Parse(args);
     if (o is null)
     {
-        Console.Error.WriteLine("usage: Rping -s|-c [-v] [-V] [-S size] [-C count] [-a addr] [-p port] [--no-crc] [--mpa-rev 1|2] [--timeout s]");
+        Console.Error.WriteLine("usage: Rping -s|-c [-v] [-V] [-S size] [-C count] [-a addr] [-p port] [--no-crc] [--mpa-rev 1|2] [--p2p] [--rtr send,write,read] [--timeout s]");
         return 2;
     }
     using var session = new RpingSession(o);
@@ -30,7 +32,8 @@ catch (Exception e) when (e is PinnedDmaException or TimeoutException or IOExcep
     return 1;
 }
 
-sealed record RpingOptions(bool Server, IPAddress Address, int Port, int Size, int Count, bool Verbose, bool Validate, bool Crc, byte MpaRevision, TimeSpan StepTimeout)
+sealed record RpingOptions(bool Server, IPAddress Address, int Port, int Size, int Count, bool Verbose, bool Validate, bool Crc, byte MpaRevision, TimeSpan StepTimeout,
+    bool PeerToPeer = false, IwarpRtrTypes RtrTypes = IwarpRtrTypes.ZeroLengthSend | IwarpRtrTypes.ZeroLengthRdmaWrite | IwarpRtrTypes.ZeroLengthRdmaRead)
 {
     // rping's limits: at least room for "rdma-ping-2147483647: ", below 64 KiB.
     public const int MinSize = 25 + 15;
@@ -57,13 +60,30 @@ sealed record RpingOptions(bool Server, IPAddress Address, int Port, int Size, i
                 case "-C": o = o with { Count = int.Parse(Next()) }; break;
                 case "--no-crc": o = o with { Crc = false }; break;
                 case "--mpa-rev": o = o with { MpaRevision = byte.Parse(Next()) }; break;
+                case "--p2p": o = o with { PeerToPeer = true }; break;
+                case "--rtr": o = o with { RtrTypes = ParseRtr(Next()) }; break;
                 case "--timeout": o = o with { StepTimeout = TimeSpan.FromSeconds(double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture)) }; break;
                 default: return null;
             }
         }
         if (server is null || (server == false && !haveAddress)) return null;
         if (o.Size is < MinSize or > MaxSize || o.Count < 0 || o.Port is < 0 or > 65535 || o.MpaRevision is not (1 or 2)) return null;
+        if (o.PeerToPeer && (o.MpaRevision != 2 || o.RtrTypes == IwarpRtrTypes.None)) return null;
         return o with { Server = server.Value };
+    }
+
+    private static IwarpRtrTypes ParseRtr(string list)
+    {
+        var t = IwarpRtrTypes.None;
+        foreach (var name in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            t |= name switch
+            {
+                "send" => IwarpRtrTypes.ZeroLengthSend,
+                "write" => IwarpRtrTypes.ZeroLengthRdmaWrite,
+                "read" => IwarpRtrTypes.ZeroLengthRdmaRead,
+                _ => throw new RpingException($"unknown RTR type '{name}' (send, write, read)"),
+            };
+        return t;
     }
 }
 
@@ -93,7 +113,7 @@ sealed class RpingSession : IDisposable
         _rdma = pd.RegisterBuffer(o.Size, AccessFlags.LocalWrite | AccessFlags.RemoteRead | AccessFlags.RemoteWrite);
         _start = pd.RegisterBuffer(o.Size, AccessFlags.LocalWrite | AccessFlags.RemoteRead | AccessFlags.RemoteWrite);
         // rping's connection parameters: one RDMA Read in flight each way.
-        _iwarp = new IwarpOptions { MpaRevision = o.MpaRevision, Crc = o.Crc, Ird = 1, Ord = 1 };
+        _iwarp = new IwarpOptions { MpaRevision = o.MpaRevision, Crc = o.Crc, Ird = 1, Ord = 1, PeerToPeer = o.PeerToPeer, RtrTypes = o.RtrTypes };
     }
 
     public async Task<int> ServeAsync()

@@ -78,8 +78,10 @@ fi
 
 # Stage 1: debootstrap.
 if [ ! -f "$cache/stage1" ]; then
-  log "stage 1: debootstrap $suite (about 11 min)"
-  rm -rf "$root"
+  log "stage 1: debootstrap $suite (5 to 11 min)"
+  # A run killed mid-way may have left mounts inside: never follow them while deleting.
+  { findmnt -rn -o TARGET | grep -F "$root/" || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
+  rm -rf --one-file-system "$root"
   debootstrap --variant=minbase --include=ca-certificates "$suite" "$root" "$mirror"
   touch "$cache/stage1"
 fi

@@ -111,4 +111,91 @@ public sealed class RpingInteropTests
         Assert.Contains($"client disconnected after {Count} pings", ours, StringComparison.Ordinal);
         _log.WriteLine($"case time {sw.Elapsed.TotalSeconds:F1} s");
     }
+
+    /// <summary>Our client requests RFC 6581 peer-to-peer mode from rping -s on siw, offering each RTR type siw takes.</summary>
+    [Theory]
+    [InlineData(64, "write")]
+    [InlineData(64, "read")]
+    [InlineData(60000, "write,read")]
+    public void Our_client_in_peer_to_peer_mode_pings_the_kernel_rping_server(int size, string rtrTypes)
+    {
+        var sw = Stopwatch.StartNew();
+        var vm = _guest.Vm;
+        vm.ConfigureSiw();
+        using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S {size}", Bound, awaitPort: 7174);
+        using var client = SampleProcess.Start(_guest.Root, "Rping", "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
+            "-S", size.ToString(CultureInfo.InvariantCulture), "-C", Count.ToString(CultureInfo.InvariantCulture), "--p2p", "--rtr", rtrTypes);
+        var (code, ours) = client.Wait(Bound);
+        var theirs = server.Wait();
+        _log.WriteLine($"ours:\n{Clip(ours)}\nguest rping -s (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.True(code == 0, $"our client failed ({code}):\n{Clip(ours)}\nguest:\n{Clip(theirs.Output)}");
+        AssertPings(ours, "ping data: ", size, "our client");
+        Assert.True(theirs.ExitCode == 0, $"guest rping -s exit {theirs.ExitCode}:\n{Clip(theirs.Output)}");
+        AssertPings(theirs.Output, "server ping data: ", size, "guest rping -s");
+    }
+
+    /// <summary>
+    /// siw does not take a zero-length Send RTR (it would need a posted receive) and answers with RDMA Write, which we
+    /// did not offer: our client must refuse the connection, and no ping may pass. Proves the RTR negotiation is real.
+    /// </summary>
+    [Fact]
+    public void Our_client_offering_only_a_send_rtr_gets_no_connection_from_the_kernel()
+    {
+        var vm = _guest.Vm;
+        vm.ConfigureSiw();
+        using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S 64", TimeSpan.FromSeconds(30), awaitPort: 7174);
+        using var client = SampleProcess.Start(_guest.Root, "Rping", "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
+            "-S", "64", "-C", "1", "--p2p", "--rtr", "send", "--timeout", "10");
+        var (code, ours) = client.Wait(Bound);
+        var theirs = server.Wait();
+        _log.WriteLine($"ours (exit {code}):\n{Clip(ours)}\nguest rping -s (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}");
+        Assert.True(code != 0, $"our client connected with an RTR type it did not offer:\n{ours}");
+        Assert.Contains("Rtr", ours, StringComparison.Ordinal);
+        Assert.DoesNotContain("ping data: ", ours, StringComparison.Ordinal);
+        Assert.DoesNotContain("server ping data: ", theirs.Output, StringComparison.Ordinal);
+    }
+
+    /// <summary>siw requests peer-to-peer mode (its knob) offering RDMA Write, RDMA Read or both; our server takes one.</summary>
+    [Theory]
+    [InlineData(64, 1)]
+    [InlineData(64, 2)]
+    [InlineData(60000, 3)]
+    public void Kernel_rping_client_in_peer_to_peer_mode_pings_our_server(int size, int kernelRtrTypes)
+    {
+        var sw = Stopwatch.StartNew();
+        var vm = _guest.Vm;
+        vm.ConfigureSiw(peerToPeer: true, rtrTypes: kernelRtrTypes);
+        int port = vm.FreeHostPort();
+        using var server = SampleProcess.Start(_guest.Root, "Rping", "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
+            "-S", size.ToString(CultureInfo.InvariantCulture));
+        server.WaitListening(Bound);
+        var theirs = vm.Run($"rping -c -v -V -a {GuestVm.HostAddress} -p {port} -S {size} -C {Count}", Bound);
+        var (code, ours) = server.Wait(Bound);
+        vm.ConfigureSiw();
+        _log.WriteLine($"guest rping -c (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\nours:\n{Clip(ours)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.True(theirs.ExitCode == 0, $"guest rping -c exit {theirs.ExitCode}:\n{Clip(theirs.Output)}\nours:\n{Clip(ours)}");
+        AssertPings(theirs.Output, "ping data: ", size, "guest rping -c");
+        Assert.True(code == 0, $"our server failed ({code}):\n{Clip(ours)}");
+        AssertPings(ours, "server ping data: ", size, "our server");
+    }
+
+    /// <summary>siw offers only RDMA Write; our server accepts only RDMA Read: a reject with no common RTR type.</summary>
+    [Fact]
+    public void Kernel_peer_to_peer_request_without_a_common_rtr_type_is_rejected()
+    {
+        var vm = _guest.Vm;
+        vm.ConfigureSiw(peerToPeer: true, rtrTypes: 1);
+        int port = vm.FreeHostPort();
+        using var server = SampleProcess.Start(_guest.Root, "Rping", "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
+            "-S", "64", "--rtr", "read", "--timeout", "30");
+        server.WaitListening(Bound);
+        var theirs = vm.Run($"rping -c -v -V -a {GuestVm.HostAddress} -p {port} -S 64 -C 1", TimeSpan.FromSeconds(60));
+        var (code, ours) = server.Wait(Bound);
+        vm.ConfigureSiw();
+        _log.WriteLine($"guest rping -c (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\nours (exit {code}):\n{Clip(ours)}");
+        Assert.Contains("REJECTED", theirs.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("ping data: ", theirs.Output, StringComparison.Ordinal);
+        Assert.True(code != 0, $"our server accepted without a common RTR type:\n{ours}");
+        Assert.Contains("NoMatchingRtr", ours, StringComparison.Ordinal);
+    }
 }
