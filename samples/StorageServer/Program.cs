@@ -52,6 +52,10 @@ switch (mode)
 sealed class Tenant
 {
     public required VolumeFile File;
+    // Each client gets its own protection domain: a key guessed or stolen by another client names nothing in that
+    // client's PD, so it fails however many keys are tried (the 8-bit key byte alone is not a defence).
+    public required ProtectionDomain Pd;
+    public required MemoryRegion Ctl;
     public required QueuePair Qp;
     public MemoryRegion? Mr;
     public uint Epoch;
@@ -64,11 +68,9 @@ sealed class StorageServer : IDisposable
     private readonly Volume _volume;
     private readonly PinOwner _owner;
     private readonly RdmaDevice _nic = new("server0");
-    private readonly ProtectionDomain _pd;
     private readonly CompletionQueue _cq;
     private readonly IwarpListener _listener;
     private readonly ConcurrentDictionary<int, Tenant> _tenants = new();
-    private readonly MemoryRegion _ctl;
     private long _clones, _truncates, _compactions, _breaks, _rekeys, _moved;
 
     public StorageServer(IPEndPoint endpoint)
@@ -76,9 +78,7 @@ sealed class StorageServer : IDisposable
         VolumePath = Path.Combine(_dir, "volume.img");
         _volume = Volume.Create(VolumePath, new VolumeOptions { BlockCount = 8192, DefaultConflictPolicy = ConflictPolicy.Break(TimeSpan.FromMilliseconds(200)) });
         _owner = new PinOwner(_volume, 256 << 20, "storage-server");
-        _pd = _nic.AllocatePd();
         _cq = _nic.CreateCompletionQueue(4096);
-        _ctl = _pd.RegisterBuffer(4096, AccessFlags.LocalWrite);
         _listener = new IwarpListener(endpoint);
     }
 
@@ -113,7 +113,8 @@ sealed class StorageServer : IDisposable
     {
         var file = _volume.OpenOrCreateFile($"client-{id}");
         file.Allocate(0, RegionBytes);
-        var t = new Tenant { File = file, Qp = NewQp() };
+        var pd = _nic.AllocatePd();
+        var t = new Tenant { File = file, Pd = pd, Ctl = pd.RegisterBuffer(4096, AccessFlags.LocalWrite), Qp = NewQp(pd) };
         Register(t);
         return t;
     }
@@ -123,17 +124,17 @@ sealed class StorageServer : IDisposable
         lock (old)
         {
             old.Qp.Dispose();
-            old.Qp = NewQp();
+            old.Qp = NewQp(old.Pd);
             return old;
         }
     }
 
-    private QueuePair NewQp() => _pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq });
+    private QueuePair NewQp(ProtectionDomain pd) => pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq });
 
     /// <summary>Registers the tenant's file; on a lease break, deregisters at once so the operation can go on.</summary>
     private void Register(Tenant t)
     {
-        var mr = _pd.RegisterFile(_owner, t.File, 0, RegionBytes, AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead);
+        var mr = t.Pd.RegisterFile(_owner, t.File, 0, RegionBytes, AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead);
         mr.LeaseBreaking += (_, _) =>
         {
             Interlocked.Increment(ref _breaks);
@@ -198,8 +199,8 @@ sealed class StorageServer : IDisposable
     private void SendKey(Tenant t)
     {
         if (t.Qp.State != QpState.Rts) return; // the client will reconnect and get the key then
-        KeyMessage(t).CopyTo(_ctl.GetBufferSpan());
-        t.Qp.PostSend(new SendWorkRequest { WrId = 9, Opcode = WrOpcode.Send, Local = new ScatterGatherElement(_ctl.Address, 16, _ctl.LKey) });
+        KeyMessage(t).CopyTo(t.Ctl.GetBufferSpan());
+        t.Qp.PostSend(new SendWorkRequest { WrId = 9, Opcode = WrOpcode.Send, Local = new ScatterGatherElement(t.Ctl.Address, 16, t.Ctl.LKey) });
     }
 
     public string Report() =>

@@ -22,6 +22,7 @@ public sealed unsafe class MemoryRegion : IDisposable
 
     private MemoryRegion(ProtectionDomain pd, long length, AccessFlags access)
     {
+        Weak = new WeakReference<MemoryRegion>(this);
         Pd = pd;
         Length = length;
         Access = access;
@@ -32,7 +33,12 @@ public sealed unsafe class MemoryRegion : IDisposable
     {
         _pin = pin;
         Address = (ulong)pin.Offset;
-        pin.LeaseBreaking += (_, e) => LeaseBreaking?.Invoke(this, e);
+        // The pin's seal is held by its owner: a strong reference from it would keep a dropped region alive forever.
+        var weak = Weak;
+        pin.LeaseBreaking += (_, e) =>
+        {
+            if (weak.TryGetTarget(out var mr)) mr.LeaseBreaking?.Invoke(mr, e);
+        };
     }
 
     internal MemoryRegion(ProtectionDomain pd, VolumeFile file, long offset, long length, AccessFlags access)
@@ -110,6 +116,9 @@ public sealed unsafe class MemoryRegion : IDisposable
     internal void Invalidate() => _invalidated = true;
 
     internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <summary>How the key table and the PD hold this region: weakly, so that a dropped region can be finalized.</summary>
+    internal WeakReference<MemoryRegion> Weak { get; }
 
     internal DmaDrain Drain => _pin?.Drain ?? _bufferDrain;
 
@@ -206,10 +215,16 @@ public sealed unsafe class MemoryRegion : IDisposable
         GC.SuppressFinalize(this);
     }
 
-    /// <summary>Frees a leaked buffer region's memory.</summary>
+    /// <summary>
+    /// A region dropped without Dispose: its key slot is freed, a buffer's memory too; the pin under a file region is
+    /// unreachable as well, and its own finalizer gives back the range and the memlock charge.
+    /// </summary>
     ~MemoryRegion()
     {
-        if (_buffer != null && Interlocked.Exchange(ref _disposed, 1) == 0) NativeMemory.AlignedFree(_buffer);
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        Pd.Device.Keys.Remove(this);
+        Pd.Forget(this);
+        if (_buffer != null) NativeMemory.AlignedFree(_buffer);
     }
 
     /// <inheritdoc />

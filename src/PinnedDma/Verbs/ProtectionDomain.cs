@@ -14,7 +14,7 @@ public sealed class ProtectionDomain : IDisposable
 {
     private readonly object _sync = new();
     private readonly HashSet<QueuePair> _qps = new();
-    private readonly HashSet<MemoryRegion> _mrs = new();
+    private readonly HashSet<WeakReference<MemoryRegion>> _mrs = new(); // weak: a dropped region can be finalized
     private int _disposed; // written under _sync
 
     internal ProtectionDomain(RdmaDevice device) => Device = device;
@@ -26,7 +26,7 @@ public sealed class ProtectionDomain : IDisposable
         {
             if (_disposed != 0) return false;
             if (qp is not null) _qps.Add(qp);
-            if (mr is not null) _mrs.Add(mr);
+            if (mr is not null) _mrs.Add(mr.Weak);
             return true;
         }
     }
@@ -38,7 +38,7 @@ public sealed class ProtectionDomain : IDisposable
 
     internal void Forget(MemoryRegion mr)
     {
-        lock (_sync) _mrs.Remove(mr);
+        lock (_sync) _mrs.Remove(mr.Weak);
     }
 
     /// <summary>The device.</summary>
@@ -139,7 +139,7 @@ public sealed class ProtectionDomain : IDisposable
             if (_disposed != 0) return;
             _disposed = 1;
             qps = _qps.ToArray();
-            mrs = _mrs.ToArray();
+            mrs = _mrs.Select(w => w.TryGetTarget(out var mr) ? mr : null).OfType<MemoryRegion>().ToArray();
         }
         foreach (var qp in qps) qp.Dispose();
         foreach (var mr in mrs) mr.Dispose();

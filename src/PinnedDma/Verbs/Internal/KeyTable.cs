@@ -7,12 +7,14 @@ namespace PinnedDma.Verbs.Internal;
 /// The NIC's translation-table index: key = index (24 bits) and a key byte (8 bits), as mlx5 and rxe do. Each index
 /// starts at a random key byte and advances it on every reuse, so a stale key names nothing for the next 255
 /// registrations at that index (a random byte per reuse could repeat one from two registrations back). Freed indexes
-/// are reused oldest first. Lookups are lock-free reads of an array that only grows.
+/// are reused oldest first. Lookups are lock-free reads of an array that only grows. Slots hold their regions weakly,
+/// so that a region the application drops without Dispose can be finalized (giving back its pin and memlock charge,
+/// as a leaked pin does); its finalizer frees the slot.
 /// </summary>
 internal sealed class KeyTable
 {
     private readonly object _sync = new();
-    private MemoryRegion?[] _slots = new MemoryRegion?[64];
+    private WeakReference<MemoryRegion>?[] _slots = new WeakReference<MemoryRegion>?[64];
     private byte[] _lastKeyByte = new byte[64]; // the key byte last handed out at each index, 0 = never (under _sync)
     private readonly Queue<int> _free = new();
     private int _next = 1; // index 0 is never used, so key 0 is never valid
@@ -40,7 +42,7 @@ internal sealed class KeyTable
             _lastKeyByte[index] = keyByte;
             uint key = ((uint)index << 8) | keyByte;
             mr.LKey = key;
-            Volatile.Write(ref _slots[index], mr);
+            Volatile.Write(ref _slots[index], mr.Weak);
             return key;
         }
     }
@@ -50,8 +52,8 @@ internal sealed class KeyTable
         var slots = Volatile.Read(ref _slots);
         uint index = key >> 8;
         if (index >= (uint)slots.Length) return null;
-        var mr = Volatile.Read(ref slots[index]);
-        return mr is not null && mr.LKey == key ? mr : null;
+        var weak = Volatile.Read(ref slots[index]);
+        return weak is not null && weak.TryGetTarget(out var mr) && mr.LKey == key ? mr : null;
     }
 
     public void Remove(MemoryRegion mr)
@@ -59,7 +61,7 @@ internal sealed class KeyTable
         lock (_sync)
         {
             int index = (int)(mr.LKey >> 8);
-            if (index < _slots.Length && _slots[index] == mr)
+            if (index < _slots.Length && ReferenceEquals(_slots[index], mr.Weak))
             {
                 Volatile.Write(ref _slots[index], null);
                 _free.Enqueue(index);
