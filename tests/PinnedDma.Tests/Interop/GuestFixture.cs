@@ -59,8 +59,12 @@ public sealed class GuestFixture : IDisposable
     public void Dispose() => Vm.Dispose();
 }
 
-/// <summary>Every test that needs the guest: one boot for all of them, run one after another.</summary>
-[CollectionDefinition(Name)]
+/// <summary>
+/// Every test that needs the guest: one boot for all of them, run one after another, and after the parallel part of the
+/// suite (no other collection runs meanwhile): the guest is emulated (TCG), and the kernel's and perftest's own
+/// timeouts (MPA setup, rdma_cm) are real time, so a guest starved of CPU by the rest of the suite fails for nothing.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class GuestCollection : ICollectionFixture<GuestFixture>
 {
     /// <summary>The collection's name.</summary>
