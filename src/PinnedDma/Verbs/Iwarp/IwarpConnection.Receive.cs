@@ -305,6 +305,17 @@ internal sealed partial class IwarpConnection
         }
     }
 
+    /// <summary>Set by the listener when it limits peers that name invalid STags (IwarpOptions.MaxInvalidStagConnections).</summary>
+    public Action? InvalidStagNamed { get; set; }
+
+    /// <summary>Reports a request that named no valid region of this stream's PD (not one that lacked access or bounds); always false.</summary>
+    private bool InvalidStag(uint stag)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        if (mr is null || !mr.IsValid || mr.Pd != _qp.Pd) InvalidStagNamed?.Invoke();
+        return false;
+    }
+
     private bool Fail(TerminateCode code, in Fpdu f, string why)
     {
         _pendingTerminate = (code, f.Header, (ushort)Math.Min(f.WireLength, ushort.MaxValue), why);
@@ -320,7 +331,7 @@ internal sealed partial class IwarpConnection
             case RdmapOpcode.RdmaWrite:
                 {
                     var st = Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out var mr, out long off);
-                    if (st != WcStatus.Success) return Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
+                    if (st != WcStatus.Success) return InvalidStag(h.STag) || Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
                     return CopyIn(mr!, off, f.Payload) || RegionRevoked(f, isReadResponse: false);
                 }
             case RdmapOpcode.RdmaReadRequest:
@@ -331,7 +342,7 @@ internal sealed partial class IwarpConnection
                     var rr = f.ReadRequest;
                     var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
                     if (st != WcStatus.Success)
-                        return Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
+                        return InvalidStag(rr.SourceSTag) || Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
                     // The response goes out from the DMA engine thread: a receive loop that blocked in a send could
                     // deadlock with a peer doing the same.
                     lock (_inboundReads)
