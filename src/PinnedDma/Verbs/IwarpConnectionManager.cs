@@ -71,6 +71,13 @@ public sealed class IwarpOptions
     /// </summary>
     public TimeSpan SendStallTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// Listener only: once connections from one peer address were ended this many times for naming an invalid or
+    /// foreign STag (a guessed or stale key), further connections from that address are closed at once, before the MPA
+    /// exchange, so key guessing cannot go on across reconnects. 0 (the default) turns the limit off.
+    /// </summary>
+    public int MaxInvalidStagConnections { get; init; }
+
     internal MpaLocalSettings ToMpa(ReadOnlyMemory<byte> privateData) => new()
     {
         Revision = MpaRevision,
@@ -90,6 +97,7 @@ public sealed class IwarpOptions
         if (((int)RtrTypes & ~7) != 0 || (PeerToPeer && RtrTypes == IwarpRtrTypes.None))
             throw new ArgumentOutOfRangeException(nameof(RtrTypes), RtrTypes, "RTR types are a non-empty combination of the three RFC 6581 types.");
         if (SendStallTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(SendStallTimeout), SendStallTimeout, "The send stall timeout must be positive.");
+        if (MaxInvalidStagConnections < 0) throw new ArgumentOutOfRangeException(nameof(MaxInvalidStagConnections), MaxInvalidStagConnections, "The limit is 0 (off) or more.");
     }
 }
 
@@ -157,6 +165,13 @@ public sealed class IwarpListener : IDisposable
                     _handshakes.Release();
                     throw;
                 }
+                if (IsRefused(socket))
+                {
+                    // A peer that kept naming invalid STags: refused before it costs a handshake.
+                    socket.Dispose();
+                    _handshakes.Release();
+                    continue;
+                }
                 var thread = new Thread(() => Handshake(socket)) { IsBackground = true, Name = "iwarp-handshake" };
                 thread.Start();
             }
@@ -183,8 +198,9 @@ public sealed class IwarpListener : IDisposable
             socket.NoDelay = true;
             rx = new SocketReceivePipe(socket);
             var request = rx.ReadMpaFrame(MpaFrameKind.Request, _options.SetupTimeout, _stop.Token);
-            if (!_ready.Writer.TryWrite(new IwarpConnectionRequest(rx, request, _options)))
-                _ready.Writer.WriteAsync(new IwarpConnectionRequest(rx, request, _options), _stop.Token).AsTask().GetAwaiter().GetResult();
+            var incoming = new IwarpConnectionRequest(rx, request, _options, this);
+            if (!_ready.Writer.TryWrite(incoming))
+                _ready.Writer.WriteAsync(incoming, _stop.Token).AsTask().GetAwaiter().GetResult();
             handedOver = true; // the request owns the pipe and the socket now
         }
         catch (Exception e) when (e is IwarpProtocolException or OperationCanceledException or TimeoutException or IOException or SocketException
@@ -213,6 +229,15 @@ public sealed class IwarpListener : IDisposable
         }
     }
 
+    // Connections ended for an invalid or foreign STag, per peer address (see IwarpOptions.MaxInvalidStagConnections).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<IPAddress, int> _stagOffences = new();
+
+    private bool IsRefused(Socket socket) =>
+        _options.MaxInvalidStagConnections > 0 && socket.RemoteEndPoint is IPEndPoint ep
+        && _stagOffences.TryGetValue(ep.Address, out int n) && n >= _options.MaxInvalidStagConnections;
+
+    internal void ReportInvalidStag(IPAddress peer) => _stagOffences.AddOrUpdate(peer, 1, (_, n) => n + 1);
+
     /// <summary>Stops listening; handshakes in progress are dropped.</summary>
     public void Dispose()
     {
@@ -230,10 +255,12 @@ public sealed class IwarpConnectionRequest
     private readonly SocketReceivePipe _rx;
     private readonly MpaFrame _request;
     private readonly IwarpOptions _options;
+    private readonly IwarpListener? _listener;
     private int _decided;
 
-    internal IwarpConnectionRequest(SocketReceivePipe rx, MpaFrame request, IwarpOptions options)
+    internal IwarpConnectionRequest(SocketReceivePipe rx, MpaFrame request, IwarpOptions options, IwarpListener? listener = null)
     {
+        _listener = listener;
         _socket = rx.Socket;
         _rx = rx;
         _request = request;
@@ -262,7 +289,13 @@ public sealed class IwarpConnectionRequest
             _rx.Dispose(); // and the socket it owns
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
-        qp.AttachConnection(new IwarpConnection(_rx, qp, decision.Negotiated, _options, initiator: false));
+        var connection = new IwarpConnection(_rx, qp, decision.Negotiated, _options, initiator: false);
+        if (_listener is { } listener && _options.MaxInvalidStagConnections > 0)
+        {
+            var peer = RemoteEndPoint.Address;
+            connection.InvalidStagNamed = () => listener.ReportInvalidStag(peer);
+        }
+        qp.AttachConnection(connection);
     }
 
     /// <summary>Rejects with an MPA reply that has the R flag set.</summary>

@@ -247,8 +247,11 @@ internal sealed class PinModel : IDisposable
             case ConflictPolicyKind.Break when !conflicts.Any(s => s.Unbreakable):
                 effects.Add(() =>
                 {
+                    // A holder that releases when asked races the timeout: its handler runs on the thread pool and the
+                    // operation does not wait for it, so it ends Released (handler first) or Revoked (timeout first).
+                    // Either way it has ended when the operation returns; take whichever it was.
                     foreach (var c in conflicts)
-                        c.Pin!.Expected = c.Pin.ReleaseOnBreak ? PinStatus.Released : PinStatus.Revoked;
+                        c.Pin!.Expected = c.Pin.ReleaseOnBreak && c.Pin.H.Status is PinStatus.Released ? PinStatus.Released : PinStatus.Revoked;
                 });
                 return null;
             default:

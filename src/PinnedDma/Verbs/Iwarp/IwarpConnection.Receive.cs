@@ -311,6 +311,17 @@ internal sealed partial class IwarpConnection
         }
     }
 
+    /// <summary>Set by the listener when it limits peers that name invalid STags (IwarpOptions.MaxInvalidStagConnections).</summary>
+    public Action? InvalidStagNamed { get; set; }
+
+    /// <summary>Reports a request that named no valid region of this stream's PD (not one that lacked access or bounds); always false.</summary>
+    private bool InvalidStag(uint stag)
+    {
+        var mr = _qp.Pd.Device.Keys.Lookup(stag);
+        if (mr is null || !mr.IsValid || mr.Pd != _qp.Pd) InvalidStagNamed?.Invoke();
+        return false;
+    }
+
     /// <summary>
     /// Records the Terminate for <paramref name="f"/>: its DDP header and, in the DDP Segment Length field, the length of
     /// its DDP segment (DDP/RDMAP header and payload, i.e. ULPDU_Length; not the FPDU's wire length with framing, pad
@@ -377,7 +388,7 @@ internal sealed partial class IwarpConnection
             case RdmapOpcode.RdmaWrite:
                 {
                     var st = Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out var mr, out long off);
-                    if (st != WcStatus.Success) return Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
+                    if (st != WcStatus.Success) return InvalidStag(h.STag) || Fail(TaggedError(h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite), f, "RDMA Write to an invalid or foreign region");
                     return CopyIn(mr!, off, f.Payload) || RegionRevoked(f, isReadResponse: false);
                 }
             case RdmapOpcode.RdmaReadRequest:
@@ -388,12 +399,12 @@ internal sealed partial class IwarpConnection
                     var rr = f.ReadRequest;
                     var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
                     if (st != WcStatus.Success)
-                        return Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
+                        return InvalidStag(rr.SourceSTag) || Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
                     // The response goes out from the DMA engine thread: a receive loop that blocked in a send could
                     // deadlock with a peer doing the same.
                     lock (_inboundReads)
                     {
-                        if (_inboundReads.Count >= MaxInboundReads)
+                        if (_inboundReads.Count >= IrdLimit)
                             return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
                         _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
                     }
@@ -502,6 +513,27 @@ internal sealed partial class IwarpConnection
 
     private bool _fenceParked;
 
+    /// <summary>
+    /// DMA engine thread: true when an RDMA Read must wait because the negotiated ORD (the peer's IRD) are outstanding
+    /// already (RFC 6581: a requester never exceeds it); the next read to complete rings the queue pair.
+    /// </summary>
+    public bool ParkForOrd()
+    {
+        lock (_readsLock)
+        {
+            if (_reads.Count < OrdLimit) return false;
+            _ordParked = true;
+            return true;
+        }
+    }
+
+    private bool _ordParked;
+
+    private int OrdLimit => Math.Max(1, (int)Negotiated.Ord);
+
+    /// <summary>Inbound RDMA Read Requests this side accepts at once: the IRD it advertised (RFC 6581).</summary>
+    private int IrdLimit => Math.Max(1, (int)Negotiated.Ird);
+
     private void CompleteHeadRead(WcStatus status)
     {
         bool resume;
@@ -515,6 +547,11 @@ internal sealed partial class IwarpConnection
             }
             resume = _fenceParked && _reads.Count == 0;
             if (resume) _fenceParked = false;
+            if (_ordParked && _reads.Count < OrdLimit)
+            {
+                _ordParked = false;
+                resume = true;
+            }
             // Deliver, in order, every completion no longer waiting for a read.
             while (_order.TryPeek(out var next))
             {
