@@ -404,7 +404,7 @@ internal sealed partial class IwarpConnection
                     // deadlock with a peer doing the same.
                     lock (_inboundReads)
                     {
-                        if (_inboundReads.Count >= IrdLimit)
+                        if (_inboundReads.Count >= MaxInboundReads)
                             return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
                         _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
                     }
@@ -513,27 +513,6 @@ internal sealed partial class IwarpConnection
 
     private bool _fenceParked;
 
-    /// <summary>
-    /// DMA engine thread: true when an RDMA Read must wait because the negotiated ORD (the peer's IRD) are outstanding
-    /// already (RFC 6581: a requester never exceeds it); the next read to complete rings the queue pair.
-    /// </summary>
-    public bool ParkForOrd()
-    {
-        lock (_readsLock)
-        {
-            if (_reads.Count < OrdLimit) return false;
-            _ordParked = true;
-            return true;
-        }
-    }
-
-    private bool _ordParked;
-
-    private int OrdLimit => Math.Max(1, (int)Negotiated.Ord);
-
-    /// <summary>Inbound RDMA Read Requests this side accepts at once: the IRD it advertised (RFC 6581).</summary>
-    private int IrdLimit => Math.Max(1, (int)Negotiated.Ird);
-
     private void CompleteHeadRead(WcStatus status)
     {
         bool resume;
@@ -547,11 +526,6 @@ internal sealed partial class IwarpConnection
             }
             resume = _fenceParked && _reads.Count == 0;
             if (resume) _fenceParked = false;
-            if (_ordParked && _reads.Count < OrdLimit)
-            {
-                _ordParked = false;
-                resume = true;
-            }
             // Deliver, in order, every completion no longer waiting for a read.
             while (_order.TryPeek(out var next))
             {

@@ -38,6 +38,7 @@ internal sealed partial class IwarpConnection : IDisposable
     private readonly ObjectPool<PendingRead> _readPool = new DefaultObjectPool<PendingRead>(new DefaultPooledObjectPolicy<PendingRead>(), 64);
     private readonly object _readsLock = new();
     private readonly Queue<InboundRead> _inboundReads = new();
+    private const int MaxInboundReads = 1024;
     private uint _sendMsn = 1, _readMsn = 1, _termMsn = 1;
     private uint _expectSendMsn = 1, _expectReadMsn = 1;
     // Responder-side assembly of an incoming multi-segment Send.
