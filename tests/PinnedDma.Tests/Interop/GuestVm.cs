@@ -178,7 +178,11 @@ public sealed class GuestVm : IDisposable
     /// </summary>
     public void ConfigureSiw(int mpaVersion = 2, bool crcRequired = false, bool peerToPeer = false, int rtrTypes = 3)
     {
-        var r = Run($"cd /sys/module/siw/parameters && echo {mpaVersion} > mpa_version && echo {(crcRequired ? 1 : 0)} > mpa_crc_required"
+        // A case starts from a quiet guest: a tool an earlier case left behind (a server nobody connected to, a client
+        // that lost its peer) would still hold its rdma_cm id and siw endpoint while this case runs.
+        var r = Run("tools='rping ib_write_bw ib_read_bw ib_send_bw'; for t in $tools; do pkill -x $t; done; for i in 1 2 3 4 5 6 7 8 9 10; do"
+            + " left=0; for t in $tools; do pgrep -x $t >/dev/null 2>&1 && left=1; done; [ $left = 0 ] && break; sleep 0.5; done;"
+            + $" cd /sys/module/siw/parameters && echo {mpaVersion} > mpa_version && echo {(crcRequired ? 1 : 0)} > mpa_crc_required"
             + $" && echo {(peerToPeer ? 1 : 0)} > peer_to_peer && echo {rtrTypes} > rtr_types && cat mpa_version mpa_crc_required peer_to_peer rtr_types | tr '\\n' ' '",
             TimeSpan.FromSeconds(20));
         string want = $"{mpaVersion} {(crcRequired ? 'Y' : 'N')} {(peerToPeer ? 'Y' : 'N')} {rtrTypes}";
