@@ -4,6 +4,8 @@ using PinnedDma.Storage;
 using Xunit;
 using Xunit.Abstractions;
 
+using static PinnedDma.Tests.Storage.VolumeTestData;
+
 namespace PinnedDma.Tests.Storage;
 
 /// <summary>
@@ -19,20 +21,6 @@ public sealed class MetadataDamageTests : IDisposable
     public MetadataDamageTests(ITestOutputHelper output) => _output = output;
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    private static byte[] Bytes(int seed, int length)
-    {
-        var b = new byte[length];
-        new Random(seed).NextBytes(b);
-        return b;
-    }
-
-    private static byte[] ReadAll(VolumeFile f)
-    {
-        var b = new byte[f.Length];
-        Assert.Equal(b.Length, f.Read(0, b));
-        return b;
-    }
 
     /// <summary>Names and lengths of every file: what a rollback (an older metadata state) must match.</summary>
     private static string Shape(Volume v) => string.Join(";", v.FileNames.Select(n => $"{n}:{v.OpenFile(n).Length}"));

@@ -5,6 +5,8 @@ using FsCheck.Fluent;
 using PinnedDma.Storage;
 using Xunit;
 
+using static PinnedDma.Tests.Storage.VolumeTestData;
+
 namespace PinnedDma.Tests.Storage;
 
 /// <summary>
@@ -22,20 +24,6 @@ public sealed class VolumeBadInputTests : IDisposable
 
     private static VolumeOptions Options(long blockCount = 512, int maxFiles = 8) =>
         new() { BlockSize = Bs, BlockCount = blockCount, MaxFiles = maxFiles, TryMapSync = false };
-
-    private static byte[] Bytes(int seed, int length)
-    {
-        var b = new byte[length];
-        new Random(seed).NextBytes(b);
-        return b;
-    }
-
-    private static byte[] ReadAll(VolumeFile f)
-    {
-        var b = new byte[f.Length];
-        Assert.Equal(b.Length, f.Read(0, b));
-        return b;
-    }
 
     private static void AssertClean(Volume v)
     {
