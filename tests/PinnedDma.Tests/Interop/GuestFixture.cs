@@ -13,8 +13,14 @@ public sealed class GuestFixture : IDisposable
     private static readonly TimeSpan BuildBound = TimeSpan.FromMinutes(45);
     private static readonly TimeSpan BootBound = TimeSpan.FromMinutes(4);
 
-    /// <summary>The running guest.</summary>
-    public GuestVm Vm { get; }
+    private readonly string _cache;
+    private bool _poisoned;
+
+    /// <summary>The running guest (see <see cref="Healthy"/>, which every case starts with).</summary>
+    public GuestVm Vm { get; private set; }
+
+    /// <summary>How many times a case found the guest's kernel oopsed and booted a fresh guest.</summary>
+    public int Reboots { get; private set; }
 
     /// <summary>The repository root (holds PinnedDma.sln).</summary>
     public string Root { get; }
@@ -50,7 +56,38 @@ public sealed class GuestFixture : IDisposable
                 throw new InvalidOperationException($"guest build failed ({build.ExitCode}):\n{Tail(output.Result + errors.Result)}");
         }
         BuildTime = sw.Elapsed;
+        _cache = cache;
         Vm = GuestVm.Boot(cache, BootBound);
+    }
+
+    /// <summary>
+    /// The guest, with a kernel that has not oopsed: a case that left the guest's kernel with an oops (its rdma_cm or
+    /// iw_cm work queue dead, so every later connection would hang) costs a fresh boot here, never the next case.
+    /// </summary>
+    public GuestVm Healthy()
+    {
+        if (_poisoned || Vm.KernelOops().Length > 0)
+        {
+            Vm.Dispose();
+            Vm = GuestVm.Boot(_cache, BootBound);
+            _poisoned = false;
+            Reboots++;
+        }
+        return Vm;
+    }
+
+    /// <summary>
+    /// Fails the case if the guest's kernel oopsed during it, unless the oops names <paramref name="knownKernelBug"/>
+    /// (a kernel defect the case provokes on purpose and documents). Either way an oopsed guest is replaced before the
+    /// next case.
+    /// </summary>
+    public void AssertKernelClean(GuestVm vm, string? knownKernelBug = null)
+    {
+        string oops = vm.KernelOops();
+        if (oops.Length == 0) return;
+        _poisoned = true;
+        if (knownKernelBug is null || !oops.Contains(knownKernelBug, StringComparison.Ordinal))
+            throw new Xunit.Sdk.XunitException($"the guest kernel oopsed during this case:\n{oops}");
     }
 
     private static string Tail(string s) => s.Length <= 6000 ? s : s[^6000..];

@@ -190,6 +190,16 @@ public sealed class GuestVm : IDisposable
             throw new InvalidOperationException($"siw knobs not set (want '{want}'): exit {r.ExitCode}: {r.Output}");
     }
 
+    /// <summary>
+    /// The guest kernel's oops or BUG report since boot with the lines after it, or "" when there is none (read
+    /// from dmesg; bounded like every command).
+    /// </summary>
+    public string KernelOops()
+    {
+        var r = Run("dmesg | grep -E -A24 'cut here|kernel BUG|BUG:|Oops:|general protection fault' | head -60", TimeSpan.FromSeconds(30));
+        return r.ExitCode == 0 ? r.Output.Trim() : $"dmesg failed (exit {r.ExitCode}): {r.Output}";
+    }
+
     /// <summary>Kills qemu and deletes its working directory.</summary>
     public void Dispose()
     {

@@ -61,7 +61,7 @@ public sealed class RpingInteropTests
     public void Our_client_pings_the_kernel_rping_server(int size, bool crc)
     {
         var sw = Stopwatch.StartNew();
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw();
         using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S {size}", Bound, awaitPort: 7174);
         using var client = SampleProcess.Start(_guest.Root, "Rping", new[] { "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
@@ -69,6 +69,7 @@ public sealed class RpingInteropTests
         var (code, ours) = client.Wait(Bound);
         var theirs = server.Wait();
         _log.WriteLine($"ours:\n{Clip(ours)}\nguest rping -s (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}");
+        _guest.AssertKernelClean(vm);
         Assert.True(code == 0, $"our client failed ({code}):\n{Clip(ours)}\nguest:\n{Clip(theirs.Output)}\n{vm.Console}");
         AssertPings(ours, "ping data: ", size, "our client");
         Assert.Contains($"{Count} pings of {size} bytes verified", ours, StringComparison.Ordinal);
@@ -93,7 +94,7 @@ public sealed class RpingInteropTests
     public void Kernel_rping_client_pings_our_server(int size, int kernelMpaRevision, bool kernelRequiresCrc, bool crc)
     {
         var sw = Stopwatch.StartNew();
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw(mpaVersion: kernelMpaRevision, crcRequired: kernelRequiresCrc);
         int port = vm.FreeHostPort();
         using var server = SampleProcess.Start(_guest.Root, "Rping", new[] { "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
@@ -102,6 +103,7 @@ public sealed class RpingInteropTests
         var theirs = vm.Run($"rping -c -v -V -a {GuestVm.HostAddress} -p {port} -S {size} -C {Count}", Bound);
         var (code, ours) = server.Wait(Bound);
         _log.WriteLine($"guest rping -c (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\nours:\n{Clip(ours)}");
+        _guest.AssertKernelClean(vm);
         Assert.True(theirs.ExitCode == 0, $"guest rping -c exit {theirs.ExitCode}:\n{Clip(theirs.Output)}\nours:\n{Clip(ours)}");
         Assert.DoesNotContain("mismatch", theirs.Output, StringComparison.Ordinal);
         AssertPings(theirs.Output, "ping data: ", size, "guest rping -c");
@@ -120,7 +122,7 @@ public sealed class RpingInteropTests
     public void Our_client_in_peer_to_peer_mode_pings_the_kernel_rping_server(int size, string rtrTypes)
     {
         var sw = Stopwatch.StartNew();
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw();
         using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S {size}", Bound, awaitPort: 7174);
         using var client = SampleProcess.Start(_guest.Root, "Rping", "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
@@ -128,6 +130,7 @@ public sealed class RpingInteropTests
         var (code, ours) = client.Wait(Bound);
         var theirs = server.Wait();
         _log.WriteLine($"ours:\n{Clip(ours)}\nguest rping -s (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
+        _guest.AssertKernelClean(vm);
         Assert.True(code == 0, $"our client failed ({code}):\n{Clip(ours)}\nguest:\n{Clip(theirs.Output)}");
         AssertPings(ours, "ping data: ", size, "our client");
         Assert.True(theirs.ExitCode == 0, $"guest rping -s exit {theirs.ExitCode}:\n{Clip(theirs.Output)}");
@@ -141,7 +144,7 @@ public sealed class RpingInteropTests
     [Fact]
     public void Our_client_offering_only_a_send_rtr_gets_no_connection_from_the_kernel()
     {
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw();
         using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S 64", TimeSpan.FromSeconds(30), awaitPort: 7174);
         using var client = SampleProcess.Start(_guest.Root, "Rping", "-c", "-v", "-V", "-a", "127.0.0.1", "-p", vm.HostPort(7174).ToString(CultureInfo.InvariantCulture),
@@ -149,6 +152,9 @@ public sealed class RpingInteropTests
         var (code, ours) = client.Wait(Bound);
         var theirs = server.Wait();
         _log.WriteLine($"ours (exit {code}):\n{Clip(ours)}\nguest rping -s (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}");
+        // Linux 6.1 iw_cm BUG()s (iwcm.c:969, cm_close_handler) when a peer closes a peer-to-peer connection
+        // before its RTR arrived: the kernel defect this case provokes; the guest is replaced before the next case.
+        _guest.AssertKernelClean(vm, knownKernelBug: "iwcm.c:969");
         Assert.True(code != 0, $"our client connected with an RTR type it did not offer:\n{ours}");
         Assert.Contains("Rtr", ours, StringComparison.Ordinal);
         Assert.DoesNotContain("ping data: ", ours, StringComparison.Ordinal);
@@ -163,7 +169,7 @@ public sealed class RpingInteropTests
     public void Kernel_rping_client_in_peer_to_peer_mode_pings_our_server(int size, int kernelRtrTypes)
     {
         var sw = Stopwatch.StartNew();
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw(peerToPeer: true, rtrTypes: kernelRtrTypes);
         int port = vm.FreeHostPort();
         using var server = SampleProcess.Start(_guest.Root, "Rping", "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
@@ -173,6 +179,7 @@ public sealed class RpingInteropTests
         var (code, ours) = server.Wait(Bound);
         vm.ConfigureSiw();
         _log.WriteLine($"guest rping -c (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\nours:\n{Clip(ours)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
+        _guest.AssertKernelClean(vm);
         Assert.True(theirs.ExitCode == 0, $"guest rping -c exit {theirs.ExitCode}:\n{Clip(theirs.Output)}\nours:\n{Clip(ours)}");
         AssertPings(theirs.Output, "ping data: ", size, "guest rping -c");
         Assert.True(code == 0, $"our server failed ({code}):\n{Clip(ours)}");
@@ -183,7 +190,7 @@ public sealed class RpingInteropTests
     [Fact]
     public void Kernel_peer_to_peer_request_without_a_common_rtr_type_is_rejected()
     {
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw(peerToPeer: true, rtrTypes: 1);
         int port = vm.FreeHostPort();
         using var server = SampleProcess.Start(_guest.Root, "Rping", "-s", "-v", "-a", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
@@ -193,6 +200,7 @@ public sealed class RpingInteropTests
         var (code, ours) = server.Wait(Bound);
         vm.ConfigureSiw();
         _log.WriteLine($"guest rping -c (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\nours (exit {code}):\n{Clip(ours)}");
+        _guest.AssertKernelClean(vm);
         Assert.Contains("REJECTED", theirs.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("ping data: ", theirs.Output, StringComparison.Ordinal);
         Assert.True(code != 0, $"our server accepted without a common RTR type:\n{ours}");
