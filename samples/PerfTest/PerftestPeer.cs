@@ -7,10 +7,10 @@ using PinnedDma;
 using PinnedDma.Verbs;
 
 /// <summary>
-/// The other side of perftest's ib_write_bw / ib_read_bw with -R (connections by rdma_cm), as perftest 6.06
-/// (Debian's perftest 4.5-0.17) runs them, over our iWARP transport:
-///   PerfTest peer write_bw|read_bw --server [--bind addr] [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
-///   PerfTest peer write_bw|read_bw --connect addr [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
+/// The other side of perftest's ib_write_bw / ib_read_bw / ib_send_bw with -R (connections by rdma_cm), as perftest
+/// 6.06 (Debian's perftest 4.5-0.17) runs them, over our iWARP transport:
+///   PerfTest peer write_bw|read_bw|send_bw --server [--bind addr] [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
+///   PerfTest peer write_bw|read_bw|send_bw --connect addr [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
 /// perftest opens two rdma_cm connections to the same port: a control channel first, on which both sides trade
 /// fixed-size Sends (the client sends first, the server answers: versions, page and cache line sizes, MTU, then the
 /// 56-byte struct pingpong_dest several times as a barrier or to carry the buffer's address and rkey, and at the
@@ -21,6 +21,7 @@ sealed class PerftestPeer : IDisposable
 {
     private const int DestSize = 56; // struct pingpong_dest: 5 x be32, pad, be64 vaddr, 16-byte gid, 2 x be32
     private const string Version = "6.06";
+    private const int MaxRxDepth = 512; // perftest's DEF_RX_SEND
     private static readonly TimeSpan Step = TimeSpan.FromSeconds(60);
 
     private readonly PeerOptions _o;
@@ -28,7 +29,7 @@ sealed class PerftestPeer : IDisposable
     private readonly ProtectionDomain _pd;
     private readonly CompletionQueue _commCq, _testCq;
     private readonly QueuePair _comm, _test;
-    private readonly MemoryRegion _commRecv, _commSend, _buf;
+    private readonly MemoryRegion _commRecv, _commSend, _buf, _credit;
     private readonly IwarpOptions _iwarp;
     private IwarpListener? _listener;
 
@@ -39,11 +40,13 @@ sealed class PerftestPeer : IDisposable
         _commCq = _dev.CreateCompletionQueue(16);
         _testCq = _dev.CreateCompletionQueue(1024);
         _comm = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _commCq, RecvCq = _commCq, MaxSendWr = 4, MaxRecvWr = 4 });
-        _test = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _testCq, RecvCq = _testCq, MaxSendWr = 512, MaxRecvWr = 4 });
+        _test = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _testCq, RecvCq = _testCq, MaxSendWr = 512, MaxRecvWr = MaxRxDepth });
         _commRecv = _pd.RegisterBuffer(256, AccessFlags.LocalWrite);
         _commSend = _pd.RegisterBuffer(256, AccessFlags.LocalWrite);
         // Room for the client's offsets inside a page-sized cycle buffer past a message of the largest size.
         _buf = _pd.RegisterBuffer(Math.Max(o.Size, 4096) * 2 + 8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead);
+        // send_bw's credit words (perftest's ctrl_buf): [0] the count this side writes to the peer, [1] the peer's to us.
+        _credit = _pd.RegisterBuffer(8, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
         // perftest's read test asks for as many outstanding reads as the device allows (siw: 128) and wants them granted.
         _iwarp = new IwarpOptions { MpaRevision = o.MpaRevision, Crc = o.Crc, Ird = 128, Ord = 128 };
     }
@@ -76,6 +79,8 @@ sealed class PerftestPeer : IDisposable
         HandShake(default); // after it
         Console.Error.WriteLine("perftest peer: test connection up");
 
+        if (_o.Verb == "send_bw") return RunSend();
+
         var mine = new Dest(OutReads: 16, Qpn: (int)_test.QpNumber, Psn: Random.Shared.Next(0xffffff), RKey: _buf.RKey, VAddr: _buf.Address);
         var theirs = HandShake(mine);
         HandShake(mine);
@@ -104,6 +109,108 @@ sealed class PerftestPeer : IDisposable
         }
         Console.Error.WriteLine("perftest peer: done");
         return 0;
+    }
+
+    /// <summary>send_bw from the test connection on: credit words in the pingpong_dest, four barriers, the run, the close.</summary>
+    private int RunSend()
+    {
+        // perftest: rx_depth is DEF_RX_SEND cut to the iteration count, made even; a credit every rx_depth / 3 receives.
+        int rxDepth = Math.Min(MaxRxDepth, _o.Iters);
+        if (rxDepth % 2 == 1) rxDepth++;
+        var mine = new Dest(OutReads: 16, Qpn: (int)_test.QpNumber, Psn: Random.Shared.Next(0xffffff), RKey: _credit.RKey, VAddr: _credit.Address + 4);
+        var theirs = HandShake(mine);
+        HandShake(mine);
+        HandShake(mine);
+        if (_o.Server)
+        {
+            for (int i = 0; i < Math.Min(rxDepth, _o.Iters); i++) PostTestRecv(i);
+        }
+        HandShake(mine); // the receives are posted: the client may send
+        Console.Error.WriteLine($"perftest peer: send_bw, rx_depth {rxDepth}, remote credit word {theirs.VAddr:x} rkey {theirs.RKey:x8}");
+        var report = _o.Server ? ReceiveSends(rxDepth, theirs) : SendWithCredits(rxDepth);
+        Console.WriteLine($" {_o.Size,-10} {report.Iters,-14} {report.BwPeak,-18:F2} {report.BwAvg,-20:F2} {report.MsgRate,-12:F6}");
+        HandShake(mine); // ctx_close_connection
+        if (!_o.Server)
+        {
+            long until = Environment.TickCount64 + 10_000;
+            while (_comm.ConnectionCloseReason is null && Environment.TickCount64 < until) Thread.Sleep(20);
+        }
+        Console.Error.WriteLine("perftest peer: done");
+        return 0;
+    }
+
+    private void PostTestRecv(int wrId) =>
+        _test.PostRecv(new RecvWorkRequest((ulong)wrId, new ScatterGatherElement(_buf.Address, (uint)_o.Size, _buf.LKey)));
+
+    /// <summary>The receiving side: repost each receive while more are due, and credit the sender every rx_depth / 3.</summary>
+    private BwReport ReceiveSends(int rxDepth, Dest remote)
+    {
+        int creditEvery = rxDepth / 3;
+        int posted = Math.Min(rxDepth, _o.Iters), received = 0, creditsInFlight = 0;
+        var wcs = new WorkCompletion[64];
+        var sw = new Stopwatch();
+        long deadline = Environment.TickCount64 + (long)Step.TotalMilliseconds * 4;
+        while (received < _o.Iters || creditsInFlight > 0)
+        {
+            int n = _testCq.Poll(wcs, TimeSpan.FromMilliseconds(1));
+            for (int i = 0; i < n; i++)
+            {
+                if (wcs[i].Status != WcStatus.Success) throw new InvalidOperationException($"completion failed: {wcs[i]} ({_test.ConnectionCloseReason})");
+                if (wcs[i].Opcode == WcOpcode.RdmaWrite) { creditsInFlight--; continue; }
+                if (received++ == 0) sw.Start();
+                if (posted < _o.Iters) PostTestRecv(posted++);
+                if (received % rxDepth % creditEvery == 0)
+                {
+                    BinaryPrimitives.WriteUInt32LittleEndian(_credit.GetBufferSpan()[..4], (uint)received);
+                    _test.PostSend(new SendWorkRequest
+                    {
+                        WrId = (ulong)received, Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled,
+                        Local = new ScatterGatherElement(_credit.Address, 4, _credit.LKey), RemoteAddress = remote.VAddr, RKey = remote.RKey,
+                    });
+                    creditsInFlight++;
+                }
+            }
+            if (Environment.TickCount64 > deadline) throw new TimeoutException($"{received} of {_o.Iters} Sends in {Step.TotalSeconds * 4} s");
+        }
+        return Report(sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>The sending side: at most 128 Sends outstanding, and fewer than rx_depth beyond the receiver's last credit.</summary>
+    private BwReport SendWithCredits(int rxDepth)
+    {
+        const int txDepth = 128;
+        int posted = 0, completed = 0;
+        var wcs = new WorkCompletion[64];
+        var sw = Stopwatch.StartNew();
+        long deadline = Environment.TickCount64 + (long)Step.TotalMilliseconds * 4;
+        while (completed < _o.Iters)
+        {
+            while (posted < _o.Iters && posted - completed < txDepth)
+            {
+                uint credit = BinaryPrimitives.ReadUInt32LittleEndian(_credit.GetBufferSpan().Slice(4, 4));
+                if ((uint)posted + 1 - credit >= (uint)rxDepth) break; // the receiver has no buffer for more yet
+                _test.PostSend(new SendWorkRequest
+                {
+                    WrId = (ulong)posted, Opcode = WrOpcode.Send, Flags = SendFlags.Signaled,
+                    Local = new ScatterGatherElement(_buf.Address, (uint)_o.Size, _buf.LKey),
+                });
+                posted++;
+            }
+            int n = _testCq.Poll(wcs, TimeSpan.FromMilliseconds(1));
+            for (int i = 0; i < n; i++)
+            {
+                if (wcs[i].Status != WcStatus.Success) throw new InvalidOperationException($"completion failed: {wcs[i]} ({_test.ConnectionCloseReason})");
+                completed++;
+            }
+            if (Environment.TickCount64 > deadline) throw new TimeoutException($"{completed} of {_o.Iters} Sends completed in {Step.TotalSeconds * 4} s");
+        }
+        return Report(sw.Elapsed.TotalSeconds);
+    }
+
+    private BwReport Report(double secs)
+    {
+        double mbs = (double)_o.Size * _o.Iters / secs / (1 << 20);
+        return new BwReport((ulong)_o.Size, (ulong)_o.Iters, mbs, mbs, _o.Iters / secs / 1e6);
     }
 
     private BwReport RunTest(Dest remote)
@@ -278,7 +385,7 @@ sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port,
 {
     public static PeerOptions? Parse(string[] a)
     {
-        if (a.Length < 2 || a[0] != "peer" || a[1] is not ("write_bw" or "read_bw")) return null;
+        if (a.Length < 2 || a[0] != "peer" || a[1] is not ("write_bw" or "read_bw" or "send_bw")) return null;
         var o = new PeerOptions(a[1], false, IPAddress.Loopback, 18515, 65536, 1000, true);
         bool side = false;
         for (int i = 2; i < a.Length; i++)

@@ -64,7 +64,9 @@ public sealed class IwarpPair : IDisposable
             : target.Register(spd);
         var serverBuffer = spd.RegisterBuffer(4096, AccessFlags.LocalWrite);
         var clientMr = cpd.RegisterBuffer(VerbsBench.Region, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
-        var options = new IwarpOptions { MpaRevision = 1, Crc = crc, MaxFpduSize = 65536 };
+        // The conformant wire as a user gets it: MPA rev 2, every FPDU with its CRC field (zero when CRC is off), FPDUs
+        // sized to the connection's TCP segment (on loopback about 64 KiB).
+        var options = new IwarpOptions { Crc = crc };
         var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0), options);
         var accept = Task.Run(async () =>
         {

@@ -7,7 +7,7 @@ using Xunit.Abstractions;
 namespace PinnedDma.Tests.Interop;
 
 /// <summary>
-/// samples/PerfTest's perftest peer against rdma-core's perftest (ib_write_bw / ib_read_bw -R, perftest 6.06) on the
+/// samples/PerfTest's perftest peer against rdma-core's perftest (ib_write_bw / ib_read_bw / ib_send_bw -R, perftest 6.06) on the
 /// kernel's siw, both directions. Proof of a run is on both sides: perftest's result row for the size and iteration
 /// count asked for (printed by perftest's client from its own run, by its server from the report our client sent
 /// over the control channel), and our side's matching row or the report it received.
@@ -16,7 +16,11 @@ namespace PinnedDma.Tests.Interop;
 [Trait("Category", "Guest")]
 public sealed class PerftestInteropTests
 {
-    private const int Iters = 200;
+    /// <summary>
+    /// Iterations per case: 200, except send_bw, which runs past perftest's receive depth (512 receives at most, cut to
+    /// the iteration count) so that the sender really waits for the receiver's credits.
+    /// </summary>
+    private static int ItersFor(string test, int size) => test != "send_bw" ? 200 : size <= 4096 ? 2000 : 700;
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(180);
     private readonly GuestFixture _guest;
     private readonly ITestOutputHelper _log;
@@ -31,7 +35,7 @@ public sealed class PerftestInteropTests
 
     private static string[] PeerArgs(string test, int size, int mpaRevision, bool crc, params string[] side)
     {
-        var a = new List<string> { "peer", test, "--size", size.ToString(CultureInfo.InvariantCulture), "--iters", Iters.ToString(CultureInfo.InvariantCulture),
+        var a = new List<string> { "peer", test, "--size", size.ToString(CultureInfo.InvariantCulture), "--iters", ItersFor(test, size).ToString(CultureInfo.InvariantCulture),
             "--mpa-rev", mpaRevision.ToString(CultureInfo.InvariantCulture) };
         if (!crc) a.Add("--no-crc");
         a.AddRange(side);
@@ -43,12 +47,7 @@ public sealed class PerftestInteropTests
         Regex.IsMatch(output, $@"(?m)^ {size}\s+{iters}\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+\s*$");
 
     /// <summary>perftest's client on siw (MPA rev 2 or, by siw's knob, rev 1) against our peer (CRC on or off).</summary>
-    /// <remarks>
-    /// Known failure, left visible as a skip: run alone these seven cases pass; run after the other guest cases, the
-    /// first of them hang (the kernel closes the control connection right after our accept and ib_*_bw waits out its
-    /// time limit). Not yet understood; tracked with the interop work.
-    /// </remarks>
-    [Theory(Skip = "Known failure: hangs when run after the other guest cases (passes alone); under investigation")]
+    [Theory]
     [InlineData("write_bw", 64, 2, true)]
     [InlineData("write_bw", 65536, 2, true)]
     [InlineData("read_bw", 64, 2, true)]
@@ -56,30 +55,36 @@ public sealed class PerftestInteropTests
     [InlineData("write_bw", 65536, 1, true)]
     [InlineData("read_bw", 65536, 1, false)]
     [InlineData("write_bw", 65536, 2, false)]
+    [InlineData("send_bw", 64, 2, true)]
+    [InlineData("send_bw", 65536, 2, true)]
+    [InlineData("send_bw", 65536, 2, false)]
     public void Kernel_perftest_client_runs_against_our_peer(string test, int size, int kernelMpaRevision, bool crc)
     {
+        int iters = ItersFor(test, size);
         var sw = Stopwatch.StartNew();
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw(mpaVersion: kernelMpaRevision);
         int port = vm.FreeHostPort();
         using var ours = SampleProcess.Start(_guest.Root, "PerfTest", PeerArgs(test, size, 2, crc, "--server", "--bind", "127.0.0.1", "--port", port.ToString(CultureInfo.InvariantCulture)));
         ours.WaitListening(Bound);
-        var theirs = vm.Run($"ib_{test} -R -F -s {size} -n {Iters} -p {port} {GuestVm.HostAddress}", Bound);
+        var theirs = vm.Run($"ib_{test} -R -F -s {size} -n {iters} -p {port} {GuestVm.HostAddress}", Bound);
         var (code, output) = ours.Wait(Bound);
         _log.WriteLine($"guest ib_{test} (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\nours:\n{Clip(output)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
+        _guest.AssertKernelClean(vm);
         Assert.True(theirs.ExitCode == 0, $"guest ib_{test} exit {theirs.ExitCode}:\n{Clip(theirs.Output)}\nours:\n{Clip(output)}");
-        Assert.True(HasRow(theirs.Output, size, Iters), $"no result row for {size} B x {Iters} from ib_{test}:\n{Clip(theirs.Output)}");
+        Assert.True(HasRow(theirs.Output, size, iters), $"no result row for {size} B x {iters} from ib_{test}:\n{Clip(theirs.Output)}");
         Assert.True(code == 0, $"our peer failed ({code}):\n{Clip(output)}");
-        Assert.Contains($"remote report: size {size} iters {Iters} ", output, StringComparison.Ordinal);
+        // write/read: the client's report came over the control channel; send_bw has no report exchange, each side
+        // prints the row of its own run.
+        if (test == "send_bw") Assert.True(HasRow(output, size, iters), $"no result row from our peer:\n{Clip(output)}");
+        else Assert.Contains($"remote report: size {size} iters {iters} ", output, StringComparison.Ordinal);
     }
 
     /// <summary>
     /// Our peer as perftest's client against its server on siw: MPA rev 2, and rev 1 where the test needs no RDMA Read
     /// depth (a rev-1 initiator leaves siw with IRD/ORD 0); CRC on and off.
     /// </summary>
-    /// <remarks>Known failure, left visible as a skip: passes alone and on the interop branch, fails intermittently in
-    /// the full suite after the other guest cases (a guest server left from a hung case holds port 18515).</remarks>
-    [Theory(Skip = "Known failure: intermittent in the full suite after the other guest cases; under investigation")]
+    [Theory]
     [InlineData("write_bw", 64, 2, true)]
     [InlineData("write_bw", 65536, 2, true)]
     [InlineData("read_bw", 64, 2, true)]
@@ -87,19 +92,24 @@ public sealed class PerftestInteropTests
     [InlineData("write_bw", 65536, 1, true)]
     [InlineData("write_bw", 65536, 1, false)]
     [InlineData("read_bw", 65536, 2, false)]
+    [InlineData("send_bw", 64, 2, true)]
+    [InlineData("send_bw", 65536, 2, true)]
+    [InlineData("send_bw", 65536, 1, false)]
     public void Our_peer_runs_against_the_kernel_perftest_server(string test, int size, int mpaRevision, bool crc)
     {
+        int iters = ItersFor(test, size);
         var sw = Stopwatch.StartNew();
-        var vm = _guest.Vm;
+        var vm = _guest.Healthy();
         vm.ConfigureSiw();
-        using var server = vm.Start($"ib_{test} -R -F -s {size} -n {Iters}", Bound, awaitPort: 18515);
+        using var server = vm.Start($"ib_{test} -R -F -s {size} -n {iters}", Bound, awaitPort: 18515);
         using var ours = SampleProcess.Start(_guest.Root, "PerfTest", PeerArgs(test, size, mpaRevision, crc, "--connect", "127.0.0.1", "--port", vm.HostPort(18515).ToString(CultureInfo.InvariantCulture)));
         var (code, output) = ours.Wait(Bound);
         var theirs = server.Wait();
         _log.WriteLine($"ours:\n{Clip(output)}\nguest ib_{test} server (exit {theirs.ExitCode}):\n{Clip(theirs.Output)}\ncase time {sw.Elapsed.TotalSeconds:F1} s");
+        _guest.AssertKernelClean(vm);
         Assert.True(code == 0, $"our peer failed ({code}):\n{Clip(output)}\nguest:\n{Clip(theirs.Output)}");
-        Assert.True(HasRow(output, size, Iters), $"no result row from our peer:\n{Clip(output)}");
+        Assert.True(HasRow(output, size, iters), $"no result row from our peer:\n{Clip(output)}");
         Assert.True(theirs.ExitCode == 0, $"guest ib_{test} server exit {theirs.ExitCode}:\n{Clip(theirs.Output)}");
-        Assert.True(HasRow(theirs.Output, size, Iters), $"the guest's server did not print our report for {size} B x {Iters}:\n{Clip(theirs.Output)}");
+        Assert.True(HasRow(theirs.Output, size, iters), $"the guest's server did not print our report for {size} B x {iters}:\n{Clip(theirs.Output)}");
     }
 }

@@ -311,3 +311,62 @@ public sealed class Crc32CStreamTests
         Assert.Equal(reference, ~PinnedDma.Internal.Crc32C.Append(state, data.AsSpan(cut)));
     }
 }
+
+public class TerminateDecodingTests
+{
+    private static ReadOnlySequence<byte> Ulpdu(byte[] body)
+    {
+        var header = DdpRdmapHeader.ForUntagged(RdmapOpcode.Terminate, 2, 1, 0, true);
+        var bytes = new byte[header.Length + body.Length];
+        header.WriteTo(bytes);
+        body.CopyTo(bytes, header.Length);
+        return new ReadOnlySequence<byte>(bytes);
+    }
+
+    /// <summary>
+    /// The Terminate siw (Linux 6.1, x86) sent for an RDMA Write through an STag it never issued: DDP layer, tagged
+    /// buffer, invalid STag, with the DDP Segment Length and the 14-byte tagged header copied; its bit-fields put the
+    /// layer in the low nibble and M/D in the low bits of the third byte. It must still read as that Terminate (the
+    /// code is symmetric in its nibbles), never as a malformed message that would be answered with a Terminate.
+    /// </summary>
+    [Fact]
+    public void A_terminate_whose_copies_disagree_with_its_flags_keeps_its_code()
+    {
+        var body = new byte[20];
+        body[0] = 0x11; // layer 1 (DDP), type 1 (tagged buffer), in either nibble order
+        body[1] = 0x00; // invalid STag
+        body[2] = 0x03; // siw's M and D, in the bits RFC 5040 reserves
+        body[4] = 0x00; body[5] = 0x4E; // DDP Segment Length 78
+        body[6] = 0xC1; body[7] = 0x40; // a tagged DDP header copy: T, L, DV 1 / RV 1, RDMA Write
+        Assert.True(FpduDecoder.TryDecodeUlpdu(Ulpdu(body), out var header, out _, out _, out var terminate, out var error), error.ToString());
+        Assert.Equal(RdmapOpcode.Terminate, header.Opcode);
+        Assert.Equal(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), terminate.Code);
+        Assert.True(terminate.HeaderCopiesUnreadable);
+        Assert.Null(terminate.TerminatedDdpHeader);
+    }
+
+    [Fact]
+    public void A_terminate_laid_out_as_the_rfc_says_reads_its_copies()
+    {
+        var copy = DdpRdmapHeader.ForTagged(RdmapOpcode.RdmaWrite, 0x5A5A5A01, 0x10000, true);
+        var message = new TerminateMessage
+        {
+            Code = TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag),
+            SegmentLengthValid = true, DdpSegmentLength = 78, TerminatedDdpHeader = copy,
+        };
+        var body = new byte[message.Length];
+        message.WriteTo(body);
+        Assert.True(FpduDecoder.TryDecodeUlpdu(Ulpdu(body), out _, out _, out _, out var terminate, out var error), error.ToString());
+        Assert.False(terminate.HeaderCopiesUnreadable);
+        Assert.Equal(message.Code, terminate.Code);
+        Assert.Equal((ushort)78, terminate.DdpSegmentLength);
+        Assert.Equal(copy, terminate.TerminatedDdpHeader);
+    }
+
+    [Fact]
+    public void A_terminate_without_its_control_word_is_malformed()
+    {
+        Assert.False(FpduDecoder.TryDecodeUlpdu(Ulpdu(new byte[3]), out _, out _, out _, out _, out var error));
+        Assert.Equal(IwarpErrorKind.MalformedTerminate, error.Kind);
+    }
+}

@@ -197,11 +197,31 @@ internal readonly record struct TerminateMessage
         if (TerminatedReadRequest is { } rr) rr.WriteTo(destination.Slice(offset));
     }
 
-    /// <summary>Decodes a body of exactly <paramref name="source"/>.Length bytes; false if the length does not match the flags.</summary>
+    /// <summary>
+    /// The header copies were not laid out as the M/D/R bits say (the body's length disagrees with them); the error
+    /// code was still read. A Terminate ends the connection whatever follows its control word, and no Terminate may
+    /// answer a Terminate (RFC 5040 §7.2), so the receiver keeps the code and ignores the copies. siw (Linux 6.1) on
+    /// little-endian hosts writes M/D/R into the low bits of the third byte rather than the high ones.
+    /// </summary>
+    public bool HeaderCopiesUnreadable { get; init; }
+
+    /// <summary>
+    /// Decodes a body of exactly <paramref name="source"/>.Length bytes; false only if it is shorter than the control
+    /// word. Header copies that do not match the flags leave <see cref="HeaderCopiesUnreadable"/> set.
+    /// </summary>
     public static bool TryRead(ReadOnlySpan<byte> source, out TerminateMessage message)
     {
         message = default;
         if (source.Length < ControlSize) return false;
+        var code = new TerminateCode((TerminateLayer)(source[0] >> 4), (byte)(source[0] & 0x0F), source[1]);
+        if (!TryReadCopies(source, out message))
+            message = new TerminateMessage { Code = code, HeaderCopiesUnreadable = true };
+        return true;
+    }
+
+    private static bool TryReadCopies(ReadOnlySpan<byte> source, out TerminateMessage message)
+    {
+        message = default;
         byte hdrct = source[2];
         bool m = (hdrct & 0x80) != 0, d = (hdrct & 0x40) != 0, r = (hdrct & 0x20) != 0;
         int offset = ControlSize;

@@ -196,9 +196,23 @@ internal sealed class FpduEncoder
         int tail = pad + Fpdu.CrcSize;
         Span<byte> trailer = queue.GetSpan(tail).Slice(0, tail);
         trailer.Slice(0, pad).Clear();
-        if (Options.Crc) crc = ~Crc32C.Append(crc, trailer.Slice(0, pad));
+        if (Options.Crc) crc = ~Crc32C.Append(crc, trailer.Slice(0, pad)) ^ TakeCrcFault();
         BinaryPrimitives.WriteUInt32LittleEndian(trailer.Slice(pad), Options.Crc ? crc : 0);
         queue.Advance(tail);
+    }
+
+    private int _crcFaults;
+
+    /// <summary>
+    /// Fault injection for conformance tests against other peers: the next <paramref name="count"/> CRC-carrying FPDUs
+    /// this encoder ends go out with one CRC bit flipped (never used outside tests).
+    /// </summary>
+    internal void CorruptNextCrcs(int count) => Volatile.Write(ref _crcFaults, count);
+
+    private uint TakeCrcFault()
+    {
+        if (Volatile.Read(ref _crcFaults) <= 0) return 0;
+        return Interlocked.Decrement(ref _crcFaults) >= 0 ? 1u : 0;
     }
 
     public int WriteRdmaWrite(IBufferWriter<byte> writer, uint sinkSTag, ulong sinkTaggedOffset, bool last, ReadOnlySpan<byte> payload) =>
@@ -245,7 +259,7 @@ internal sealed class FpduEncoder
         int pad = Fpdu.PadLength(ulpdu);
         span.Slice(padStart, pad).Clear();
         int covered = padStart + pad;
-        BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Options.Crc ? Crc32C.Compute(span.Slice(0, covered)) : 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Options.Crc ? Crc32C.Compute(span.Slice(0, covered)) ^ TakeCrcFault() : 0);
     }
 }
 
@@ -410,20 +424,17 @@ internal sealed class FpduDecoder
         }
         else if (op == RdmapOpcode.Terminate)
         {
-            Span<byte> body = stackalloc byte[TerminateMessage.MaxSize];
-            if (bodyLength > TerminateMessage.MaxSize || bodyLength < TerminateMessage.ControlSize)
+            if (bodyLength < TerminateMessage.ControlSize)
             {
                 error = new IwarpError(IwarpErrorKind.MalformedTerminate, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified),
                     $"Terminate body of {bodyLength} bytes.");
                 return false;
             }
-            payload.CopyTo(body);
-            if (!TerminateMessage.TryRead(body.Slice(0, bodyLength), out terminate))
-            {
-                error = new IwarpError(IwarpErrorKind.MalformedTerminate, TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified),
-                    $"Terminate body of {bodyLength} bytes does not match its M/D/R header control bits.");
-                return false;
-            }
+            // A body longer than any valid one keeps its control word; its copies are then unreadable by definition.
+            Span<byte> body = stackalloc byte[TerminateMessage.MaxSize + 1];
+            int kept = Math.Min(bodyLength, body.Length);
+            payload.Slice(0, kept).CopyTo(body);
+            TerminateMessage.TryRead(body.Slice(0, kept), out terminate);
         }
         return true;
     }

@@ -81,6 +81,9 @@ internal sealed partial class IwarpConnection : IDisposable
     /// <summary>MULPDU: the largest ULPDU this side sends (from <see cref="Emss"/> unless overridden).</summary>
     public int MaxUlpduLength => _encoder.Options.MaxUlpduLength;
 
+    /// <summary>Test hook: the next <paramref name="count"/> FPDUs sent go out with a wrong CRC (see <see cref="FpduEncoder.CorruptNextCrcs"/>).</summary>
+    internal void CorruptNextCrcsForTest(int count) => _encoder.CorruptNextCrcs(count);
+
     /// <summary>TCP_MAXSEG of a connected socket: the MSS its sends are cut to (0 when the platform does not say).</summary>
     private static int ReadEmss(Socket socket)
     {
