@@ -88,7 +88,7 @@ public sealed class QueuePair : IDisposable
             }
             if (_state == QpState.Reset) RemoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite;
             Connection = connection;
-            _state = QpState.Rts;
+            SetStateLocked(QpState.Rts);
         }
         connection.Start();
     }
@@ -168,7 +168,7 @@ public sealed class QueuePair : IDisposable
                     break;
             }
             if (attributes.RnrTimeout is TimeSpan t) RnrTimeout = t;
-            _state = attributes.State;
+            SetStateLocked(attributes.State);
         }
         if (attributes.State is QpState.Error or QpState.Reset)
         {
@@ -265,18 +265,33 @@ public sealed class QueuePair : IDisposable
     // Every access the QP makes or serves (a requester work request on the engine, an incoming RDMA Write, Read or Send
     // on the receive side, a Read Response going out) runs inside this gate. It is open in Rtr, Rts and Sqd only; a
     // move to Error or Reset, and Dispose, shut it under Sync and then wait for the accesses inside to leave, so after
-    // they return no byte moves on behalf of this QP. Entering takes Sync, so no access can start after the move.
-    private int _active;
+    // they return no byte moves on behalf of this QP. The gate is one word, the count of accesses inside plus a closed
+    // bit that every state change sets or clears under Sync (SetStateLocked): entering is one compare-and-swap that
+    // fails once the bit is set, so the hot paths (each FPDU, each work request) take no lock, and no access can start
+    // after a move that closed the gate.
+    private const int GateClosed = 1 << 30;
+    private int _gate = GateClosed;
     private ManualResetEventSlim? _activeLeft;
     [ThreadStatic] private static int t_insideActive;
+
+    /// <summary>Sets the state and opens or closes the active gate to match (callers hold <see cref="Sync"/>).</summary>
+    private void SetStateLocked(QpState state)
+    {
+        _state = state;
+        if (_disposed == 0 && state is QpState.Rtr or QpState.Rts or QpState.Sqd) Interlocked.And(ref _gate, ~GateClosed);
+        else Interlocked.Or(ref _gate, GateClosed);
+    }
 
     /// <summary>Enters an access; false when the QP does not accept any (not Rtr/Rts/Sqd, or disposed).</summary>
     internal bool TryEnterActive()
     {
-        lock (Sync)
+        int v = Volatile.Read(ref _gate);
+        while (true)
         {
-            if (_disposed != 0 || _state is not (QpState.Rtr or QpState.Rts or QpState.Sqd)) return false;
-            _active++;
+            if ((v & GateClosed) != 0) return false;
+            int seen = Interlocked.CompareExchange(ref _gate, v + 1, v);
+            if (seen == v) break;
+            v = seen;
         }
         t_insideActive++;
         return true;
@@ -285,20 +300,22 @@ public sealed class QueuePair : IDisposable
     internal void ExitActive()
     {
         t_insideActive--;
-        if (Interlocked.Decrement(ref _active) == 0) Volatile.Read(ref _activeLeft)?.Set();
+        if ((Interlocked.Decrement(ref _gate) & ~GateClosed) == 0) Volatile.Read(ref _activeLeft)?.Set();
     }
+
+    private int ActiveCount => Volatile.Read(ref _gate) & ~GateClosed;
 
     /// <summary>Waits until no access is inside the gate (after the gate was shut under Sync).</summary>
     private void WaitForActiveToLeave()
     {
         // A thread inside an access (a completion handler on the engine thread, say) cannot wait for itself.
         if (t_insideActive > 0) return;
-        if (Volatile.Read(ref _active) == 0) return;
+        if (ActiveCount == 0) return;
         var ev = LazyInitializer.EnsureInitialized(ref _activeLeft, () => new ManualResetEventSlim(false));
-        while (Volatile.Read(ref _active) != 0)
+        while (ActiveCount != 0)
         {
             ev.Reset();
-            if (Volatile.Read(ref _active) == 0) break;
+            if (ActiveCount == 0) break;
             ev.Wait(1);
         }
     }
@@ -337,7 +354,7 @@ public sealed class QueuePair : IDisposable
         lock (Sync)
         {
             if (_state == QpState.Error) return;
-            _state = QpState.Error;
+            SetStateLocked(QpState.Error);
             FlushAllLocked();
         }
     }
@@ -352,7 +369,7 @@ public sealed class QueuePair : IDisposable
         {
             cq.Push(failed);
             if (_state == QpState.Error) return;
-            _state = QpState.Error;
+            SetStateLocked(QpState.Error);
             FlushAllLocked();
         }
     }
@@ -415,9 +432,10 @@ public sealed class QueuePair : IDisposable
         {
             if (_disposed != 0) return;
             _disposed = 1;
+            Interlocked.Or(ref _gate, GateClosed);
             if (_state != QpState.Error)
             {
-                _state = QpState.Error;
+                SetStateLocked(QpState.Error);
                 FlushAllLocked();
             }
         }
