@@ -26,7 +26,10 @@ public sealed class PinOwner : IDisposable
         Volume = volume;
         MemlockLimit = memlockLimit;
         Name = name ?? "owner";
+        Diagnostics.Telemetry.Track(this);
     }
+
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     /// <summary>The volume pinned on.</summary>
     public Volume Volume { get; }
@@ -84,6 +87,7 @@ public sealed class PinOwner : IDisposable
                         lock (_sync)
                         {
                             _pins.Add(s);
+                            Diagnostics.Telemetry.PinChanged(1, charge);
                             // Dispose sets its flag before it takes its snapshot under this lock: a pin added after the
                             // snapshot sees the flag here and ends itself below.
                             late = _disposed != 0;
@@ -144,7 +148,11 @@ public sealed class PinOwner : IDisposable
     {
         bool had;
         lock (_sync) had = _pins.Remove(seal);
-        if (had) Uncharge(seal.Charged);
+        if (had)
+        {
+            Uncharge(seal.Charged);
+            Diagnostics.Telemetry.PinChanged(-1, -seal.Charged);
+        }
     }
 
     internal void Forget(FileMapping mapping)

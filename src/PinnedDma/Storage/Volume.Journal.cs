@@ -155,7 +155,8 @@ public sealed partial class Volume
         }
         if (_journalPos + need > _journalCapacity)
         {
-            WriteCheckpoint();
+            WriteCheckpoint(); // the commit goes into a checkpoint instead
+            Diagnostics.Telemetry.JournalCommits.Add(1);
             return;
         }
         long start = _journalPos;
@@ -172,6 +173,7 @@ public sealed partial class Volume
         // damage inside a finished commit, not a torn tail.
         WriteJournalEntry(baseOffset, EndMagic, default);
         if (_durable) FlushRange(baseOffset + start, _journalPos - start);
+        Diagnostics.Telemetry.JournalCommits.Add(1);
         _pending.Clear();
         _pendingRecords = 0;
         _alloc.ReleaseBusy();
@@ -205,7 +207,9 @@ public sealed partial class Volume
 
     private void FlushRange(long offset, long length)
     {
+        long t0 = Diagnostics.Telemetry.FsyncDuration.Enabled ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
         _device.Flush(offset, length);
+        if (t0 != 0) Diagnostics.Telemetry.FsyncDuration.Record(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
     }
 
     /// <summary>Writes a checkpoint now: the journal starts over empty.</summary>
@@ -464,6 +468,7 @@ public sealed partial class Volume
             if (kind == Entry.Record)
             {
                 ApplyRecord(payload, seq);
+                JournalRecordsReplayed++;
                 pos += RecordHeader + Align8(payload.Length);
                 seq++;
                 continue;

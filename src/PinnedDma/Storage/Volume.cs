@@ -32,10 +32,16 @@ public sealed partial class Volume : IDisposable
         _ownsDevice = ownsDevice;
         _sb = sb;
         _durable = options.DurableCommits;
+        _log = Diagnostics.Log.For(options.LoggerFactory, Diagnostics.Log.VolumeCategory);
         DefaultConflictPolicy = options.DefaultConflictPolicy;
         _alloc = new BlockAllocator(sb.DataStart, sb.BlockCount);
         _journalCapacity = sb.JournalBlocks * sb.BlockSize;
     }
+
+    private readonly Microsoft.Extensions.Logging.ILogger _log;
+
+    /// <summary>Journal records applied by the last recovery (open or mount).</summary>
+    internal int JournalRecordsReplayed { get; private set; }
 
     /// <summary>The device under the volume.</summary>
     public BlockDevice Device => _device;
@@ -255,7 +261,18 @@ public sealed partial class Volume : IDisposable
             throw new PinnedDmaException(PinnedDmaError.Corrupt, $"Superblock geometry ({geometry.BlockCount} x {geometry.BlockSize}) does not fit the device ({device.BlockCount} x {bs}).");
         ulong named = Math.Max(a?.Sequence ?? 0, b?.Sequence ?? 0);
         var v = new Volume(device, ownsDevice, geometry, options);
+        using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.volume.open");
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         lock (v.Gate) v.Recover(named, options.AllowRollback);
+        string where = device is FileBlockDevice f ? f.Path : "memory";
+        activity?.SetTag("pinneddma.volume.path", where);
+        activity?.SetTag("pinneddma.journal.replayed", v.JournalRecordsReplayed);
+        if (v.RollbackReason is { } why)
+        {
+            activity?.SetTag("pinneddma.volume.rollback", why);
+            Diagnostics.Log.RecoveryFinding(v._log, where, "rolled back: " + why);
+        }
+        Diagnostics.Log.VolumeOpened(v._log, where, v.JournalRecordsReplayed, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
         return v;
     }
 

@@ -37,6 +37,12 @@ public sealed class VolumeOptions
     /// </summary>
     public bool AllowRollback { get; init; }
 
+    /// <summary>
+    /// Where the volume logs (recovery findings such as a dropped torn tail or a rollback, lease breaks and forced
+    /// revocations). Default: no logging.
+    /// </summary>
+    public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; init; }
+
     /// <summary>Flush data and journal with msync/fsync on commit. Off only for tests that measure logic, not disks.</summary>
     public bool DurableCommits { get; init; } = true;
 }

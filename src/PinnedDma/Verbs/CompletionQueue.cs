@@ -141,6 +141,7 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
 
     internal void Push(in WorkCompletion wc)
     {
+        if (Diagnostics.Telemetry.Completions.Enabled) Diagnostics.Telemetry.Completions.Add(1, Diagnostics.Telemetry.Status(wc.Status));
         bool wake = false;
         lock (_sync)
         {
@@ -148,6 +149,7 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
             if (_count == _ring.Length)
             {
                 _overrun = true;
+                Diagnostics.Telemetry.CqOverruns.Add(1);
             }
             else
             {

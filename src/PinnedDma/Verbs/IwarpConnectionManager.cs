@@ -32,6 +32,12 @@ public sealed class IwarpOptions
     /// <summary>Ask for CRC32c on every FPDU. Default true.</summary>
     public bool Crc { get; init; } = true;
 
+    /// <summary>
+    /// Where connections log (established, rejected, failed handshakes, Terminates sent and received, closes). Default:
+    /// no logging.
+    /// </summary>
+    public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; init; }
+
     /// <summary>Inbound RDMA Read depth advertised in revision 2. Default 16.</summary>
     public ushort Ird { get; init; } = 16;
 
@@ -282,13 +288,20 @@ public sealed class IwarpConnectionRequest
         ArgumentNullException.ThrowIfNull(qp);
         qp.CheckConnectable(); // before any side effect: a QP in the wrong state is refused and the request stays undecided
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
+        using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.iwarp.accept", System.Diagnostics.ActivityKind.Server);
+        activity?.SetTag("client.address", RemoteEndPoint.Address.ToString());
         var decision = MpaNegotiation.Respond(_request, _options.ToMpa(privateData.ToArray()));
         _socket.Send(decision.Reply.ToArray());
         if (!decision.Accepted)
         {
+            Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Rejected);
+            Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), RemoteEndPoint.ToString(), decision.Error.ToString());
+            activity?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, decision.Error.ToString());
             _rx.Dispose(); // and the socket it owns
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
         }
+        activity?.SetTag("pinneddma.mpa.revision", (int)decision.Negotiated.Revision);
+        activity?.SetTag("pinneddma.mpa.crc", decision.Negotiated.Crc);
         var connection = new IwarpConnection(_rx, qp, decision.Negotiated, _options, initiator: false);
         if (_listener is { } listener && _options.MaxInvalidStagConnections > 0)
         {
@@ -303,6 +316,8 @@ public sealed class IwarpConnectionRequest
     {
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         var reply = MpaNegotiation.BuildReject(_request, _options.ToMpa(privateData.ToArray()));
+        Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Rejected);
+        Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), _socket.RemoteEndPoint?.ToString() ?? "?", "rejected by the listener's owner");
         try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
         _rx.Dispose(); // and the socket it owns
     }
@@ -346,6 +361,33 @@ public static class IwarpConnector
     }
 
     private static ReadOnlyMemory<byte> Connect(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
+    {
+        using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.iwarp.connect", System.Diagnostics.ActivityKind.Client);
+        activity?.SetTag("server.address", endpoint.Address.ToString());
+        activity?.SetTag("server.port", endpoint.Port);
+        try
+        {
+            var reply = ConnectCore(qp, endpoint, privateData, options, cancellationToken);
+            if (qp.Connection is { } c)
+            {
+                activity?.SetTag("pinneddma.mpa.revision", (int)c.Negotiated.Revision);
+                activity?.SetTag("pinneddma.mpa.crc", c.Negotiated.Crc);
+            }
+            return reply;
+        }
+        catch (Exception e)
+        {
+            bool rejected = e is PinnedDmaException { Error: PinnedDmaError.ConnectionRejected };
+            Diagnostics.Telemetry.Connections.Add(1, rejected ? Diagnostics.Telemetry.Rejected : Diagnostics.Telemetry.Failed);
+            var log = Diagnostics.Log.For(options.LoggerFactory, Diagnostics.Log.IwarpCategory);
+            if (rejected) Diagnostics.Log.ConnectionRejected(log, endpoint.ToString(), e.Message);
+            else Diagnostics.Log.HandshakeFailed(log, endpoint.ToString(), e.Message);
+            activity?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, e.Message);
+            throw;
+        }
+    }
+
+    private static ReadOnlyMemory<byte> ConnectCore(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
     {
         long deadline = Environment.TickCount64 + (long)options.SetupTimeout.TotalMilliseconds;
         var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };

@@ -38,6 +38,7 @@ public sealed class QueuePair : IDisposable
         _rq = new RecvWorkRequest[o.MaxRecvWr];
         QpNumber = (uint)Interlocked.Increment(ref s_nextQpn);
         lock (Fabric) Fabric[QpNumber] = this;
+        Diagnostics.Telemetry.QueuePairMoved(null, QpState.Reset);
     }
 
     /// <summary>The protection domain.</summary>
@@ -210,6 +211,7 @@ public sealed class QueuePair : IDisposable
             _sq[(_sqHead + _sqCount) % _sq.Length] = wr;
             _sqCount++;
         }
+        Diagnostics.Telemetry.Posted(wr);
         Engine.Ring(this);
     }
 
@@ -277,6 +279,7 @@ public sealed class QueuePair : IDisposable
     /// <summary>Sets the state and opens or closes the active gate to match (callers hold <see cref="Sync"/>).</summary>
     private void SetStateLocked(QpState state)
     {
+        Diagnostics.Telemetry.QueuePairMoved(_state, state);
         _state = state;
         if (_disposed == 0 && state is QpState.Rtr or QpState.Rts or QpState.Sqd) Interlocked.And(ref _gate, ~GateClosed);
         else Interlocked.Or(ref _gate, GateClosed);
@@ -442,6 +445,7 @@ public sealed class QueuePair : IDisposable
         Connection?.Close("queue pair destroyed");
         WaitForActiveToLeave();
         lock (Fabric) Fabric.Remove(QpNumber);
+        Diagnostics.Telemetry.QueuePairMoved(QpState.Error, null);
         Pd.Forget(this);
     }
 

@@ -54,6 +54,7 @@ internal sealed partial class IwarpConnection
         }
         else if (error.IsError)
         {
+            if (error.Kind == IwarpErrorKind.CrcMismatch) Diagnostics.Telemetry.CrcErrors.Add(1);
             ServiceInbound();
             SendTerminate(error.Terminate, null, 0);
             Close($"protocol error: {error}");
@@ -420,6 +421,8 @@ internal sealed partial class IwarpConnection
                 return OnSend(f);
             case RdmapOpcode.Terminate:
                 LastTerminateReceived = f.Terminate.Code;
+                Diagnostics.Telemetry.Terminate(sent: false, (byte)f.Terminate.Code.Layer, f.Terminate.Code.ErrorType, f.Terminate.Code.ErrorCode);
+                Diagnostics.Log.TerminateReceived(_log, _peer, f.Terminate.Code.ToString());
                 return false;
             default:
                 return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), f, $"unexpected opcode {h.Opcode}");

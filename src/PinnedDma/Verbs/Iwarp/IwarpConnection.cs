@@ -71,7 +71,13 @@ internal sealed partial class IwarpConnection : IDisposable
         _encoder = new FpduEncoder(options);
         _decoder = new FpduDecoder(options);
         Engine = new DmaEngine($"iwarp-qp{qp.QpNumber}");
+        _log = Diagnostics.Log.For(settings.LoggerFactory, Diagnostics.Log.IwarpCategory);
+        _peer = _socket.RemoteEndPoint?.ToString() ?? "?";
     }
+
+    private readonly Microsoft.Extensions.Logging.ILogger _log;
+    private readonly string _peer;
+    private int _opened;
 
     public MpaNegotiated Negotiated { get; }
 
@@ -172,6 +178,10 @@ internal sealed partial class IwarpConnection : IDisposable
     {
         // Exactly one of Start and Close owns the receive pipe's end: the thread started here, or Close.
         if (Interlocked.Exchange(ref _started, 1) != 0) return;
+        Volatile.Write(ref _opened, 1);
+        Diagnostics.Telemetry.ConnectionOpen(1);
+        Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Established);
+        Diagnostics.Log.ConnectionEstablished(_log, _peer, Negotiated.Revision, Negotiated.Crc, Initiator ? "initiator" : "responder");
         if (Initiator && Negotiated.PeerToPeer)
         {
             try
@@ -438,6 +448,8 @@ internal sealed partial class IwarpConnection : IDisposable
     private void SendTerminate(TerminateCode code, DdpRdmapHeader? header, ushort segmentLength)
     {
         LastTerminateSent = code;
+        Diagnostics.Telemetry.Terminate(sent: true, (byte)code.Layer, code.ErrorType, code.ErrorCode);
+        Diagnostics.Log.TerminateSent(_log, _peer, code.ToString(), CloseReason ?? "protocol error");
         try
         {
             lock (_sendLock)
@@ -457,6 +469,11 @@ internal sealed partial class IwarpConnection : IDisposable
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
         CloseReason = reason;
+        if (Interlocked.Exchange(ref _opened, 0) != 0)
+        {
+            Diagnostics.Telemetry.ConnectionOpen(-1);
+            Diagnostics.Log.ConnectionClosed(_log, _peer, reason);
+        }
         _transmit.Set(); // releases an engine thread holding work for the first FPDU
         // Shutting down wakes every thread waiting on the socket. The socket itself is disposed by the receive pipe that
         // owns it, after releasing its handle reference: Socket.Dispose waits for every reference, so disposing here
