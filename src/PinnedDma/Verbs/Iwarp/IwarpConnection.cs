@@ -236,6 +236,12 @@ internal sealed partial class IwarpConnection : IDisposable
 
     // ------------------------------------------------------------ requester side (DMA engine thread)
 
+    /// <summary>
+    /// Tests only: runs on the DMA engine thread between an RDMA Read's first look at the closed flag and its queueing,
+    /// so that a test can land a Close exactly in that window.
+    /// </summary>
+    internal Action? BeforeReadQueued { get; set; }
+
     /// <summary>Runs a send work request over the wire. RDMA Read completes later, when its response arrives.</summary>
     public WcStatus Execute(in SendWorkRequest wr, MemoryRegion? local, long localOffset, out bool deferred)
     {
@@ -269,6 +275,7 @@ internal sealed partial class IwarpConnection : IDisposable
                         p.Length = wr.Local.Length;
                         p.Received = 0;
                         p.Done = false;
+                        BeforeReadQueued?.Invoke();
                         lock (_readsLock)
                         {
                             // Close sets the flag, then completes what is queued under this lock: a read queued after
