@@ -33,10 +33,18 @@ public sealed class IwarpOptions
     /// <summary>Ask for CRC32c on every FPDU. Default true.</summary>
     public bool Crc { get; init; } = true;
 
-    /// <summary>Inbound RDMA Read depth advertised in revision 2. Default 16.</summary>
+    /// <summary>
+    /// Inbound RDMA Read depth advertised in revision 2 and enforced: a peer with more Read Requests outstanding is
+    /// ended with a Terminate. Revision 1 advertises nothing; the responder then accepts up to 128 (or this, if larger).
+    /// Default 16.
+    /// </summary>
     public ushort Ird { get; init; } = 16;
 
-    /// <summary>Outbound RDMA Read depth advertised in revision 2. Default 16.</summary>
+    /// <summary>
+    /// Outbound RDMA Read depth advertised in revision 2. Reads outstanding at once are capped at the negotiated ORD
+    /// (the lower of this and the peer's IRD; with revision 1, this); further Reads wait at the head of the send queue.
+    /// A negotiated ORD of 0 refuses Reads (they complete with LocQpOpErr). Default 16.
+    /// </summary>
     public ushort Ord { get; init; } = 16;
 
     /// <summary>
