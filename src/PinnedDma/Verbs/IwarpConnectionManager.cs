@@ -182,12 +182,20 @@ public sealed class IwarpListener : IDisposable
     /// <summary>Where it listens.</summary>
     public IPEndPoint LocalEndPoint => (IPEndPoint)_listener.LocalEndPoint!;
 
-    /// <summary>Waits for the next client whose MPA request arrived and was well formed.</summary>
+    /// <summary>
+    /// Waits for the next client whose MPA request arrived and was well formed. Throws
+    /// <see cref="ObjectDisposedException"/> once the listener is disposed (or its socket failed), and
+    /// <see cref="InvalidOperationException"/> with the cause if its handshake thread stopped on an unexpected fault.
+    /// </summary>
     public async Task<IwarpConnectionRequest> AcceptAsync(CancellationToken cancellationToken = default)
     {
         try
         {
             return await _ready.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (System.Threading.Channels.ChannelClosedException e) when (e.InnerException is { } cause)
+        {
+            throw new InvalidOperationException("The listener stopped after a fault on its handshake thread.", cause);
         }
         catch (System.Threading.Channels.ChannelClosedException)
         {
@@ -273,6 +281,11 @@ public sealed class IwarpListener : IDisposable
         {
             // The listening socket was closed or failed: no more connections.
         }
+        catch (Exception e)
+        {
+            // Nothing may escape this thread (it would end the process): the listener stops, AcceptAsync reports it.
+            _ready.Writer.TryComplete(e);
+        }
         finally
         {
             _ready.Writer.TryComplete();
@@ -334,9 +347,19 @@ public sealed class IwarpListener : IDisposable
             socket.Dispose();
             return;
         }
+        SocketReceivePipe rx;
+        try
+        {
+            rx = new SocketReceivePipe(socket);
+        }
+        catch (ObjectDisposedException)
+        {
+            socket.Dispose();
+            return;
+        }
         if (pending.Count >= _options.MaxPendingHandshakes) EvictOne(pending, perSource);
         perSource[source] = held + 1;
-        pending.Add(new PendingHandshake(new SocketReceivePipe(socket), source, Environment.TickCount64 + (long)_options.SetupTimeout.TotalMilliseconds));
+        pending.Add(new PendingHandshake(rx, source, Environment.TickCount64 + (long)_options.SetupTimeout.TotalMilliseconds));
     }
 
     /// <summary>The table is full: closes the oldest pending handshake of the address that holds the most.</summary>
@@ -382,7 +405,7 @@ public sealed class IwarpListener : IDisposable
             Drop(pending, perSource, index);
             return;
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
         {
             Drop(pending, perSource, index);
             return;
