@@ -203,6 +203,16 @@ public sealed class TelemetryTests
         await reject.WaitAsync(Bound);
         Assert.Equal(2, m.Sum("pinneddma.iwarp.connections{result=rejected}")); // counted on both sides
 
+        // A client that sends something other than an MPA request: a failed handshake.
+        using (var junk = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp))
+        {
+            junk.Connect(listener.LocalEndPoint);
+            junk.Send(System.Text.Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+            long until = Environment.TickCount64 + (long)Bound.TotalMilliseconds;
+            while (m.Sum("pinneddma.iwarp.connections{result=failed}") == 0 && Environment.TickCount64 < until) Thread.Sleep(5);
+        }
+        Assert.Equal(1, m.Sum("pinneddma.iwarp.connections{result=failed}"));
+
         async Task<(QueuePair Server, QueuePair Client)> Connect()
         {
             var sqp = spd.CreateQueuePair(new QueuePairOptions { SendCq = scq, RecvCq = scq });
@@ -242,6 +252,7 @@ public sealed class TelemetryTests
         Assert.Contains(messages, s => s.StartsWith("iWARP connection established", StringComparison.Ordinal));
         Assert.Contains(messages, s => s.StartsWith("iWARP connection to", StringComparison.Ordinal) && s.Contains("rejected", StringComparison.Ordinal));
         Assert.Contains(messages, s => s.StartsWith("Terminate sent", StringComparison.Ordinal));
+        Assert.Contains(messages, s => s.StartsWith("iWARP handshake with 127.0.0.1 failed", StringComparison.Ordinal));
         Assert.Contains(messages, s => s.StartsWith("Terminate received", StringComparison.Ordinal));
         Assert.Contains(messages, s => s.StartsWith("iWARP connection with", StringComparison.Ordinal) && s.Contains("closed", StringComparison.Ordinal));
     }
