@@ -32,14 +32,7 @@ internal sealed class PinSeal : Seal
         Charged = charged;
         BlockShift = owner.Volume.BlockShift;
         FrozenStarts = new long[frozen.Length];
-        FrozenByteStarts = new long[frozen.Length];
-        long acc = 0;
-        for (int i = 0; i < frozen.Length; i++)
-        {
-            FrozenStarts[i] = frozen[i].FileBlock;
-            FrozenByteStarts[i] = acc;
-            acc += frozen[i].Count << BlockShift;
-        }
+        for (int i = 0; i < frozen.Length; i++) FrozenStarts[i] = frozen[i].FileBlock;
     }
 
     public PinOwner Owner { get; }
@@ -51,7 +44,6 @@ internal sealed class PinSeal : Seal
     public long Charged { get; }
     public int BlockShift { get; }
     public long[] FrozenStarts { get; }
-    public long[] FrozenByteStarts { get; }
     public DmaDrain Drain { get; } = new();
     public PinAccess Access { get => _access; set => _access = value; }
     public string? EndReason { get; private set; }

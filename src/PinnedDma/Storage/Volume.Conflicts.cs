@@ -214,8 +214,6 @@ public sealed partial class Volume
         seal.Inode.Seals.Remove(seal);
     }
 
-    internal IReadOnlyList<Seal> DetachedSeals => _detached;
-
     /// <summary>Checks that there is room for <paramref name="blocks"/> new blocks, committing to free busy ones if that helps.</summary>
     private void EnsureSpace(long blocks)
     {
