@@ -755,7 +755,7 @@ public sealed partial class Volume
                         PrimMap(inode, new Extent(piece.FileBlock, target.Start + (piece.DeviceBlock - lo), piece.Count, gen));
                     }
                 }
-                FixRunReferences(target, lo, count);
+                FixRunReferences(target, count);
                 moved += count;
                 EndOp();
             }
@@ -764,7 +764,7 @@ public sealed partial class Volume
     }
 
     /// <summary>After compaction remapped every reference to a new run: set its counts from the maps that now use it.</summary>
-    private void FixRunReferences(BlockRun target, long oldStart, long count)
+    private void FixRunReferences(BlockRun target, long count)
     {
         var users = FindMappings(target.Start, count);
         var counts = new int[count];
@@ -776,6 +776,5 @@ public sealed partial class Volume
             for (int extra = 1; extra < counts[k]; extra++) _alloc.AddRef(target.Start + k, 1);
             if (counts[k] == 0) throw new InvalidOperationException("compaction target block without a user");
         }
-        _ = oldStart;
     }
 }
