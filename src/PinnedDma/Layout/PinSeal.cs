@@ -12,7 +12,6 @@ namespace PinnedDma.Layout;
 internal sealed class PinSeal : Seal
 {
     private readonly TaskCompletionSource _gone = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TaskCompletionSource<LeaseBreakEventArgs> _breakRequested = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly bool _unbreakable;
     private volatile PinAccess _access;
     private int _status; // PinStatus
@@ -32,14 +31,7 @@ internal sealed class PinSeal : Seal
         Charged = charged;
         BlockShift = owner.Volume.BlockShift;
         FrozenStarts = new long[frozen.Length];
-        FrozenByteStarts = new long[frozen.Length];
-        long acc = 0;
-        for (int i = 0; i < frozen.Length; i++)
-        {
-            FrozenStarts[i] = frozen[i].FileBlock;
-            FrozenByteStarts[i] = acc;
-            acc += frozen[i].Count << BlockShift;
-        }
+        for (int i = 0; i < frozen.Length; i++) FrozenStarts[i] = frozen[i].FileBlock;
     }
 
     public PinOwner Owner { get; }
@@ -51,7 +43,6 @@ internal sealed class PinSeal : Seal
     public long Charged { get; }
     public int BlockShift { get; }
     public long[] FrozenStarts { get; }
-    public long[] FrozenByteStarts { get; }
     public DmaDrain Drain { get; } = new();
     public PinAccess Access { get => _access; set => _access = value; }
     public string? EndReason { get; private set; }
@@ -59,7 +50,14 @@ internal sealed class PinSeal : Seal
     /// <summary>Switches to WRITE; called by the volume under its lock, in the same hold as the upgrade's COW break.</summary>
     public void GrantWrite() => _access = PinAccess.Write;
 
-    public event EventHandler<LeaseBreakEventArgs>? LeaseBreaking;
+    /// <summary>The layout lease the pin holds on its range.</summary>
+    public LayoutLease Lease { get; } = new();
+
+    public event EventHandler<LeaseBreakEventArgs>? LeaseBreaking
+    {
+        add => Lease.Breaking += value;
+        remove => Lease.Breaking -= value;
+    }
 
     public PinStatus Status
     {
@@ -70,39 +68,18 @@ internal sealed class PinSeal : Seal
         }
     }
 
-    public Task<LeaseBreakEventArgs> BreakRequested => _breakRequested.Task;
+    public Task<LeaseBreakEventArgs> BreakRequested => Lease.BreakRequested;
 
     public override bool WriteAccess => _access == PinAccess.Write;
     public override bool Unbreakable => _unbreakable;
     public override Task Gone => _gone.Task;
 
-    /// <summary>
-    /// Tells the holder once, however many operations ask: the handlers run on the thread pool, never on the breaking
-    /// thread, so the breaker's timeout holds whatever they do (one that never returns cannot keep the pin, it is
-    /// revoked at the timeout), and a handler that breaks the same range again only joins the break in progress.
-    /// </summary>
+    /// <summary>Marks the pin Breaking and tells the holder once (<see cref="LayoutLease.RequestBreak"/>).</summary>
     public override void RequestBreak(TimeSpan timeout, string reason)
     {
         Interlocked.CompareExchange(ref _status, (int)PinStatus.Breaking, (int)PinStatus.Active);
-        if (Interlocked.Exchange(ref _breakNotified, 1) != 0) return;
-        var args = new LeaseBreakEventArgs(reason, timeout);
-        var handlers = LeaseBreaking;
-        if (handlers is not null)
-            ThreadPool.UnsafeQueueUserWorkItem(static st =>
-            {
-                try
-                {
-                    st.Handlers.Invoke(st.Seal, st.Args);
-                }
-                catch (Exception)
-                {
-                    // A faulty holder callback must not stop the breaker: the timeout revokes the pin anyway.
-                }
-            }, (Handlers: handlers, Seal: this, Args: args), preferLocal: false);
-        _breakRequested.TrySetResult(args);
+        Lease.RequestBreak(this, timeout, reason);
     }
-
-    private int _breakNotified;
 
     public override void Revoke(string reason) => End(PinStatus.Revoked, reason);
 
@@ -125,7 +102,7 @@ internal sealed class PinSeal : Seal
         }
         Owner.Forget(this);
         Device.Release();
-        _breakRequested.TrySetCanceled();
+        Lease.End();
         _gone.TrySetResult();
     }
 

@@ -1,12 +1,13 @@
 using PinnedDma.Internal;
+using PinnedDma.Layout;
 using PinnedDma.Storage.Internal;
 
 namespace PinnedDma.Storage;
 
-// How an operation meets the seals of pins and Direct mappings. An operation runs in two phases under the volume
-// lock: first it finds every seal it would violate and asks Check, changing nothing; then it mutates. Deny and Defer
-// are settled under the lock. Wait and Break need the holders to act, so Check unwinds the operation (nothing was
-// changed), the waiting or breaking happens outside the lock, and the operation runs again from the start.
+// How an operation meets the seals of pins and Direct mappings: every operation that may remap runs as a body inside
+// Mutate. The body validates and finds its conflicts first, asking Check (LayoutLease.Resolve) about each set and
+// changing nothing; on Pending or Busy it returns at once, and only after every check passed does it mutate. Mutate
+// then throws the refusal (Busy), or leaves the lock for LayoutLease.Settle and runs the body again (Pending).
 public sealed partial class Volume
 {
     private const long MaxFileSize = 1L << 50;
@@ -15,41 +16,27 @@ public sealed partial class Volume
     /// <summary>Seals whose blocks now belong to their pins (Defer, or the file was deleted).</summary>
     private readonly List<Seal> _detached = new();
 
-    internal sealed class RemapContext(string operation, ConflictPolicy? policy)
-    {
-        public string Operation { get; } = operation;
-        public ConflictPolicy? Policy { get; } = policy;
-        public List<Seal>? Pending;
-        public ConflictPolicyKind PendingKind;
-        public TimeSpan Timeout;
-        public long Deadline;
-        public HashSet<Seal>? BreakRequested;
-    }
-
-    private sealed class RetrySignal : Exception
-    {
-        public static readonly RetrySignal Instance = new();
-    }
-
-    private enum Verdict { Proceed, Detach }
-
     /// <summary>Runs <paramref name="body"/> under the lock until it completes without a pending Wait or Break.</summary>
-    private T Mutate<T>(RemapContext ctx, Func<RemapContext, T> body)
+    private T Mutate<T>(RemapContext ctx, Func<RemapContext, T> body) =>
+        Mutate(ctx, body, static (ctx, body) => body(ctx));
+
+    /// <summary>
+    /// Runs <paramref name="body"/> with <paramref name="state"/> (which may be a span) under the lock until it
+    /// completes without stopping on a lease conflict: a refusal is thrown, a pending Wait or Break is settled outside
+    /// the lock and the body runs again. The body's changes become one journal record.
+    /// </summary>
+    private T Mutate<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body)
+        where TState : allows ref struct
     {
         while (true)
         {
             lock (Gate)
             {
                 ThrowIfDisposed();
+                T result;
                 try
                 {
-                    T result = body(ctx);
-                    EndOp();
-                    return result;
-                }
-                catch (RetrySignal)
-                {
-                    System.Diagnostics.Debug.Assert(_txn.Length == 0, "an operation asked to retry after it had changed something");
+                    result = body(ctx, state);
                 }
                 catch
                 {
@@ -58,70 +45,30 @@ public sealed partial class Volume
                     _txn.Clear();
                     throw;
                 }
+                if (!ctx.Halted)
+                {
+                    EndOp();
+                    return result;
+                }
+                System.Diagnostics.Debug.Assert(_txn.Length == 0, "an operation stopped on a lease conflict after it had changed something");
+                _txn.Clear();
+                if (ctx.Refusal is { } refusal)
+                {
+                    ctx.Refusal = null;
+                    throw refusal;
+                }
             }
-            ResolveOutsideLock(ctx);
+            LayoutLease.Settle(ctx);
         }
     }
 
     /// <summary>
-    /// Decides what to do about <paramref name="conflicts"/> (attached seals an operation would violate). Throws busy,
-    /// unwinds for Wait/Break, or answers Detach when Defer lets a space-freeing operation go on without the pins.
+    /// What to do about <paramref name="conflicts"/> (attached seals an operation would violate): see
+    /// <see cref="LayoutLease.Resolve"/>. On <see cref="ConflictResolution.Pending"/> or
+    /// <see cref="ConflictResolution.Busy"/> the caller returns at once, having changed nothing.
     /// </summary>
-    private Verdict Check(RemapContext ctx, List<Seal> conflicts, bool deferrable)
-    {
-        if (conflicts.Count == 0) return Verdict.Proceed;
-        var policy = ctx.Policy ?? conflicts[0].Inode.Policy ?? DefaultConflictPolicy;
-        switch (policy.Kind)
-        {
-            case ConflictPolicyKind.Defer when deferrable && conflicts.All(s => s.Deferrable):
-                return Verdict.Detach;
-            case ConflictPolicyKind.Wait:
-                Unwind(ctx, conflicts, policy);
-                break;
-            case ConflictPolicyKind.Break when !conflicts.Any(s => s.Unbreakable):
-                Unwind(ctx, conflicts, policy);
-                break;
-        }
-        throw Busy(ctx, conflicts, policy);
-    }
-
-    private static void Unwind(RemapContext ctx, List<Seal> conflicts, ConflictPolicy policy)
-    {
-        if (ctx.Deadline != 0 && Environment.TickCount64 >= ctx.Deadline && policy.Kind == ConflictPolicyKind.Wait)
-            throw Busy(ctx, conflicts, policy);
-        ctx.Pending = conflicts.Distinct().ToList();
-        ctx.PendingKind = policy.Kind;
-        ctx.Timeout = policy.Timeout;
-        throw RetrySignal.Instance;
-    }
-
-    private static PinnedDmaException Busy(RemapContext ctx, List<Seal> conflicts, ConflictPolicy policy)
-    {
-        var s = conflicts[0];
-        return new PinnedDmaException(PinnedDmaError.Busy,
-            $"{ctx.Operation} on '{s.Inode.Name}' would remap file blocks [{s.FirstBlock}, {s.EndBlock}) held by {conflicts.Distinct().Count()} pin(s) or Direct mapping(s) (policy {policy}).");
-    }
-
-    private void ResolveOutsideLock(RemapContext ctx)
-    {
-        var pending = ctx.Pending!;
-        ctx.Pending = null;
-        if (ctx.Deadline == 0) ctx.Deadline = Environment.TickCount64 + (long)ctx.Timeout.TotalMilliseconds;
-        var remaining = TimeSpan.FromMilliseconds(Math.Max(0, ctx.Deadline - Environment.TickCount64));
-        var gone = pending.Select(s => s.Gone).ToArray();
-        if (ctx.PendingKind == ConflictPolicyKind.Wait)
-        {
-            if (!Task.WaitAll(gone, remaining))
-                throw new PinnedDmaException(PinnedDmaError.Busy, $"{ctx.Operation}: pins still held after waiting {ctx.Timeout.TotalMilliseconds} ms.");
-            return;
-        }
-        ctx.BreakRequested ??= new HashSet<Seal>();
-        foreach (var s in pending)
-            if (ctx.BreakRequested.Add(s)) s.RequestBreak(ctx.Timeout, ctx.Operation);
-        Task.WaitAll(gone, remaining);
-        foreach (var s in pending)
-            if (!s.Gone.IsCompleted) s.Revoke($"lease break timed out for {ctx.Operation}");
-    }
+    private ConflictResolution Check(RemapContext ctx, List<Seal> conflicts, bool deferrable) =>
+        LayoutLease.Resolve(ctx, conflicts, deferrable, DefaultConflictPolicy);
 
     /// <summary>Attached seals of <paramref name="inode"/> overlapping file blocks [first, end).</summary>
     private static List<Seal> SealsOverlapping(Inode inode, long first, long end)
@@ -163,13 +110,13 @@ public sealed partial class Volume
     }
 
     /// <summary>Before Defer detaches <paramref name="seals"/>: other pins on sharers of their blocks block the detach.</summary>
-    private void CheckDetachable(RemapContext ctx, List<Seal> seals)
+    private ConflictResolution CheckDetachable(RemapContext ctx, List<Seal> seals)
     {
         var others = new List<Seal>();
         foreach (var s in seals)
             foreach (var e in s.Frozen)
                 others.AddRange(SealsOnDeviceBlocks(e.DeviceBlock, e.Count, seals));
-        Check(ctx, others, deferrable: false);
+        return Check(ctx, others, deferrable: false);
     }
 
     /// <summary>Blocks that detaching <paramref name="seals"/> will copy for the other mappings of their blocks.</summary>
@@ -213,8 +160,6 @@ public sealed partial class Volume
         }
         seal.Inode.Seals.Remove(seal);
     }
-
-    internal IReadOnlyList<Seal> DetachedSeals => _detached;
 
     /// <summary>Checks that there is room for <paramref name="blocks"/> new blocks, committing to free busy ones if that helps.</summary>
     private void EnsureSpace(long blocks)

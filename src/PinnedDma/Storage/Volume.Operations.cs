@@ -1,4 +1,5 @@
 using PinnedDma.Internal;
+using PinnedDma.Layout;
 using PinnedDma.Storage.Internal;
 
 namespace PinnedDma.Storage;
@@ -275,39 +276,26 @@ public sealed partial class Volume
     {
         CheckFileRange(offset, data.Length);
         if (data.IsEmpty) return;
-        var ctx = new RemapContext("write", policy);
         var (first, end) = BlockSpan(offset, data.Length);
-        while (true)
+        Mutate(new RemapContext("write", policy), data, (ctx, data) =>
         {
-            lock (Gate)
+            Live(inode);
+            var conflicts = new List<Seal>();
+            long need = PlanWrite(inode, first, end, WriteMode.Data, conflicts);
+            if (Check(ctx, conflicts, deferrable: false).Halts()) return 0;
+            EnsureSpace(need);
+            CheckMetadataRoom(need > 0 ? 2 + need : 0);
+            ulong before = _alloc.NextGeneration;
+            ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
+            if (offset + data.Length > inode.Size) PrimSetSize(inode, offset + data.Length);
+            if (sync && _alloc.NextGeneration != before)
             {
-                ThrowIfDisposed();
-                Live(inode);
-                try
-                {
-                    var conflicts = new List<Seal>();
-                    long need = PlanWrite(inode, first, end, WriteMode.Data, conflicts);
-                    Check(ctx, conflicts, deferrable: false);
-                    EnsureSpace(need);
-                    CheckMetadataRoom(need > 0 ? 2 + need : 0);
-                    ulong before = _alloc.NextGeneration;
-                    ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
-                    if (offset + data.Length > inode.Size) PrimSetSize(inode, offset + data.Length);
-                    EndOp();
-                    if (sync && _alloc.NextGeneration != before) CommitLocked();
-                    return;
-                }
-                catch (RetrySignal)
-                {
-                }
-                catch
-                {
-                    _txn.Clear();
-                    throw;
-                }
+                // The write allocated (MAP_SYNC): its metadata is durable before it returns.
+                EndOp();
+                CommitLocked();
             }
-            ResolveOutsideLock(ctx);
-        }
+            return 0;
+        });
     }
 
     // ---------------------------------------------------------------- space operations
@@ -328,18 +316,19 @@ public sealed partial class Volume
             long unmapEnd = Math.Max(inode.Map.EndBlock, keepBlocks);
             var conflicts = inode.Seals.Where(s => s.EndBlock << shift > length).ToList();
             var verdict = Check(ctx, conflicts, deferrable: true);
+            if (verdict.Halts()) return 0;
             long need = 0;
-            if (verdict == Verdict.Detach)
+            if (verdict == ConflictResolution.Detach)
             {
-                CheckDetachable(ctx, conflicts);
+                if (CheckDetachable(ctx, conflicts).Halts()) return 0;
                 need += DetachCost(conflicts);
             }
             long tail = length & (BlockSize - 1);
             var tailConflicts = new List<Seal>();
             if (tail != 0) need += PlanWrite(inode, length >> shift, keepBlocks, WriteMode.Zeros, tailConflicts);
-            Check(ctx, tailConflicts, deferrable: false);
+            if (Check(ctx, tailConflicts, deferrable: false).Halts()) return 0;
             EnsureSpace(need);
-            if (verdict == Verdict.Detach) foreach (var s in conflicts) DetachSeal(s);
+            if (verdict == ConflictResolution.Detach) foreach (var s in conflicts) DetachSeal(s);
             PrimUnmap(inode, keepBlocks, unmapEnd - keepBlocks);
             // The bytes past the new EOF in its last block must read as zeros if the file grows again. A private
             // block is zeroed in place, which destroys bytes that the durable (old, longer) size still covers: so
@@ -413,19 +402,20 @@ public sealed partial class Volume
             foreach (var (a, b) in dealloc) conflicts.AddRange(SealsOverlapping(inode, a, b));
             conflicts = conflicts.Distinct().ToList();
             var verdict = Check(ctx, conflicts, deferrable: true);
+            if (verdict.Halts()) return 0;
             long need = 0;
-            if (verdict == Verdict.Detach)
+            if (verdict == ConflictResolution.Detach)
             {
-                CheckDetachable(ctx, conflicts);
+                if (CheckDetachable(ctx, conflicts).Halts()) return 0;
                 need += DetachCost(conflicts);
             }
             var writeConflicts = new List<Seal>();
             foreach (var (a, b) in edges) need += PlanWrite(inode, a >> shift, ((b - 1) >> shift) + 1, WriteMode.Zeros, writeConflicts);
             foreach (var (a, b) in inPlace) need += PlanWrite(inode, a, b, WriteMode.Zeros, writeConflicts);
-            Check(ctx, writeConflicts, deferrable: false);
+            if (Check(ctx, writeConflicts, deferrable: false).Halts()) return 0;
             EnsureSpace(need);
             CheckMetadataRoom(4);
-            if (verdict == Verdict.Detach) foreach (var s in conflicts) DetachSeal(s);
+            if (verdict == ConflictResolution.Detach) foreach (var s in conflicts) DetachSeal(s);
             foreach (var (a, b) in dealloc) PrimUnmap(inode, a, b - a);
             foreach (var (a, b) in inPlace) ExecWrite(inode, a << shift, (b - a) << shift, default, WriteMode.Zeros);
             foreach (var (a, b) in edges) ExecWrite(inode, a, b - a, default, WriteMode.Zeros);
@@ -478,7 +468,7 @@ public sealed partial class Volume
             if (!collapse && (inode.Size + length > MaxFileSize || inode.Map.EndBlock + (length >> BlockShift) > MaxFileBlocks))
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "Insert would grow the file past the largest file size (EFBIG).");
             long first = offset >> BlockShift, count = length >> BlockShift;
-            Check(ctx, inode.Seals.Where(s => s.EndBlock > first).ToList(), deferrable: false);
+            if (Check(ctx, inode.Seals.Where(s => s.EndBlock > first).ToList(), deferrable: false).Halts()) return 0;
             CheckMetadataRoom(2);
             if (collapse)
             {
@@ -557,7 +547,7 @@ public sealed partial class Volume
                 CheckFileRange(dstOffset, length);
             }
             long blocks = RemapBlocks(src, srcOffset, dst, dstOffset, length, dedupe: false);
-            ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks);
+            if (!ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks)) return 0;
             if (dstOffset + length > dst.Size) PrimSetSize(dst, dstOffset + length);
             return 0;
         });
@@ -583,7 +573,7 @@ public sealed partial class Volume
             if (blocks == 0) return length;
             if (!RangesEqual(src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks))
                 ThrowHelper.Throw(PinnedDmaError.RangesDiffer, "Dedupe: the ranges' contents differ; nothing was shared.");
-            ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks);
+            if (!ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks)) return 0L;
             // Linux reports the length asked for, though it shares only whole blocks (a partial last block is
             // shared only where both ranges end at their files' EOF).
             return length;
@@ -613,22 +603,24 @@ public sealed partial class Volume
 
     /// <summary>
     /// Replaces dst blocks [dFirst, +blocks) by src's. Blocks that a write pin holds in src are copied, not shared:
-    /// DMA can change them at any moment, and a clone is a snapshot.
+    /// DMA can change them at any moment, and a clone is a snapshot. False when a lease conflict stopped it before it
+    /// changed anything.
     /// </summary>
-    private void ShareBlocks(RemapContext ctx, Inode src, long sFirst, Inode dst, long dFirst, long blocks)
+    private bool ShareBlocks(RemapContext ctx, Inode src, long sFirst, Inode dst, long dFirst, long blocks)
     {
         var conflicts = SealsOverlapping(dst, dFirst, dFirst + blocks);
         var verdict = Check(ctx, conflicts, deferrable: true);
+        if (verdict.Halts()) return false;
         long need = 0;
-        if (verdict == Verdict.Detach)
+        if (verdict == ConflictResolution.Detach)
         {
-            CheckDetachable(ctx, conflicts);
+            if (CheckDetachable(ctx, conflicts).Halts()) return false;
             need += DetachCost(conflicts);
         }
         var pieces = SourcePieces(src, sFirst, blocks, ref need);
         EnsureSpace(need);
         CheckMetadataRoom(pieces.Count + 2);
-        if (verdict == Verdict.Detach)
+        if (verdict == ConflictResolution.Detach)
         {
             foreach (var s in conflicts) DetachSeal(s);
             // Detaching gave every other mapping of the pins' blocks a private copy, the source's included (the
@@ -657,6 +649,7 @@ public sealed partial class Volume
                 done += r.Count;
             }
         }
+        return true;
     }
 
     /// <summary>The source runs of a clone, each marked copy (a write pin holds it) or share; adds the copies to <paramref name="need"/>.</summary>
@@ -701,7 +694,7 @@ public sealed partial class Volume
             {
                 need += sealedByWriter ? PlanMoveOtherSharers(inode, a, b, conflicts) : b - a;
             }
-            Check(ctx, conflicts, deferrable: false);
+            if (Check(ctx, conflicts, deferrable: false).Halts()) return 0;
             EnsureSpace(need);
             CheckMetadataRoom(2 + need);
             foreach (var (a, b, sealedByWriter) in SharedRuns(inode, first, stop))
@@ -762,7 +755,7 @@ public sealed partial class Volume
                         PrimMap(inode, new Extent(piece.FileBlock, target.Start + (piece.DeviceBlock - lo), piece.Count, gen));
                     }
                 }
-                FixRunReferences(target, lo, count);
+                FixRunReferences(target, count);
                 moved += count;
                 EndOp();
             }
@@ -771,7 +764,7 @@ public sealed partial class Volume
     }
 
     /// <summary>After compaction remapped every reference to a new run: set its counts from the maps that now use it.</summary>
-    private void FixRunReferences(BlockRun target, long oldStart, long count)
+    private void FixRunReferences(BlockRun target, long count)
     {
         var users = FindMappings(target.Start, count);
         var counts = new int[count];
@@ -783,6 +776,5 @@ public sealed partial class Volume
             for (int extra = 1; extra < counts[k]; extra++) _alloc.AddRef(target.Start + k, 1);
             if (counts[k] == 0) throw new InvalidOperationException("compaction target block without a user");
         }
-        _ = oldStart;
     }
 }

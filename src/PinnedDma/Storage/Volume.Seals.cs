@@ -1,4 +1,5 @@
 using PinnedDma.Internal;
+using PinnedDma.Layout;
 using PinnedDma.Storage.Internal;
 
 namespace PinnedDma.Storage;
@@ -53,7 +54,7 @@ public sealed partial class Volume
             {
                 var conflicts = new List<Seal>();
                 long need = PlanWrite(inode, first, end, WriteMode.Touch, conflicts);
-                Check(ctx, conflicts, deferrable: false);
+                if (Check(ctx, conflicts, deferrable: false).Halts()) return null!;
                 EnsureSpace(need);
                 CheckMetadataRoom(2 + need);
                 ExecWrite(inode, first << BlockShift, (end - first) << BlockShift, default, WriteMode.Touch);
@@ -95,7 +96,7 @@ public sealed partial class Volume
             var conflicts = new List<Seal>();
             long need = PlanWrite(seal.Inode, seal.FirstBlock, seal.EndBlock, WriteMode.Touch, conflicts);
             conflicts.Remove(seal);
-            Check(ctx, conflicts, deferrable: false);
+            if (Check(ctx, conflicts, deferrable: false).Halts()) return false;
             EnsureSpace(need);
             ExecWrite(seal.Inode, seal.FirstBlock << BlockShift, seal.BlockCount << BlockShift, default, WriteMode.Touch);
             grantWrite();
@@ -104,9 +105,9 @@ public sealed partial class Volume
     }
 
     /// <summary>
-    /// The pin invariants of DESIGN.md: an attached seal's current translation equals its frozen one, block by
-    /// block, by number and allocation generation; a detached seal's blocks are allocated, carry their generation
-    /// and are mapped by no file; no sealed block is free.
+    /// The pin invariants of docs/design.md ("Invariants", 1 and 2): an attached seal's current translation equals its
+    /// frozen one, block by block, by number and allocation generation; a detached seal's blocks are allocated, carry
+    /// their generation and are mapped by no file; no sealed block is free.
     /// </summary>
     internal List<string> CheckSealInvariants()
     {

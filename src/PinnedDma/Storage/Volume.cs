@@ -75,8 +75,6 @@ public sealed partial class Volume : IDisposable
         get { lock (Gate) return _byName.Keys.Order(StringComparer.Ordinal).ToArray(); }
     }
 
-    internal BlockAllocator Allocator => _alloc;
-
     /// <summary>
     /// Why recovery opened the volume at an older state than the newest one on disk (and what it dropped), or null when
     /// it recovered the newest state exactly. Only <see cref="VolumeOptions.AllowRollback"/> can make it non-null.

@@ -538,6 +538,7 @@ public sealed class IwarpHostilePeerTests : IDisposable
         return new Plan(frames, expected, postRecv, halfClose, offending, recvMayChange);
     }
 
+    [Trait("Category", "Slow")]
     [Property(MaxTest = 150)]
     public void Malformed_frames_get_the_rfc_terminate_and_touch_nothing_outside_the_region(
         int kind, int a, int b, uint u, ulong l, byte[]? data, bool validWriteFirst, int writeAt, byte[]? writeData)
@@ -623,6 +624,7 @@ public sealed class IwarpHostilePeerTests : IDisposable
 
     // ------------------------------------------------------------ a hostile responder behind a real requester
 
+    [Trait("Category", "Slow")]
     [Property(MaxTest = 40)]
     public void Bad_read_responses_to_a_real_requester_are_terminated_and_stay_in_the_sink(int kind, int a, uint u, byte[]? data) =>
         BadReadResponse(kind, a, u, data ?? Array.Empty<byte>());
@@ -714,6 +716,7 @@ public sealed class IwarpHostilePeerTests : IDisposable
 
     // ------------------------------------------------------------ garbage MPA requests to a listener
 
+    [Trait("Category", "Slow")]
     [Property(MaxTest = 25)]
     public void Listener_answers_garbage_requests_and_keeps_accepting_good_clients(int kind, byte[]? garbage, int cut) =>
         GarbageThenGoodClient(kind, garbage, cut);

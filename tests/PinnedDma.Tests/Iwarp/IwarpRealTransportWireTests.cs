@@ -14,6 +14,7 @@ namespace PinnedDma.Tests.Iwarp;
 /// RDMAP opcode the session used. Without CRC the FPDUs still carry the (zero) CRC field of RFC 5044 §4.1: a stream
 /// without it is mis-framed by any conforming receiver.
 /// </summary>
+[Trait("Category", "Slow")]
 public sealed class IwarpRealTransportWireTests : IDisposable
 {
     private static readonly TimeSpan Step = TimeSpan.FromSeconds(20);

@@ -49,6 +49,7 @@ public class IwarpWireTests
         throw new TimeoutException("Too many partial reads.");
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public async Task Tshark_decodes_mpa_setup_and_every_fpdu_kind()
     {

@@ -18,7 +18,7 @@ internal readonly record struct PinOp(PinOpKind Kind, int A, int B, int C, int D
 
 /// <summary>
 /// A reference model of files (one byte array each), pins, mappings and memlock accounts run beside a real volume.
-/// Every step first predicts the outcome from the conflict table of DESIGN.md (which pins conflict, and what the
+/// Every step first predicts the outcome from the conflict table of docs/design.md (which pins conflict, and what the
 /// effective policy makes of that), runs the real operation, compares the outcome, applies the effect to the model,
 /// and then checks every invariant. Any difference throws with the trace of the steps so far.
 /// </summary>
@@ -514,7 +514,7 @@ internal sealed class PinModel : IDisposable
                     if (releaseOnBreak) h.LeaseBreaking += (_, _) => h.Dispose();
                     _pins.Add(p);
                     Equal(charge, h.ChargedBytes, "charged bytes");
-                    // DESIGN "Pins and leases" step 1: after pinning, no block of the range is shared.
+                    // docs/design.md, path 1 (the COW break at pin time): after pinning, no block of the range is shared.
                     foreach (var e in _checkCowBrokenAtPin ? f.H.GetExtents(first * Bs, (stop - first) * Bs) : Array.Empty<FileExtent>())
                         if (e.Flags.HasFlag(FileExtentFlags.Shared) && e.FileOffset < stop * Bs && e.FileOffset + e.Length > first * Bs)
                             Fail($"{p}: pinned block at file offset {e.FileOffset} is still shared after pinning (COW was not broken)");

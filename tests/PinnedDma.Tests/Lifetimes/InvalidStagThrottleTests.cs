@@ -49,6 +49,7 @@ public sealed class InvalidStagThrottleTests
         return true;
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public async Task PeerThatKeepsNamingInvalidStagsIsRefusedAfterTheLimit()
     {

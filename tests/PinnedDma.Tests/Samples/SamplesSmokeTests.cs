@@ -7,6 +7,7 @@ namespace PinnedDma.Tests.Samples;
 /// Runs each sample as a new user would, as a real child process built by the same solution build (same
 /// configuration as this test assembly), and checks its exit code and the lines that prove it did its work.
 /// </summary>
+[Trait("Category", "Slow")]
 public sealed class SamplesSmokeTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(120);

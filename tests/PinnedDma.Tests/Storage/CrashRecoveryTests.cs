@@ -18,6 +18,7 @@ namespace PinnedDma.Tests.Storage;
 /// the commit may show in part, as after a crash of any file system with ordered data). The next child continues on
 /// the recovered volume.
 /// </summary>
+[Trait("Category", "Slow")]
 public sealed class CrashRecoveryTests : IDisposable
 {
     /// <summary>Children started per chain; every one is killed unless it fails, so this bounds and sets the kill count.</summary>

@@ -36,6 +36,7 @@ public sealed class MetadataDamageTests : IDisposable
 
     // ---------------------------------------------------------------- the repros, on real files
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void EveryFlipInTheNewestSuperblockCopy_AfterDisposeWithoutCommit_RecoversExactly()
     {

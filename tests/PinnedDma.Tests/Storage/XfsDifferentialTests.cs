@@ -16,6 +16,7 @@ namespace PinnedDma.Tests.Storage;
 /// <see cref="Volume"/>. XFS is the reference: after every step both the outcome (success or which error) and the
 /// touched files' lengths and bytes must agree.
 /// </summary>
+[Trait("Category", "Slow")]
 public sealed partial class XfsDifferentialTests : IDisposable
 {
     private const int Block = 4096;

@@ -1,4 +1,3 @@
-using System.Numerics;
 using PinnedDma.Internal;
 
 namespace PinnedDma.Storage.Internal;
@@ -213,16 +212,6 @@ internal sealed class BlockAllocator
             }
         }
         if (gen >= NextGeneration) NextGeneration = gen + 1;
-    }
-
-    /// <summary>The reference-count table, for fsck.</summary>
-    public ReadOnlySpan<int> RefCounts => _refs;
-
-    public int PopCountUsed()
-    {
-        long n = 0;
-        foreach (var w in _used) n += BitOperations.PopCount(w);
-        return (int)n;
     }
 
     public IReadOnlyList<BlockRun> Busy => _busy;
