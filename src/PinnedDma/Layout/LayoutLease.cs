@@ -145,7 +145,7 @@ internal sealed class LayoutLease
     /// deadline, then fails busy; Break asks each holder (once per operation), waits up to the deadline and revokes
     /// the seals still there (each revocation drains its in-flight DMA). The operation then runs again.
     /// </summary>
-    public static void Settle(RemapContext ctx)
+    public static void Settle(RemapContext ctx, Microsoft.Extensions.Logging.ILogger log)
     {
         var pending = ctx.Pending!;
         ctx.Pending = null;
@@ -155,15 +155,49 @@ internal sealed class LayoutLease
         if (ctx.PendingKind == ConflictPolicyKind.Wait)
         {
             if (!Task.WaitAll(gone, remaining))
+            {
+                Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
                 throw new PinnedDmaException(PinnedDmaError.Busy, $"{ctx.Operation}: pins still held after waiting {ctx.Timeout.TotalMilliseconds} ms.");
+            }
             return;
         }
+        using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.lease.break");
+        activity?.SetTag("pinneddma.operation", ctx.Operation);
+        activity?.SetTag("pinneddma.lease.count", pending.Count);
+        long started = Stopwatch.GetTimestamp();
         ctx.BreakRequested ??= new HashSet<Seal>();
         foreach (var s in pending)
             if (ctx.BreakRequested.Add(s)) s.RequestBreak(ctx.Timeout, ctx.Operation);
-        Task.WaitAll(gone, remaining);
+        // Each holder's release is timed as it happens (the break-to-release latency), up to the deadline.
+        var waiting = new List<Task>(gone);
+        int released = 0;
+        while (waiting.Count > 0)
+        {
+            int left = (int)Math.Max(0, ctx.Deadline - Environment.TickCount64);
+            int i = Task.WaitAny(waiting.ToArray(), left);
+            if (i < 0) break;
+            waiting.RemoveAt(i);
+            released++;
+            double seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
+            Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Released);
+            Diagnostics.Telemetry.LeaseBreakDuration.Record(seconds, Diagnostics.Telemetry.Released);
+        }
+        int revoked = 0;
         foreach (var s in pending)
-            if (!s.Gone.IsCompleted) s.Revoke($"lease break timed out for {ctx.Operation}");
+        {
+            if (s.Gone.IsCompleted) continue;
+            s.Revoke($"lease break timed out for {ctx.Operation}");
+            revoked++;
+            Diagnostics.Telemetry.LeaseRevokes.Add(1);
+            Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Revoked);
+            Diagnostics.Telemetry.LeaseBreakDuration.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, Diagnostics.Telemetry.Revoked);
+            Diagnostics.Log.LeaseRevoked(log, s.Inode.Id, ctx.Timeout.TotalMilliseconds);
+        }
+        activity?.SetTag("pinneddma.lease.released", released);
+        activity?.SetTag("pinneddma.lease.revoked", revoked);
+        var first = pending[0];
+        Diagnostics.Log.LeaseBreak(log, first.Inode.Id, first.FirstBlock, first.EndBlock - first.FirstBlock, ctx.Operation,
+            revoked == 0 ? $"{released} released" : $"{released} released, {revoked} revoked", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
     }
 }
 

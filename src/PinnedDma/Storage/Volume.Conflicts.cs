@@ -55,10 +55,11 @@ public sealed partial class Volume
                 if (ctx.Refusal is { } refusal)
                 {
                     ctx.Refusal = null;
+                    Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
                     throw refusal;
                 }
             }
-            LayoutLease.Settle(ctx);
+            LayoutLease.Settle(ctx, _log);
         }
     }
 

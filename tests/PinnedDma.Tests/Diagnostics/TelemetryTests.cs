@@ -171,6 +171,50 @@ public sealed class TelemetryTests
     }
 
     [Fact]
+    public void Lease_breaks_are_counted_by_outcome_timed_traced_and_logged()
+    {
+        using var m = new MeterRecorder();
+        var spans = new ConcurrentQueue<Activity>();
+        using var activities = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == PinnedDmaDiagnostics.ActivitySourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = spans.Enqueue,
+        };
+        ActivitySource.AddActivityListener(activities);
+        var logs = new ListLoggerFactory();
+        using var volume = Volume.CreateInMemory(new VolumeOptions { BlockCount = 1024, LoggerFactory = logs });
+        using var owner = new PinOwner(volume, 1 << 20, "lease-owner");
+        var f = volume.CreateFile("f");
+        f.Write(0, new byte[64 * 1024]);
+
+        // Deny: refused, nothing changes.
+        using (owner.Pin(f, 0, 4096, PinAccess.Read))
+            Assert.Throws<PinnedDmaException>(() => f.PunchHole(0, 4096, ConflictPolicy.Deny));
+        Assert.Equal(1, m.Sum("pinneddma.lease.breaks{outcome=denied}"));
+
+        // Break, and the holder lets go when asked: released, with its latency.
+        var cooperative = owner.Pin(f, 8192, 4096, PinAccess.Write);
+        cooperative.LeaseBreaking += (_, _) => cooperative.Dispose();
+        f.PunchHole(8192, 4096, ConflictPolicy.Break(TimeSpan.FromSeconds(20)));
+        Assert.Equal(1, m.Sum("pinneddma.lease.breaks{outcome=released}"));
+        Assert.Equal(1, m.Count("pinneddma.lease.break.duration{outcome=released}"));
+
+        // Break, and the holder never answers: revoked at the timeout.
+        var stubborn = owner.Pin(f, 16384, 4096, PinAccess.Write);
+        f.PunchHole(16384, 4096, ConflictPolicy.Break(TimeSpan.FromMilliseconds(50)));
+        Assert.Equal(PinStatus.Revoked, stubborn.Status);
+        Assert.Equal(1, m.Sum("pinneddma.lease.revokes"));
+        Assert.Equal(1, m.Sum("pinneddma.lease.breaks{outcome=revoked}"));
+        Assert.Equal(1, m.Count("pinneddma.lease.break.duration{outcome=revoked}"));
+        stubborn.Dispose();
+
+        Assert.Equal(2, spans.Count(a => a.OperationName == "pinneddma.lease.break" && (string?)a.GetTagItem("pinneddma.operation") == "punch hole"));
+        Assert.Contains(logs.Entries, e => e.Message.Contains("revoked: its holder did not release", StringComparison.Ordinal));
+        Assert.Contains(logs.Entries, e => e.Message.StartsWith("Lease break on inode", StringComparison.Ordinal) && e.Message.Contains("1 released", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Iwarp_connections_terminates_crc_errors_spans_and_logs()
     {
         using var m = new MeterRecorder();
