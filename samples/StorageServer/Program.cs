@@ -11,7 +11,7 @@ using PinnedDma.Verbs;
 // the client its new key; a client whose key went stale sees RemAccessErr and reconnects for a fresh one.
 //   dotnet run --project samples/StorageServer                     (server + 2 clients in one process, 5 s)
 //   dotnet run --project samples/StorageServer -- server 7471     (server only)
-//   dotnet run --project samples/StorageServer -- client 127.0.0.1:7471 5
+//   dotnet run --project samples/StorageServer -- client 127.0.0.1:7471 5 [id]   (id: the client's file, default 1)
 string mode = args.Length > 0 ? args[0] : "demo";
 var seconds = TimeSpan.FromSeconds(args.Length > 2 ? double.Parse(args[2]) : 5);
 switch (mode)
@@ -20,6 +20,8 @@ switch (mode)
         {
             using var server = new StorageServer(new IPEndPoint(IPAddress.Loopback, args.Length > 1 ? int.Parse(args[1]) : 7471));
             Console.WriteLine($"serving on {server.EndPoint}; Ctrl+C stops");
+            // The library's meter is named PinnedDma; any .NET metrics tool can read it from this process.
+            Console.WriteLine($"metrics: dotnet-counters monitor -p {Environment.ProcessId} --counters PinnedDma");
             var stop = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
             await server.RunAsync(stop.Token);
@@ -28,7 +30,8 @@ switch (mode)
     case "client":
         {
             var ep = IPEndPoint.Parse(args[1]);
-            var stats = await Client.RunAsync(ep, 1, seconds);
+            // Each client id is its own tenant (file and registration); two clients with one id take turns at it.
+            var stats = await Client.RunAsync(ep, args.Length > 3 ? int.Parse(args[3]) : 1, seconds);
             Console.WriteLine(stats);
             return stats.Corrupt == 0 ? 0 : 1;
         }

@@ -135,6 +135,19 @@ internal static class Telemetry
         return list;
     }
 
+    /// <summary>The peer's address for messages, or "?" once the socket is no longer connected (never throws).</summary>
+    internal static string PeerOf(System.Net.Sockets.Socket socket)
+    {
+        try
+        {
+            return socket.RemoteEndPoint?.ToString() ?? "?";
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or ObjectDisposedException)
+        {
+            return "?";
+        }
+    }
+
     /// <summary>Records a Terminate sent or received.</summary>
     internal static void Terminate(bool sent, byte layer, byte errorType, byte code)
     {

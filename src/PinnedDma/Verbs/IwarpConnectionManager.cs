@@ -503,13 +503,22 @@ public sealed class IwarpConnectionRequest
         _rx = rx;
         _request = request;
         _options = options;
+        // Taken now: once the peer hangs up, the socket can no longer tell (and must not throw from a getter).
+        try
+        {
+            RemoteEndPoint = (IPEndPoint)_socket.RemoteEndPoint!;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            RemoteEndPoint = new IPEndPoint(IPAddress.None, 0);
+        }
     }
 
     /// <summary>The initiator's private data.</summary>
     public ReadOnlyMemory<byte> PrivateData => _request.PrivateData;
 
     /// <summary>The initiator's address.</summary>
-    public IPEndPoint RemoteEndPoint => (IPEndPoint)_socket.RemoteEndPoint!;
+    public IPEndPoint RemoteEndPoint { get; }
 
     /// <summary>The MPA revision the initiator offered.</summary>
     public byte MpaRevision => _request.Revision;
@@ -521,13 +530,13 @@ public sealed class IwarpConnectionRequest
         qp.CheckConnectable(); // before any side effect: a QP in the wrong state is refused and the request stays undecided
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.iwarp.accept", System.Diagnostics.ActivityKind.Server);
-        activity?.SetTag("client.address", RemoteEndPoint.Address.ToString());
+        activity?.SetTag("client.address", Diagnostics.Telemetry.PeerOf(_socket));
         var decision = MpaNegotiation.Respond(_request, _options.ToMpa(privateData.ToArray()));
         _socket.Send(decision.Reply.ToArray());
         if (!decision.Accepted)
         {
             Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Rejected);
-            Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), RemoteEndPoint.ToString(), decision.Error.ToString());
+            Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), Diagnostics.Telemetry.PeerOf(_socket), decision.Error.ToString());
             activity?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, decision.Error.ToString());
             _rx.Dispose(); // and the socket it owns
             throw new PinnedDmaException(PinnedDmaError.ConnectionRejected, $"Connection refused by MPA negotiation: {decision.Error}");
@@ -549,7 +558,7 @@ public sealed class IwarpConnectionRequest
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         var reply = MpaNegotiation.BuildReject(_request, _options.ToMpa(privateData.ToArray()));
         Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Rejected);
-        Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), _socket.RemoteEndPoint?.ToString() ?? "?", "rejected by the listener's owner");
+        Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), Diagnostics.Telemetry.PeerOf(_socket), "rejected by the listener's owner");
         try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
         _rx.Dispose(); // and the socket it owns
     }

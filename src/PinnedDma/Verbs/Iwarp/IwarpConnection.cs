@@ -73,7 +73,7 @@ internal sealed partial class IwarpConnection : IDisposable
         _decoder = new FpduDecoder(options);
         Engine = new DmaEngine($"iwarp-qp{qp.QpNumber}");
         _log = Diagnostics.Log.For(settings.LoggerFactory, Diagnostics.Log.IwarpCategory);
-        _peer = _socket.RemoteEndPoint?.ToString() ?? "?";
+        _peer = Diagnostics.Telemetry.PeerOf(_socket);
     }
 
     private readonly Microsoft.Extensions.Logging.ILogger _log;
