@@ -73,6 +73,27 @@ internal sealed class MeterRecorder : IDisposable
     public void Dispose() => _listener.Dispose();
 }
 
+/// <summary>Keeps every PinnedDma activity that stopped.</summary>
+internal sealed class SpanRecorder : IDisposable
+{
+    private readonly ActivityListener _listener;
+
+    public SpanRecorder()
+    {
+        _listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == PinnedDmaDiagnostics.ActivitySourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = Spans.Enqueue,
+        };
+        ActivitySource.AddActivityListener(_listener);
+    }
+
+    public ConcurrentQueue<Activity> Spans { get; } = new();
+
+    public void Dispose() => _listener.Dispose();
+}
+
 /// <summary>An ILoggerFactory that keeps every message.</summary>
 internal sealed class ListLoggerFactory : ILoggerFactory
 {
@@ -174,14 +195,8 @@ public sealed class TelemetryTests
     public void Lease_breaks_are_counted_by_outcome_timed_traced_and_logged()
     {
         using var m = new MeterRecorder();
-        var spans = new ConcurrentQueue<Activity>();
-        using var activities = new ActivityListener
-        {
-            ShouldListenTo = s => s.Name == PinnedDmaDiagnostics.ActivitySourceName,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStopped = spans.Enqueue,
-        };
-        ActivitySource.AddActivityListener(activities);
+        using var recorder = new SpanRecorder();
+        var spans = recorder.Spans;
         var logs = new ListLoggerFactory();
         using var volume = Volume.CreateInMemory(new VolumeOptions { BlockCount = 1024, LoggerFactory = logs });
         using var owner = new PinOwner(volume, 1 << 20, "lease-owner");
@@ -218,14 +233,8 @@ public sealed class TelemetryTests
     public async Task Iwarp_connections_terminates_crc_errors_spans_and_logs()
     {
         using var m = new MeterRecorder();
-        var spans = new ConcurrentQueue<Activity>();
-        using var activities = new ActivityListener
-        {
-            ShouldListenTo = s => s.Name == PinnedDmaDiagnostics.ActivitySourceName,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStopped = spans.Enqueue,
-        };
-        ActivitySource.AddActivityListener(activities);
+        using var recorder = new SpanRecorder();
+        var spans = recorder.Spans;
         var logs = new ListLoggerFactory();
         var options = new IwarpOptions { LoggerFactory = logs };
         long open = m.Level("pinneddma.iwarp.connections.open");
@@ -305,14 +314,8 @@ public sealed class TelemetryTests
     public void Journal_commits_fsyncs_and_volume_open_are_measured_traced_and_logged()
     {
         using var m = new MeterRecorder();
-        var spans = new ConcurrentQueue<Activity>();
-        using var activities = new ActivityListener
-        {
-            ShouldListenTo = s => s.Name == PinnedDmaDiagnostics.ActivitySourceName,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStopped = spans.Enqueue,
-        };
-        ActivitySource.AddActivityListener(activities);
+        using var recorder = new SpanRecorder();
+        var spans = recorder.Spans;
         var logs = new ListLoggerFactory();
         string path = Path.Combine(Directory.CreateTempSubdirectory("telemetry-").FullName, "v.pdv");
         using (var v = Volume.Create(path, new VolumeOptions { BlockCount = 1024, LoggerFactory = logs }))
