@@ -40,8 +40,9 @@ internal static unsafe partial class SocketInterop
         public int Flags;
     }
 
+    /// <summary>One entry of a <c>poll</c> set (struct pollfd).</summary>
     [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
+    public struct PollFd
     {
         public int Fd;
         public short Events;
@@ -152,6 +153,22 @@ internal static unsafe partial class SocketInterop
             if (errno == EAGAIN) return -1;
             throw new SocketException((int)ErrnoToSocketError(errno));
         }
+    }
+
+    /// <summary>Readable (or at the end of the stream, or in error): what a <see cref="PollMany"/> caller asks for.</summary>
+    public const short PollReadable = POLLIN;
+
+    /// <summary>
+    /// One <c>poll</c> over <paramref name="count"/> descriptors for at most <paramref name="timeoutMs"/>: the number
+    /// ready (each entry's <see cref="PollFd.Returned"/> says which), 0 on timeout or an interrupted wait.
+    /// </summary>
+    public static int PollMany(PollFd* fds, int count, int timeoutMs)
+    {
+        int ready = Poll(fds, (nuint)count, timeoutMs);
+        if (ready >= 0) return ready;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno == EINTR) return 0;
+        throw new SocketException((int)ErrnoToSocketError(errno));
     }
 
     /// <summary>One bounded <c>poll</c> for <paramref name="events"/>; true when the descriptor is ready.</summary>

@@ -46,7 +46,7 @@ internal static class IwarpTestUtil
     /// A raw TCP peer playing the MPA initiator against a real listener: connects, sends a revision 1 request, reads and
     /// parses the reply (the listener's accept must run meanwhile). Bounded by <paramref name="timeout"/>.
     /// </summary>
-    public static (Socket Socket, MpaFrame Reply) ConnectRawMpa(IPEndPoint endpoint, bool wantCrc, TimeSpan timeout, int receiveBufferSize = 0)
+    public static (Socket Socket, MpaFrame Reply) ConnectRawMpa(IPEndPoint endpoint, bool wantCrc, TimeSpan timeout, int receiveBufferSize = 0, byte revision = 1, ushort ird = 16, ushort ord = 16)
     {
         var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
         {
@@ -56,7 +56,7 @@ internal static class IwarpTestUtil
         };
         if (receiveBufferSize > 0) s.ReceiveBufferSize = receiveBufferSize;
         s.Connect(endpoint);
-        s.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = 1, WantCrc = wantCrc }).ToArray());
+        s.Send(MpaNegotiation.BuildRequest(new MpaLocalSettings { Revision = revision, WantCrc = wantCrc, Ird = ird, Ord = ord }).ToArray());
         return (s, ReadMpaFrame(s, MpaFrameKind.Reply));
     }
 

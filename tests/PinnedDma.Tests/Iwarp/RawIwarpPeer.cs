@@ -20,7 +20,7 @@ internal sealed class RawIwarpPeer : IDisposable
     private readonly byte[] _in = new byte[256 * 1024];
     private int _have;
 
-    private RawIwarpPeer(Socket socket) => Socket = socket;
+    public RawIwarpPeer(Socket socket) => Socket = socket;
 
     public Socket Socket { get; }
 

@@ -131,6 +131,8 @@ internal sealed class DmaEngine : IDisposable
             // An RDMA Read over the network completes from the receive loop, possibly before Execute returns: free its
             // send-queue slot first, or a poster that saw the completion and refills the queue gets a false "full".
             bool popFirst = qp.Connection is not null && wr.Opcode == WrOpcode.RdmaRead;
+            // ORD: no more RDMA Reads outstanding than the peer's IRD; the next one to complete rings the queue pair.
+            if (popFirst && qp.Connection!.ParkForOrd()) return;
             if (popFirst && !qp.PopSend(epoch)) return; // flushed meanwhile: the flush completed it
             var status = Execute(qp, in wr, out uint bytes, out bool rnr);
             if (rnr)

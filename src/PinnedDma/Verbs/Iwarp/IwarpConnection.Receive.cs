@@ -404,7 +404,7 @@ internal sealed partial class IwarpConnection
                     // deadlock with a peer doing the same.
                     lock (_inboundReads)
                     {
-                        if (_inboundReads.Count >= MaxInboundReads)
+                        if (_inboundReads.Count >= IrdLimit)
                             return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
                         _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
                     }
@@ -513,6 +513,43 @@ internal sealed partial class IwarpConnection
 
     private bool _fenceParked;
 
+    /// <summary>
+    /// DMA engine thread: true when an RDMA Read must wait because <see cref="OrdLimit"/> reads are outstanding already
+    /// (RFC 6581 §5: a requester never exceeds the peer's IRD); the next read to complete rings the queue pair. The read
+    /// stays at the head of the send queue, so nothing posted after it overtakes it. False with an ORD of 0: the read
+    /// goes on to <see cref="Execute"/>, which refuses it (waiting would be forever).
+    /// </summary>
+    public bool ParkForOrd()
+    {
+        lock (_readsLock)
+        {
+            if (OrdLimit == 0 || _reads.Count < OrdLimit) return false;
+            _ordParked = true;
+            return true;
+        }
+    }
+
+    private bool _ordParked;
+
+    /// <summary>
+    /// MPA revision 1 carries no IRD/ORD: the inbound RDMA Read Requests accepted at once then, unless
+    /// <see cref="IwarpOptions.Ird"/> is larger. 128 is the most a Linux siw peer ever has outstanding (SIW_MAX_ORD_QP).
+    /// </summary>
+    internal const int Revision1InboundReads = 128;
+
+    /// <summary>
+    /// Outbound RDMA Reads outstanding at once: with MPA revision 2 the negotiated ORD (the lower of our ORD and the
+    /// peer's IRD; 0 means the peer takes no reads), with revision 1 (nothing negotiated) our own
+    /// <see cref="IwarpOptions.Ord"/>.
+    /// </summary>
+    internal int OrdLimit => Negotiated.Revision >= 2 ? Negotiated.Ord : _localOrd;
+
+    /// <summary>
+    /// Inbound RDMA Read Requests this side accepts at once: with MPA revision 2 the IRD it advertised (RFC 6581 §5),
+    /// with revision 1 (nothing advertised) <see cref="Revision1InboundReads"/> or our IRD if larger.
+    /// </summary>
+    internal int IrdLimit => Negotiated.Revision >= 2 ? Negotiated.Ird : Math.Max(Revision1InboundReads, (int)_localIrd);
+
     private void CompleteHeadRead(WcStatus status)
     {
         bool resume;
@@ -526,6 +563,11 @@ internal sealed partial class IwarpConnection
             }
             resume = _fenceParked && _reads.Count == 0;
             if (resume) _fenceParked = false;
+            if (_ordParked && _reads.Count < OrdLimit)
+            {
+                _ordParked = false;
+                resume = true;
+            }
             // Deliver, in order, every completion no longer waiting for a read.
             while (_order.TryPeek(out var next))
             {

@@ -38,7 +38,6 @@ internal sealed partial class IwarpConnection : IDisposable
     private readonly ObjectPool<PendingRead> _readPool = new DefaultObjectPool<PendingRead>(new DefaultPooledObjectPolicy<PendingRead>(), 64);
     private readonly object _readsLock = new();
     private readonly Queue<InboundRead> _inboundReads = new();
-    private const int MaxInboundReads = 1024;
     private uint _sendMsn = 1, _readMsn = 1, _termMsn = 1;
     private uint _expectSendMsn = 1, _expectReadMsn = 1;
     // Responder-side assembly of an incoming multi-segment Send.
@@ -65,6 +64,8 @@ internal sealed partial class IwarpConnection : IDisposable
         _out = new FpduSendQueue(_socket, SendBatch + 2 * maxFpduSize, settings.SendStallTimeout);
         _qp = qp;
         Negotiated = negotiated;
+        _localIrd = settings.Ird;
+        _localOrd = settings.Ord;
         // The MULPDU is the sender's own choice (from its MSS) and never advertised (RFC 5044 §5.1): whatever we send,
         // any valid ULPDU_Length up to 65535 is accepted.
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize), MaxReceiveUlpduLength = ushort.MaxValue };
@@ -74,6 +75,9 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     public MpaNegotiated Negotiated { get; }
+
+    // This side's IwarpOptions.Ird and Ord: the read depths when MPA revision 1 negotiated none.
+    private readonly ushort _localIrd, _localOrd;
 
     /// <summary>The connection's effective TCP MSS (TCP_MAXSEG) when it could be read, else 0.</summary>
     public int Emss { get; }
@@ -236,6 +240,12 @@ internal sealed partial class IwarpConnection : IDisposable
 
     // ------------------------------------------------------------ requester side (DMA engine thread)
 
+    /// <summary>
+    /// Tests only: runs on the DMA engine thread between an RDMA Read's first look at the closed flag and its queueing,
+    /// so that a test can land a Close exactly in that window.
+    /// </summary>
+    internal Action? BeforeReadQueued { get; set; }
+
     /// <summary>Runs a send work request over the wire. RDMA Read completes later, when its response arrives.</summary>
     public WcStatus Execute(in SendWorkRequest wr, MemoryRegion? local, long localOffset, out bool deferred)
     {
@@ -259,6 +269,9 @@ internal sealed partial class IwarpConnection : IDisposable
                     }
                 case WrOpcode.RdmaRead:
                     {
+                        // ORD 0: the peer takes no RDMA Reads (or this side said it issues none). Refused, not parked:
+                        // it would wait forever, and everything posted after it with it.
+                        if (OrdLimit == 0) return WcStatus.LocQpOpErr;
                         var p = _readPool.Get();
                         p.WrId = wr.WrId;
                         p.Signaled = _qp.SignalAll || (wr.Flags & SendFlags.Signaled) != 0;
@@ -269,6 +282,7 @@ internal sealed partial class IwarpConnection : IDisposable
                         p.Length = wr.Local.Length;
                         p.Received = 0;
                         p.Done = false;
+                        BeforeReadQueued?.Invoke();
                         lock (_readsLock)
                         {
                             // Close sets the flag, then completes what is queued under this lock: a read queued after

@@ -57,6 +57,30 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Takes what the socket holds now into the pipe, without waiting, and tries to read one MPA frame of kind
+    /// <paramref name="expected"/> from what has arrived: true with the frame, false when more bytes are needed. The
+    /// end of the stream throws <see cref="IwarpProtocolException"/> (stream truncated), as does a malformed frame.
+    /// </summary>
+    public bool TryReadMpaFrameNow(MpaFrameKind expected, [NotNullWhen(true)] out MpaFrame? frame)
+    {
+        var writer = _pipe.Writer;
+        Span<byte> into = writer.GetSpan(Chunk);
+        int n;
+        fixed (byte* p = into) n = SocketInterop.ReceiveAvailable(Fd, p, into.Length);
+        if (n == 0)
+            throw new IwarpProtocolException(IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended during MPA connection setup."));
+        if (n > 0)
+        {
+            writer.Advance(n);
+            var flush = writer.FlushAsync(CancellationToken.None);
+            if (!flush.IsCompletedSuccessfully) throw new InvalidOperationException("The receive pipe paused its writer.");
+        }
+        var reader = _pipe.Reader;
+        frame = null;
+        return reader.TryRead(out ReadResult result) && TryTakeMpaFrame(reader, result.Buffer, expected, out frame);
+    }
+
     /// <summary>Reads one MPA Request or Reply frame, waiting at most <paramref name="timeout"/>.</summary>
     public MpaFrame ReadMpaFrame(MpaFrameKind expected, TimeSpan timeout, CancellationToken cancellationToken = default)
     {
