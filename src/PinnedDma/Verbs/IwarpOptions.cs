@@ -61,8 +61,9 @@ public sealed class IwarpOptions
 
     /// <summary>
     /// How long a send may make no progress (the peer stops reading and TCP's buffers are full) before the connection
-    /// is closed and the queue pair moves to Error. The device's DMA engine sends for every queue pair, so this also
-    /// bounds how long one stalled peer can hold up the others. Default 10 s.
+    /// is closed and the queue pair moves to Error. Each connection sends on its own engine thread, so a stalled peer
+    /// holds up only its own queue pair; this bounds how long (a revocation waiting on such a send cuts the connection
+    /// off sooner, through the region's drain). Default 10 s.
     /// </summary>
     public TimeSpan SendStallTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
