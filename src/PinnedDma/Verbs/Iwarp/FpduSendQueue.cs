@@ -37,9 +37,6 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
     /// <summary>Bytes queued and not yet handed to the kernel.</summary>
     public long QueuedBytes { get; private set; }
 
-    /// <summary>Whether queued bytes reference memory outside the staging buffer.</summary>
-    public bool HasReferences { get; private set; }
-
     public Span<byte> GetSpan(int sizeHint = 0)
     {
         Reserve(sizeHint);
@@ -84,7 +81,6 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
         if (_count >= SocketInterop.MaxIovecs - 1) Flush();
         _iov[_count++] = new SocketInterop.IoVec { Base = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(payload)), Length = (nuint)payload.Length };
         QueuedBytes += payload.Length;
-        HasReferences = true;
     }
 
     /// <summary>Hands everything queued to the kernel (one gathered send) and empties the queue.</summary>
@@ -102,7 +98,6 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
                 _count = 0;
                 _staged = 0;
                 QueuedBytes = 0;
-                HasReferences = false;
             }
         }
     }

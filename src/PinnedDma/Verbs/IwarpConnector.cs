@@ -1,0 +1,125 @@
+using System.Net;
+using System.Net.Sockets;
+using PinnedDma.Interop;
+using PinnedDma.Internal;
+using PinnedDma.Verbs.Iwarp;
+
+namespace PinnedDma.Verbs;
+
+/// <summary>The active side of the iWARP connection manager (rdma_connect).</summary>
+public static class IwarpConnector
+{
+    /// <summary>
+    /// An accepted reply the initiator cannot work with (no matching RTR type, RFC 6581 §7.1; insufficient IRD): the
+    /// connection is in FPDU mode, so the refusal is a Terminate carrying the MPA error code (RFC 6581 §9), then a close.
+    /// </summary>
+    private static void SendSetupTerminate(Socket socket, bool crc, TerminateCode code)
+    {
+        try
+        {
+            var bytes = new System.Buffers.ArrayBufferWriter<byte>(64);
+            new FpduEncoder(new FpduOptions { Crc = crc }).WriteTerminate(bytes, 1, new TerminateMessage { Code = code });
+            socket.Send(bytes.WrittenSpan);
+        }
+        catch (SocketException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Connects <paramref name="qp"/> (in Reset or Init) to a listener: TCP connect, MPA request with
+    /// <paramref name="privateData"/>, reply. Returns the responder's private data; the QP is in RTS. A reject throws
+    /// <see cref="PinnedDmaError.ConnectionRejected"/>.
+    /// </summary>
+    public static Task<ReadOnlyMemory<byte>> ConnectAsync(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData = default, IwarpOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(qp);
+        ArgumentNullException.ThrowIfNull(endpoint);
+        options ??= new IwarpOptions();
+        options.Validate();
+        qp.CheckConnectable(); // before any side effect (no socket, no state change)
+        // Blocking calls on a thread of its own: the socket never joins the runtime's socket event loop (see IwarpListener).
+        return Task.Factory.StartNew(() => Connect(qp, endpoint, privateData, options, cancellationToken), cancellationToken,
+            TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    private static ReadOnlyMemory<byte> Connect(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
+    {
+        using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.iwarp.connect", System.Diagnostics.ActivityKind.Client);
+        activity?.SetTag("server.address", endpoint.Address.ToString());
+        activity?.SetTag("server.port", endpoint.Port);
+        try
+        {
+            var reply = ConnectCore(qp, endpoint, privateData, options, cancellationToken);
+            if (qp.Connection is { } c)
+            {
+                activity?.SetTag("pinneddma.mpa.revision", (int)c.Negotiated.Revision);
+                activity?.SetTag("pinneddma.mpa.crc", c.Negotiated.Crc);
+            }
+            return reply;
+        }
+        catch (Exception e)
+        {
+            bool rejected = e is PinnedDmaException { Error: PinnedDmaError.ConnectionRejected };
+            Diagnostics.Telemetry.Connections.Add(1, rejected ? Diagnostics.Telemetry.Rejected : Diagnostics.Telemetry.Failed);
+            var log = Diagnostics.Log.For(options.LoggerFactory, Diagnostics.Log.IwarpCategory);
+            if (rejected) Diagnostics.Log.ConnectionRejected(log, endpoint.ToString(), e.Message);
+            else Diagnostics.Log.HandshakeFailed(log, endpoint.ToString(), e.Message);
+            activity?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, e.Message);
+            throw;
+        }
+    }
+
+    private static ReadOnlyMemory<byte> ConnectCore(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
+    {
+        long deadline = Environment.TickCount64 + (long)options.SetupTimeout.TotalMilliseconds;
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        SocketReceivePipe? rx = null;
+        try
+        {
+            // A blocking connect honours the send timeout; cancellation closes the socket under it.
+            socket.SendTimeout = Math.Max(1, (int)options.SetupTimeout.TotalMilliseconds);
+            using (cancellationToken.Register(() => socket.Dispose()))
+            {
+                try
+                {
+                    socket.Connect(endpoint);
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException && cancellationToken.IsCancellationRequested)
+                {
+                    throw new OperationCanceledException("Connection setup was canceled.", e, cancellationToken);
+                }
+                catch (SocketException e) when (e.SocketErrorCode is SocketError.TimedOut or SocketError.WouldBlock or SocketError.InProgress)
+                {
+                    throw new TimeoutException($"TCP connect to {endpoint} took over {options.SetupTimeout}.", e);
+                }
+                socket.SendTimeout = 0;
+                var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
+                socket.Send(request.ToArray());
+                rx = new SocketReceivePipe(socket);
+                MpaFrame reply;
+                try
+                {
+                    reply = rx.ReadMpaFrame(MpaFrameKind.Reply, TimeSpan.FromMilliseconds(Math.Max(1, deadline - Environment.TickCount64)), cancellationToken);
+                }
+                catch (IwarpProtocolException e)
+                {
+                    throw new PinnedDmaException(PinnedDmaError.ProtocolError, $"Bad MPA reply: {e.Error}");
+                }
+                var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
+                if (error.IsError && !reply.Reject && error.Kind is IwarpErrorKind.MpaNoMatchingRtr or IwarpErrorKind.MpaInsufficientIrd)
+                    SendSetupTerminate(socket, request.Crc || reply.Crc, error.Terminate);
+                if (error.IsError)
+                    throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
+                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options, initiator: true));
+                return reply.PrivateData;
+            }
+        }
+        catch
+        {
+            if (rx is not null) rx.Dispose(); // and the socket it owns
+            else socket.Dispose();
+            throw;
+        }
+    }
+}
