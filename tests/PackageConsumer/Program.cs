@@ -2,16 +2,14 @@
 // and over iWARP on 127.0.0.1, and a lease break. Every step checks its result; the exit code says whether all did.
 using System.Net;
 using System.Reflection;
+using System.Runtime.Versioning;
 using System.Text;
 using PinnedDma;
 using PinnedDma.Storage;
 using PinnedDma.Verbs;
 
-if (!OperatingSystem.IsLinux())
-{
-    Console.Error.WriteLine("PinnedDma is Linux-only");
-    return 2;
-}
+// PinnedDma is Linux-only, and so is this program (without this, analyzer CA1416 flags every call).
+[assembly: SupportedOSPlatform("linux")]
 
 var version = typeof(Volume).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
 Console.WriteLine($"package PinnedDma {version}");

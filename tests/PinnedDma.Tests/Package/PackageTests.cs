@@ -270,7 +270,7 @@ internal static class Tool
             p.WaitForExit(TimeSpan.FromSeconds(30));
             lock (gate) throw new TimeoutException($"{command} did not finish within {bound}:\n{output}");
         }
-        p.WaitForExit(TimeSpan.FromSeconds(30)); // drain the output
+        p.WaitForExit(); // the process has exited: this returns once its output is drained
         lock (gate) return new Result(p.ExitCode, output.ToString(), command);
     }
 
