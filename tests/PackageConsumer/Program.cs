@@ -101,7 +101,7 @@ static void Write(QueuePair qp, CompletionQueue cq, MemoryRegion source, string 
         if (Encoding.ASCII.GetString(landed) == text) break;
         Thread.Sleep(10);
     }
-    Console.WriteLine($"{transport,-8}RDMA WRITE {wc[0].Status}: file[{offset}..] = \"{Encoding.ASCII.GetString(landed)}\"");
+    Console.WriteLine($"{transport} RDMA WRITE {wc[0].Status}: file[{offset}..] = \"{Encoding.ASCII.GetString(landed)}\"");
     Check(Encoding.ASCII.GetString(landed) == text, $"{transport} RDMA WRITE lands in the file");
 }
 

@@ -216,7 +216,7 @@ public sealed class PackageTests(TwoClonesFixture clones)
         string o = run.Output;
         Assert.Contains($"package PinnedDma {clones.Version}+{clones.Commit}", o);
         Assert.Contains("loopback RDMA WRITE Success: file[0..] = \"written over loopback\"", o);
-        Assert.Contains("iwarp   RDMA WRITE Success: file[8192..] = \"written over iWARP\"", o);
+        Assert.Contains("iwarp RDMA WRITE Success: file[8192..] = \"written over iWARP\"", o);
         Assert.Contains("lease   broken by truncate; region valid False; file 4096 B; memlock 0 B", o);
         Assert.Contains("consumer ok", o);
     }
