@@ -221,6 +221,30 @@ public sealed class PackageTests(TwoClonesFixture clones)
         Assert.Contains("consumer ok", o);
     }
 
+    [Fact]
+    public void A_copy_without_git_packs_the_documented_fallback_version_with_mapped_paths_and_no_warnings()
+    {
+        // A source archive: the repository's files without .git (so no commit height and no git source root).
+        string copy = Path.Combine(clones.Scratch, "no-git", "PinnedDma-src");
+        var list = Tool.Run("git", clones.Clones[0], Bound, "ls-files", "-z");
+        Tool.Check(list, "git ls-files");
+        foreach (var relative in list.Output.Split('\0', StringSplitOptions.RemoveEmptyEntries))
+        {
+            string target = Path.Combine(copy, relative);
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(Path.Combine(clones.Clones[0], relative), target);
+        }
+        Assert.False(Directory.Exists(Path.Combine(copy, ".git")));
+
+        var pack = Tool.Run("dotnet", copy, Bound, new Dictionary<string, string> { ["GIT_CEILING_DIRECTORIES"] = Path.GetDirectoryName(copy)! },
+            "pack", "src/PinnedDma/PinnedDma.csproj", "-c", "Release", "-o", "feed", "-nodeReuse:false", "-p:UseSharedCompilation=false");
+        Tool.Check(pack, "dotnet pack without git");
+        Assert.DoesNotMatch(@"(?i)\bwarning\b", pack.Output);
+        Assert.True(File.Exists(Path.Combine(copy, "feed", "PinnedDma.0.2.0-alpha.0.nogit.nupkg")), pack.Output);
+        byte[] dll = File.ReadAllBytes(Path.Combine(copy, "src", "PinnedDma", "bin", "Release", "net10.0", "PinnedDma.dll"));
+        Assert.Equal(-1, dll.AsSpan().IndexOf(Encoding.UTF8.GetBytes(copy)));
+    }
+
     private static string Read(ZipArchive zip, string name)
     {
         using var reader = new StreamReader(zip.GetEntry(name)!.Open());
