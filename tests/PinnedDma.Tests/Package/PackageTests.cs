@@ -64,7 +64,7 @@ public sealed class TwoClonesFixture : IDisposable
     {
         var list = Tool.Run("git", root, Bound, "ls-files", "-z", "--cached", "--others", "--exclude-standard");
         Tool.Check(list, "git ls-files");
-        foreach (var relative in list.Output.Split('\0', StringSplitOptions.RemoveEmptyEntries))
+        foreach (var relative in list.Output.Split('\0', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             string source = Path.Combine(root, relative);
             if (!File.Exists(source)) continue; // deleted in the working tree
@@ -228,7 +228,7 @@ public sealed class PackageTests(TwoClonesFixture clones)
         string copy = Path.Combine(clones.Scratch, "no-git", "PinnedDma-src");
         var list = Tool.Run("git", clones.Clones[0], Bound, "ls-files", "-z");
         Tool.Check(list, "git ls-files");
-        foreach (var relative in list.Output.Split('\0', StringSplitOptions.RemoveEmptyEntries))
+        foreach (var relative in list.Output.Split('\0', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             string target = Path.Combine(copy, relative);
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
