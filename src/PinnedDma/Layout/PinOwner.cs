@@ -59,6 +59,37 @@ public sealed class PinOwner : IDisposable
     /// <param name="access">READ or WRITE.</param>
     /// <param name="options">Unbreakable for an exclusive pin.</param>
     /// <param name="policy">Policy if the COW break must move another file's pinned block.</param>
+    /// <returns>
+    /// The live pin: its <see cref="PinHandle.ScatterGatherList"/> is the frozen translation to hand to a DMA engine,
+    /// valid until the pin ends (dispose, owner dispose, or a revoke after an unanswered lease break).
+    /// </returns>
+    /// <exception cref="ArgumentNullException"><paramref name="file"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="file"/> is on another volume than the owner's.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="access"/> is neither READ nor WRITE, <paramref name="offset"/> or <paramref name="length"/> is
+    /// negative, or their sum overflows.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The owner or its volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// Nothing is pinned, charged or moved. <see cref="PinnedDmaError.InvalidArgument"/>: an empty range or one past
+    /// the file's end; <see cref="PinnedDmaError.MemlockLimitExceeded"/>: the owner's limit;
+    /// <see cref="PinnedDmaError.Busy"/>: breaking COW would move a block another pin holds and
+    /// <paramref name="policy"/> is Deny, a Wait ran out, or that pin is unbreakable (under Break its holder is asked
+    /// and, after the timeout, revoked, and the pin goes on); <see cref="PinnedDmaError.NoSpace"/>: no free block for
+    /// the copy or for a hole, or no metadata room.
+    /// </exception>
+    /// <example>
+    /// Pin a file range for DMA and give it back when the file system asks:
+    /// <code>
+    /// using var owner = new PinOwner(volume, memlockLimit: 1 &lt;&lt; 20);
+    /// PinHandle pin = owner.Pin(file, offset: 0, length: 64 * 1024, PinAccess.Write);
+    /// pin.LeaseBreaking += (_, e) => pin.Dispose();      // a truncate or punch over the range asks first
+    /// foreach (ScatterGatherEntry sg in pin.ScatterGatherList)
+    ///     Console.WriteLine($"device offset {sg.DeviceOffset}, {sg.Length} B");
+    /// pin.Write(0, "hello"u8);                            // CPU access through the pin's translation
+    /// file.Truncate(0, ConflictPolicy.Break(TimeSpan.FromSeconds(1)));   // breaks the lease, then truncates
+    /// </code>
+    /// </example>
     public PinHandle Pin(VolumeFile file, long offset, long length, PinAccess access, PinOptions options = PinOptions.None, ConflictPolicy? policy = null)
     {
         ArgumentNullException.ThrowIfNull(file);
