@@ -9,8 +9,8 @@ using PinnedDma.Verbs;
 /// <summary>
 /// The other side of perftest's ib_write_bw / ib_read_bw / ib_send_bw with -R (connections by rdma_cm), as perftest
 /// 6.06 (Debian's perftest 4.5-0.17) runs them, over our iWARP transport:
-///   PerfTest peer write_bw|read_bw|send_bw --server [--bind addr] [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
-///   PerfTest peer write_bw|read_bw|send_bw --connect addr [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]
+///   PerfTest peer write_bw|read_bw|send_bw --server [--bind addr] [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2] [--max-fpdu N]
+///   PerfTest peer write_bw|read_bw|send_bw --connect addr [--port 18515] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2] [--max-fpdu N]
 /// perftest opens two rdma_cm connections to the same port: a control channel first, on which both sides trade
 /// fixed-size Sends (the client sends first, the server answers: versions, page and cache line sizes, MTU, then the
 /// 56-byte struct pingpong_dest several times as a barrier or to carry the buffer's address and rkey, and at the
@@ -48,7 +48,7 @@ sealed class PerftestPeer : IDisposable
         // send_bw's credit words (perftest's ctrl_buf): [0] the count this side writes to the peer, [1] the peer's to us.
         _credit = _pd.RegisterBuffer(8, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
         // perftest's read test asks for as many outstanding reads as the device allows (siw: 128) and wants them granted.
-        _iwarp = new IwarpOptions { MpaRevision = o.MpaRevision, Crc = o.Crc, Ird = 128, Ord = 128 };
+        _iwarp = new IwarpOptions { MpaRevision = o.MpaRevision, Crc = o.Crc, Ird = 128, Ord = 128, MaxFpduSize = o.MaxFpduSize };
     }
 
     public async Task<int> RunAsync()
@@ -170,7 +170,8 @@ sealed class PerftestPeer : IDisposable
                     creditsInFlight++;
                 }
             }
-            if (Environment.TickCount64 > deadline) throw new TimeoutException($"{received} of {_o.Iters} Sends in {Step.TotalSeconds * 4} s");
+            if (Environment.TickCount64 > deadline || (n == 0 && _test.State == QpState.Error && _testCq.Count == 0))
+                throw new TimeoutException($"{received} of {_o.Iters} Sends, {posted} receives posted; QP {_test.State} ({_test.ConnectionCloseReason})");
         }
         return Report(sw.Elapsed.TotalSeconds);
     }
@@ -381,7 +382,7 @@ sealed class PerftestPeer : IDisposable
     private readonly record struct BwReport(ulong Size, ulong Iters, double BwPeak, double BwAvg, double MsgRate);
 }
 
-sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port, int Size, int Iters, bool Crc, byte MpaRevision = 2)
+sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port, int Size, int Iters, bool Crc, byte MpaRevision = 2, int MaxFpduSize = 0)
 {
     public static PeerOptions? Parse(string[] a)
     {
@@ -401,6 +402,7 @@ sealed record PeerOptions(string Verb, bool Server, IPAddress Address, int Port,
                 case "--iters": o = o with { Iters = int.Parse(Next(), CultureInfo.InvariantCulture) }; break;
                 case "--no-crc": o = o with { Crc = false }; break;
                 case "--mpa-rev": o = o with { MpaRevision = byte.Parse(Next(), CultureInfo.InvariantCulture) }; break;
+                case "--max-fpdu": o = o with { MaxFpduSize = int.Parse(Next(), CultureInfo.InvariantCulture) }; break;
                 default: return null;
             }
         }

@@ -13,7 +13,7 @@ if (args.Length > 0 && args[0] == "peer")
     var peerOptions = PeerOptions.Parse(args);
     if (peerOptions is null)
     {
-        Console.Error.WriteLine("usage: PerfTest peer write_bw|read_bw|send_bw (--server [--bind addr] | --connect addr) [--port N] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2]");
+        Console.Error.WriteLine("usage: PerfTest peer write_bw|read_bw|send_bw (--server [--bind addr] | --connect addr) [--port N] [--size N] [--iters N] [--no-crc] [--mpa-rev 1|2] [--max-fpdu N]");
         return 2;
     }
     using var peer = new PerftestPeer(peerOptions);
