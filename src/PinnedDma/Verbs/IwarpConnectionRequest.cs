@@ -1,7 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using PinnedDma.Interop;
-using PinnedDma.Internal;
 using PinnedDma.Verbs.Iwarp;
 
 namespace PinnedDma.Verbs;

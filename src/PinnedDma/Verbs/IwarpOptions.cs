@@ -1,7 +1,3 @@
-using System.Net;
-using System.Net.Sockets;
-using PinnedDma.Interop;
-using PinnedDma.Internal;
 using PinnedDma.Verbs.Iwarp;
 
 namespace PinnedDma.Verbs;

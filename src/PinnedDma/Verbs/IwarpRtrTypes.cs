@@ -1,9 +1,3 @@
-using System.Net;
-using System.Net.Sockets;
-using PinnedDma.Interop;
-using PinnedDma.Internal;
-using PinnedDma.Verbs.Iwarp;
-
 namespace PinnedDma.Verbs;
 
 /// <summary>The zero-length ready-to-receive (RTR) messages of RFC 6581 §7 that may open a peer-to-peer connection.</summary>
