@@ -316,6 +316,16 @@ public sealed partial class Volume : IDisposable
     /// Mounts an existing volume on <paramref name="device"/>: the geometry comes from either intact superblock copy,
     /// the state from the newest intact checkpoint and the journal after it (see <see cref="Open"/>).
     /// </summary>
+    /// <param name="device">The device holding the volume.</param>
+    /// <param name="options">Behaviour (the geometry comes from the superblock); null for the defaults.</param>
+    /// <param name="ownsDevice">True to dispose <paramref name="device"/> with the volume.</param>
+    /// <returns>The recovered, mounted volume.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="device"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="device"/> is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.Corrupt"/>: no valid superblock, the two copies disagree on the geometry, the geometry
+    /// does not fit the device, or the newest state is damaged and <see cref="VolumeOptions.AllowRollback"/> is false.
+    /// </exception>
     public static Volume Mount(BlockDevice device, VolumeOptions? options = null, bool ownsDevice = false)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -350,6 +360,18 @@ public sealed partial class Volume : IDisposable
     /// Opens the volume file, checks it and closes it again: the offline fsck. A volume that is open (here or in
     /// another process) is <see cref="PinnedDmaError.Busy"/>: check it with <see cref="Fsck"/> on that volume instead.
     /// </summary>
+    /// <param name="path">The volume file.</param>
+    /// <returns>What the check found (see <see cref="FsckReport.IsClean"/>).</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="path"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// As for <see cref="Open"/>: <see cref="PinnedDmaError.NotFound"/>, <see cref="PinnedDmaError.Busy"/>,
+    /// <see cref="PinnedDmaError.Corrupt"/> (a volume that cannot even be recovered),
+    /// <see cref="PinnedDmaError.InvalidArgument"/>, <see cref="PinnedDmaError.NotSupported"/> or
+    /// <see cref="PinnedDmaError.IoError"/>; and, from the final checkpoint,
+    /// <see cref="PinnedDmaError.IoError"/> or <see cref="PinnedDmaError.NoSpace"/>.
+    /// </exception>
+    /// <exception cref="UnauthorizedAccessException">No permission to read and write the file.</exception>
     public static FsckReport Check(string path)
     {
         using var v = Open(path, new VolumeOptions { TryMapSync = false });
@@ -362,6 +384,11 @@ public sealed partial class Volume : IDisposable
     /// the device. A Direct mapping still open keeps its address range valid, but its stores no longer reach the
     /// device. A second caller waits for the first to finish.
     /// </summary>
+    /// <exception cref="PinnedDmaException">
+    /// The final checkpoint failed: <see cref="PinnedDmaError.IoError"/> (<c>msync</c>) or
+    /// <see cref="PinnedDmaError.NoSpace"/> (the metadata does not fit the checkpoint area). An owned device is released
+    /// all the same and the volume counts as disposed; the last committed state stands on disk.
+    /// </exception>
     public void Dispose()
     {
         List<Seal> seals;
@@ -414,6 +441,15 @@ public sealed partial class Volume : IDisposable
     // ---------------------------------------------------------------- namespace
 
     /// <summary>Creates an empty file.</summary>
+    /// <param name="name">1 to 255 UTF-8 bytes, no NUL.</param>
+    /// <returns>The new file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is empty, longer than 255 UTF-8 bytes or holds a NUL.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AlreadyExists"/>: a file has that name; <see cref="PinnedDmaError.NoSpace"/>: the
+    /// volume holds <see cref="MaxFiles"/> files already.
+    /// </exception>
     public VolumeFile CreateFile(string name)
     {
         CheckName(name);
@@ -429,6 +465,11 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>Opens an existing file.</summary>
+    /// <param name="name">The file's name.</param>
+    /// <returns>A handle to the file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NotFound"/>: no file has that name.</exception>
     public VolumeFile OpenFile(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -442,12 +483,21 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>Opens a file, creating it if it does not exist.</summary>
+    /// <param name="name">1 to 255 UTF-8 bytes, no NUL.</param>
+    /// <returns>A handle to the existing or new file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ArgumentException">No file has that name, and the name is empty, longer than 255 UTF-8 bytes or holds a NUL.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NoSpace"/>: the file does not exist and the volume holds <see cref="MaxFiles"/> files already.</exception>
     public VolumeFile OpenOrCreateFile(string name)
     {
         lock (Gate) return FileExists(name) ? OpenFile(name) : CreateFile(name);
     }
 
     /// <summary>True when a file of that name exists.</summary>
+    /// <param name="name">The file's name.</param>
+    /// <returns>True when a live file has that name.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
     public bool FileExists(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -458,6 +508,12 @@ public sealed partial class Volume : IDisposable
     /// Deletes a file. Pinned ranges never conflict: their blocks stay allocated, owned by the pins, until the last
     /// pin goes (an orphan, like an open file descriptor).
     /// </summary>
+    /// <param name="name">The file's name.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.NotFound"/>: no file has that name; <see cref="PinnedDmaError.NoSpace"/>: no metadata room.
+    /// </exception>
     public void DeleteFile(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
