@@ -67,6 +67,7 @@ public sealed class IwarpListener : IDisposable
     }
 
     /// <summary>Where it listens.</summary>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
     public IPEndPoint LocalEndPoint => (IPEndPoint)_listener.LocalEndPoint!;
 
     /// <summary>
