@@ -214,7 +214,8 @@ public sealed unsafe class PinHandle : IDisposable
     /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
     /// <exception cref="PinnedDmaException">
     /// The pin stays READ. <see cref="PinnedDmaError.Revoked"/> or <see cref="PinnedDmaError.Released"/>: the pin has
-    /// ended (a pin detached by Defer is reported as Released too); <see cref="PinnedDmaError.Busy"/>: a block to copy
+    /// ended (a pin detached by Defer has not: its blocks are its own, and it is granted WRITE);
+    /// <see cref="PinnedDmaError.Busy"/>: a block to copy
     /// is held by another pin or Direct mapping and the policy refuses (Deny, a Wait that ran out, an unbreakable pin);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy.
     /// </exception>

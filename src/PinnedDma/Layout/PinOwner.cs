@@ -167,7 +167,9 @@ public sealed class PinOwner : IDisposable
     /// <paramref name="flags"/> has unknown bits, <paramref name="offset"/> or <paramref name="length"/> is negative or
     /// their sum overflows, or <paramref name="length"/> is 0.
     /// </exception>
-    /// <exception cref="ObjectDisposedException">The owner or its volume is disposed.</exception>
+    /// <exception cref="ObjectDisposedException">
+    /// The owner is disposed, or, with <see cref="MapFlags.Direct"/> or <see cref="MapFlags.Populate"/>, its volume.
+    /// </exception>
     /// <exception cref="PinnedDmaException">
     /// With <see cref="MapFlags.Direct"/> or <see cref="MapFlags.Populate"/> (a plain mapping checks nothing more):
     /// <see cref="PinnedDmaError.InvalidArgument"/>: the range goes past the file's end, or a Direct mapping without

@@ -68,7 +68,9 @@ public sealed class ProtectionDomain : IDisposable
     /// <paramref name="access"/> has unknown flags, <paramref name="offset"/> or <paramref name="length"/> is negative
     /// or their sum overflows, or <paramref name="length"/> is 0 or over 4 GiB.
     /// </exception>
-    /// <exception cref="ObjectDisposedException">The device, the protection domain, the owner or the volume is disposed.</exception>
+    /// <exception cref="ObjectDisposedException">
+    /// The device or the protection domain is disposed, or, for a pinned region, the owner or the volume.
+    /// </exception>
     /// <exception cref="PinnedDmaException">
     /// Nothing is registered, pinned or charged. <see cref="PinnedDmaError.InvalidArgument"/>:
     /// <see cref="AccessFlags.RemoteWrite"/> or <see cref="AccessFlags.RemoteAtomic"/> without
