@@ -63,7 +63,9 @@ public sealed class VolumeFile
     /// <exception cref="PinnedDmaException">
     /// Nothing is written. <see cref="PinnedDmaError.InvalidArgument"/>: the write would end past the largest file
     /// size, 2^50 bytes (EFBIG); <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
-    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and
+    /// the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder
+    /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a hole or a copy, or no metadata room.
     /// </exception>
     public void Write(long offset, ReadOnlySpan<byte> data, ConflictPolicy? policy = null) =>
@@ -77,7 +79,9 @@ public sealed class VolumeFile
     /// <exception cref="PinnedDmaException">
     /// Nothing changes. <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="length"/> is past the largest
     /// file size, 2^50 bytes (EFBIG); <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
-    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and
+    /// the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder
+    /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy (of a shared last block, or for Defer).
     /// </exception>
     public void Truncate(long length, ConflictPolicy? policy = null) => Volume.Truncate(Inode, length, policy);
@@ -91,7 +95,9 @@ public sealed class VolumeFile
     /// <exception cref="PinnedDmaException">
     /// Nothing changes. <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="length"/> is 0, or the range
     /// ends past the largest file size, 2^50 bytes (EFBIG); <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
-    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and
+    /// the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder
+    /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public void PunchHole(long offset, long length, ConflictPolicy? policy = null) => Volume.PunchHole(Inode, offset, length, policy);
@@ -106,7 +112,9 @@ public sealed class VolumeFile
     /// <exception cref="PinnedDmaException">
     /// Nothing changes. <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="length"/> is 0, or the range
     /// ends past the largest file size, 2^50 bytes (EFBIG); <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
-    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and
+    /// the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder
+    /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public void ZeroRange(long offset, long length, bool keepSize = false, ConflictPolicy? policy = null) =>
@@ -172,7 +180,9 @@ public sealed class VolumeFile
     /// goes past the source's EOF, a length that is not a block multiple does not end at the source's EOF and at or
     /// past the destination's, the ranges of one file overlap, or the destination would end past the largest file size
     /// (EFBIG); <see cref="PinnedDmaError.NotFound"/>: either file was deleted;
-    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and
+    /// the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder
+    /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public void CloneRangeFrom(VolumeFile source, long sourceOffset, long offset, long length, ConflictPolicy? policy = null)
@@ -202,7 +212,10 @@ public sealed class VolumeFile
     /// Nothing changes. <see cref="PinnedDmaError.RangesDiffer"/>: the contents differ;
     /// <see cref="PinnedDmaError.InvalidArgument"/>: an offset is not block-aligned, either range goes past its file's
     /// EOF, the ranges of one file overlap, or a range ends past the largest file size (EFBIG);
-    /// <see cref="PinnedDmaError.NotFound"/>: either file was deleted; <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.NotFound"/>: either file was deleted; <see cref="PinnedDmaError.Busy"/>: the
+    /// operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that
+    /// ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout,
+    /// revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public long DedupeRangeFrom(VolumeFile source, long sourceOffset, long offset, long length, ConflictPolicy? policy = null)
@@ -227,7 +240,9 @@ public sealed class VolumeFile
     /// <exception cref="PinnedDmaException">
     /// Nothing changes. <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="length"/> is 0, or the range
     /// ends past the largest file size, 2^50 bytes (EFBIG); <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
-    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder is asked and, after the timeout, revoked, and the operation goes on);
+    /// <see cref="PinnedDmaError.Busy"/>: the operation would remap a block that a pin or a Direct mapping holds and
+    /// the policy refuses (Deny, a Wait that ran out, an unbreakable pin or a Direct mapping; under Break the holder
+    /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public void UnshareRange(long offset, long length, ConflictPolicy? policy = null, bool keepSize = false) =>
