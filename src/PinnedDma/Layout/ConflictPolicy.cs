@@ -10,9 +10,15 @@ public readonly record struct ConflictPolicy(ConflictPolicyKind Kind, TimeSpan T
     public static ConflictPolicy Defer => new(ConflictPolicyKind.Defer, TimeSpan.Zero);
 
     /// <summary>Wait up to <paramref name="timeout"/> for the pins to be released.</summary>
+    /// <param name="timeout">How long to wait (zero or more).</param>
+    /// <returns>The policy.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative.</exception>
     public static ConflictPolicy Wait(TimeSpan timeout) => new(ConflictPolicyKind.Wait, CheckTimeout(timeout));
 
     /// <summary>Break leases, revoking after <paramref name="timeout"/>.</summary>
+    /// <param name="timeout">How long a holder has to release its pin before it is revoked (zero or more).</param>
+    /// <returns>The policy.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative.</exception>
     public static ConflictPolicy Break(TimeSpan timeout) => new(ConflictPolicyKind.Break, CheckTimeout(timeout));
 
     private static TimeSpan CheckTimeout(TimeSpan t) =>

@@ -21,6 +21,7 @@ public sealed class DmaDrain
     public int InFlight => Volatile.Read(ref _state) & CountMask;
 
     /// <summary>Enters an access; false when the drain is closed (the pin was revoked or released).</summary>
+    /// <returns>True when entered (pair it with one <see cref="Exit"/>); false when the drain is closed.</returns>
     public bool TryEnter()
     {
         int s = Volatile.Read(ref _state);
@@ -34,6 +35,7 @@ public sealed class DmaDrain
     }
 
     /// <summary>Leaves an access entered with <see cref="TryEnter"/>.</summary>
+    /// <exception cref="InvalidOperationException">No access is inside (an Exit without a TryEnter).</exception>
     public void Exit()
     {
         int s = Interlocked.Decrement(ref _state);

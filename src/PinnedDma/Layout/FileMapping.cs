@@ -71,6 +71,15 @@ public sealed class FileMapping : IDisposable
     public MapFlags Flags { get; }
 
     /// <summary>Reads mapped bytes at <paramref name="offset"/> (relative to the mapping); returns how many (stops at EOF).</summary>
+    /// <param name="offset">Byte offset relative to the mapping.</param>
+    /// <param name="destination">Where the bytes go.</param>
+    /// <returns>Bytes read: <c>destination.Length</c>, fewer at the file's EOF.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative, or it plus the length overflows.</exception>
+    /// <exception cref="ObjectDisposedException">The mapping or the volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: the range is not inside the mapping;
+    /// <see cref="PinnedDmaError.NotFound"/>: the file was deleted.
+    /// </exception>
     public int Read(long offset, Span<byte> destination)
     {
         CheckBounds(offset, destination.Length);
@@ -78,6 +87,16 @@ public sealed class FileMapping : IDisposable
     }
 
     /// <summary>Writes through the mapping. With <see cref="MapFlags.Sync"/> any allocation is committed before this returns.</summary>
+    /// <param name="offset">Byte offset relative to the mapping.</param>
+    /// <param name="source">The bytes to store.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative, or it plus the length overflows.</exception>
+    /// <exception cref="ObjectDisposedException">The mapping or the volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: the range is not inside the mapping; otherwise as for
+    /// <see cref="VolumeFile.Write"/> (with the file's or the volume's policy): <see cref="PinnedDmaError.NotFound"/>,
+    /// <see cref="PinnedDmaError.Busy"/>, <see cref="PinnedDmaError.NoSpace"/>; with <see cref="MapFlags.Sync"/> also
+    /// what the commit throws (<see cref="PinnedDmaError.IoError"/>).
+    /// </exception>
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
         CheckBounds(offset, source.Length);
@@ -85,18 +104,32 @@ public sealed class FileMapping : IDisposable
     }
 
     /// <summary>Makes the mapped data durable (and, without Sync, the metadata too): msync + journal commit.</summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">As for <see cref="Volume.Commit"/>: <see cref="PinnedDmaError.IoError"/> or <see cref="PinnedDmaError.NoSpace"/>.</exception>
     public void Flush() => File.Volume.Commit();
 
     /// <summary>The extents behind the mapping now (for a Direct mapping, frozen).</summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NotFound"/>: the file was deleted.</exception>
     public IReadOnlyList<FileExtent> Extents => File.GetExtents(Offset, Length);
 
     /// <summary>Number of extents a Direct mapping exposes through <see cref="GetExtentSpan"/>.</summary>
+    /// <exception cref="ObjectDisposedException">The mapping is disposed.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NotSupported"/>: not a Direct mapping.</exception>
     public int ExtentCount => RequireDirect().Frozen.Length;
 
     /// <summary>
     /// Device memory of extent <paramref name="index"/> of a Direct mapping, clipped to the mapped range: loads and
     /// stores on the span go straight to the file's blocks (DAX). Valid until the mapping is disposed.
     /// </summary>
+    /// <param name="index">0 to <see cref="ExtentCount"/> - 1.</param>
+    /// <returns>The bytes of the extent that lie in the mapped range.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="index"/> is not below <see cref="ExtentCount"/>.</exception>
+    /// <exception cref="ObjectDisposedException">
+    /// The mapping is disposed, or the volume is (spans taken before stay addressable; new ones are refused).
+    /// </exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NotSupported"/>: not a Direct mapping.</exception>
+    /// <exception cref="OverflowException">The extent's part of the mapped range is 2 GiB or more (more than a span holds).</exception>
     public Span<byte> GetExtentSpan(int index)
     {
         var seal = RequireDirect();
@@ -108,6 +141,22 @@ public sealed class FileMapping : IDisposable
     }
 
     /// <summary>Pins part of the mapping (offsets relative to the mapping).</summary>
+    /// <param name="offset">Byte offset relative to the mapping.</param>
+    /// <param name="length">Bytes (non-zero).</param>
+    /// <param name="access">READ or WRITE.</param>
+    /// <param name="options">Unbreakable for an exclusive pin.</param>
+    /// <returns>The live pin (see <see cref="PinOwner.Pin"/>).</returns>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="offset"/> or <paramref name="length"/> is negative or their sum overflows, or
+    /// <paramref name="access"/> is neither READ nor WRITE.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The mapping, its owner or the volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: the range is not inside the mapping; otherwise as for
+    /// <see cref="PinOwner.Pin"/>: <see cref="PinnedDmaError.InvalidArgument"/> (an empty range, or past the file's
+    /// end), <see cref="PinnedDmaError.NotFound"/>, <see cref="PinnedDmaError.MemlockLimitExceeded"/>,
+    /// <see cref="PinnedDmaError.Busy"/>, <see cref="PinnedDmaError.NoSpace"/>.
+    /// </exception>
     public PinHandle Pin(long offset, long length, PinAccess access, PinOptions options = PinOptions.None)
     {
         CheckBounds(offset, length);

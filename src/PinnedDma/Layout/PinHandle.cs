@@ -79,18 +79,39 @@ public sealed unsafe class PinHandle : IDisposable
     }
 
     /// <summary>DMA read: copies pinned bytes at <paramref name="offset"/> (relative to <see cref="Offset"/>). Throws when revoked or released.</summary>
+    /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
+    /// <param name="destination">Where the bytes go; the whole span is filled.</param>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>destination.Length</c>) is not inside the pin (a negative
+    /// offset included); <see cref="PinnedDmaError.Revoked"/>: the lease was revoked;
+    /// <see cref="PinnedDmaError.Released"/>: the pin was released (disposed, or its owner or volume disposed).
+    /// </exception>
     public void Read(long offset, Span<byte> destination)
     {
         if (!TryRead(offset, destination)) throw _seal.EndedError();
     }
 
     /// <summary>DMA write through the frozen translation. Needs WRITE access. Throws when revoked or released.</summary>
+    /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
+    /// <param name="source">The bytes to store.</param>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>source.Length</c>) is not inside the pin (a negative
+    /// offset included), or the pin is READ only; <see cref="PinnedDmaError.Revoked"/>: the lease was
+    /// revoked; <see cref="PinnedDmaError.Released"/>: the pin was released (disposed, or its owner or volume disposed).
+    /// </exception>
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
         if (!TryWrite(offset, source)) throw _seal.EndedError();
     }
 
     /// <summary>DMA read; false (nothing read) when the pin was revoked or released.</summary>
+    /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
+    /// <param name="destination">Where the bytes go; the whole span is filled.</param>
+    /// <returns>True when the bytes were copied; false when the pin has ended.</returns>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>destination.Length</c>) is not inside the pin (a negative
+    /// offset included).
+    /// </exception>
     public bool TryRead(long offset, Span<byte> destination)
     {
         CheckBounds(offset, destination.Length);
@@ -108,6 +129,13 @@ public sealed unsafe class PinHandle : IDisposable
     }
 
     /// <summary>DMA write; false (nothing written) when the pin was revoked or released.</summary>
+    /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
+    /// <param name="source">The bytes to store.</param>
+    /// <returns>True when the bytes were stored; false when the pin has ended.</returns>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>source.Length</c>) is not inside the pin (a negative
+    /// offset included), or the pin is READ only.
+    /// </exception>
     public bool TryWrite(long offset, ReadOnlySpan<byte> source)
     {
         CheckBounds(offset, source.Length);
@@ -155,6 +183,11 @@ public sealed unsafe class PinHandle : IDisposable
     }
 
     /// <summary>The device byte offset that holds pinned byte <paramref name="offset"/>, and how many bytes follow contiguously.</summary>
+    /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
+    /// <returns>The device byte offset, and the bytes from there to the end of its extent or of the pin, whichever comes first.</returns>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AccessDenied"/>: <paramref name="offset"/> is not inside the pin (a negative one included).
+    /// </exception>
     public (long DeviceOffset, long Contiguous) Translate(long offset)
     {
         CheckBounds(offset, 1);
@@ -176,6 +209,16 @@ public sealed unsafe class PinHandle : IDisposable
         ThrowHelper.Throw(PinnedDmaError.AccessDenied, $"Access [{offset}, +{length}) is outside the pin's {_seal.Length} bytes.");
 
     /// <summary>Re-pins for WRITE: other files that share the blocks (clones made after the pin) get copies; the translation stays.</summary>
+    /// <param name="access">WRITE to upgrade; READ, or the access the pin already has, does nothing.</param>
+    /// <param name="policy">Policy if a sharer's pinned block must move; null for the file's or the volume's.</param>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The pin stays READ. <see cref="PinnedDmaError.Revoked"/> or <see cref="PinnedDmaError.Released"/>: the pin has
+    /// ended (a pin detached by Defer has not: its blocks are its own, and it is granted WRITE);
+    /// <see cref="PinnedDmaError.Busy"/>: a block to copy
+    /// is held by another pin or Direct mapping and the policy refuses (Deny, a Wait that ran out, an unbreakable pin);
+    /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy.
+    /// </exception>
     public void Upgrade(PinAccess access, ConflictPolicy? policy = null)
     {
         if (access == _seal.Access || access == PinAccess.Read) return;

@@ -19,6 +19,11 @@ public sealed class PinOwner : IDisposable
     private int _disposed;
 
     /// <summary>Creates an owner pinning on <paramref name="volume"/> with a memlock limit in bytes.</summary>
+    /// <param name="volume">The volume pinned on.</param>
+    /// <param name="memlockLimit">Most bytes pinned at once (0 or more).</param>
+    /// <param name="name">A name for messages; null for "owner".</param>
+    /// <exception cref="ArgumentNullException"><paramref name="volume"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="memlockLimit"/> is negative.</exception>
     public PinOwner(Volume volume, long memlockLimit, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(volume);
@@ -72,7 +77,8 @@ public sealed class PinOwner : IDisposable
     /// <exception cref="ObjectDisposedException">The owner or its volume is disposed.</exception>
     /// <exception cref="PinnedDmaException">
     /// Nothing is pinned, charged or moved. <see cref="PinnedDmaError.InvalidArgument"/>: an empty range or one past
-    /// the file's end; <see cref="PinnedDmaError.MemlockLimitExceeded"/>: the owner's limit;
+    /// the file's end; <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
+    /// <see cref="PinnedDmaError.MemlockLimitExceeded"/>: the owner's limit;
     /// <see cref="PinnedDmaError.Busy"/>: breaking COW would move a block another pin holds and
     /// <paramref name="policy"/> is Deny, a Wait ran out, or that pin is unbreakable (under Break its holder is asked
     /// and, after the timeout, revoked, and the pin goes on); <see cref="PinnedDmaError.NoSpace"/>: no free block for
@@ -147,6 +153,31 @@ public sealed class PinOwner : IDisposable
     }
 
     /// <summary>Maps a file range with mapping descriptors (see <see cref="MapFlags"/>).</summary>
+    /// <param name="file">The file.</param>
+    /// <param name="offset">Byte offset.</param>
+    /// <param name="length">Bytes (non-zero).</param>
+    /// <param name="flags">Shared, plus Populate, Sync or Direct.</param>
+    /// <returns>The mapping; a Direct one holds a layout seal on the range until it is disposed.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="file"/> is null.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="file"/> is on another volume than the owner's, or <paramref name="flags"/> lacks
+    /// <see cref="MapFlags.Shared"/>.
+    /// </exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="flags"/> has unknown bits, <paramref name="offset"/> or <paramref name="length"/> is negative or
+    /// their sum overflows, or <paramref name="length"/> is 0.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">
+    /// The owner is disposed, or, with <see cref="MapFlags.Direct"/> or <see cref="MapFlags.Populate"/>, its volume.
+    /// </exception>
+    /// <exception cref="PinnedDmaException">
+    /// With <see cref="MapFlags.Direct"/> or <see cref="MapFlags.Populate"/> (a plain mapping checks nothing more):
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range goes past the file's end, or a Direct mapping without
+    /// Populate covers a hole or a shared block; <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
+    /// <see cref="PinnedDmaError.Busy"/>: populating would move a block another pin holds and the policy refuses
+    /// (always Deny for Direct); <see cref="PinnedDmaError.NoSpace"/>: no free block for a hole or a copy, or no
+    /// metadata room.
+    /// </exception>
     public FileMapping Map(VolumeFile file, long offset, long length, MapFlags flags)
     {
         ArgumentNullException.ThrowIfNull(file);

@@ -117,6 +117,13 @@ public abstract unsafe class BlockDevice : IDisposable
     }
 
     /// <summary>A span over device bytes; valid until the device is disposed. Offsets are checked.</summary>
+    /// <param name="offset">Byte offset on the device.</param>
+    /// <param name="length">Bytes.</param>
+    /// <returns>The device bytes themselves (no copy).</returns>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length included).
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public Span<byte> GetSpan(long offset, int length)
     {
         CheckRange(offset, length);
@@ -124,6 +131,12 @@ public abstract unsafe class BlockDevice : IDisposable
     }
 
     /// <summary>Copies device bytes at <paramref name="offset"/> into <paramref name="destination"/>.</summary>
+    /// <param name="offset">Byte offset on the device.</param>
+    /// <param name="destination">Where the bytes go; the whole span is filled.</param>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length included).
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public void Read(long offset, Span<byte> destination)
     {
         CheckRange(offset, destination.Length);
@@ -131,6 +144,12 @@ public abstract unsafe class BlockDevice : IDisposable
     }
 
     /// <summary>Copies <paramref name="source"/> to device bytes at <paramref name="offset"/>.</summary>
+    /// <param name="offset">Byte offset on the device.</param>
+    /// <param name="source">The bytes to store.</param>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length included).
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
         CheckRange(offset, source.Length);
@@ -138,6 +157,13 @@ public abstract unsafe class BlockDevice : IDisposable
     }
 
     /// <summary>Makes the bytes of the range durable (msync for a mapped file; nothing for memory).</summary>
+    /// <param name="offset">Byte offset on the device.</param>
+    /// <param name="length">Bytes.</param>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length
+    /// included); <see cref="PinnedDmaError.IoError"/>: <c>msync</c> failed (a file device).
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">A file device is disposed (a memory device has nothing to flush and does not check).</exception>
     public void Flush(long offset, long length)
     {
         CheckRange(offset, length);
@@ -145,6 +171,8 @@ public abstract unsafe class BlockDevice : IDisposable
     }
 
     /// <summary>Makes every byte durable.</summary>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.IoError"/>: <c>msync</c> failed (a file device).</exception>
+    /// <exception cref="ObjectDisposedException">A file device is disposed (a memory device has nothing to flush and does not check).</exception>
     public void Flush() => FlushCore(0, Length);
 
     private protected abstract void FlushCore(long offset, long length);

@@ -62,6 +62,29 @@ public sealed unsafe class FileBlockDevice : BlockDevice
     /// is disposed: a second device over the same file, in this process or another, fails with
     /// <see cref="PinnedDmaError.Busy"/> before anything is changed.
     /// </summary>
+    /// <param name="path">The file.</param>
+    /// <param name="blockSize">Bytes per block: a power of two from 512 to 65536.</param>
+    /// <param name="blockCount">Blocks: 1 to 2^31 - 1.</param>
+    /// <param name="create">True to create the file if needed and size it to the device.</param>
+    /// <param name="tryMapSync">True to ask for <c>MAP_SYNC</c> first.</param>
+    /// <returns>The mapped device, holding the file's lock until disposed.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="path"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="blockSize"/> or <paramref name="blockCount"/> is out of range. This is found only once the file
+    /// is open: with <paramref name="create"/> it may already have been created or resized.
+    /// </exception>
+    /// <exception cref="OverflowException"><paramref name="blockCount"/> times <paramref name="blockSize"/> overflows 64 bits.</exception>
+    /// <exception cref="FileNotFoundException"><paramref name="create"/> is false and there is no file at <paramref name="path"/>.</exception>
+    /// <exception cref="DirectoryNotFoundException">A directory on <paramref name="path"/> does not exist.</exception>
+    /// <exception cref="UnauthorizedAccessException">No permission to read and write (or create) the file.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.Busy"/>: another device (in this process or another) holds the file, which is left
+    /// as it was; <see cref="PinnedDmaError.Corrupt"/>: <paramref name="create"/> is false and the file is shorter than
+    /// the device; <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="path"/> is a directory;
+    /// <see cref="PinnedDmaError.NotSupported"/>: not Linux; <see cref="PinnedDmaError.IoError"/>: a system call
+    /// (<c>mmap</c>, <c>fcntl</c>) failed.
+    /// </exception>
     public static FileBlockDevice Open(string path, int blockSize, long blockCount, bool create, bool tryMapSync = true) =>
         Open(path, blockSize, blockCount, create ? FileMode.OpenOrCreate : FileMode.Open, tryMapSync);
 
@@ -129,6 +152,13 @@ public sealed unsafe class FileBlockDevice : BlockDevice
     }
 
     /// <summary>Length in bytes of an existing file, to size <see cref="Open(string, int, long, bool, bool)"/> from a superblock.</summary>
+    /// <param name="path">The file.</param>
+    /// <returns>Its length in bytes.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="path"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="FileNotFoundException">There is no file at <paramref name="path"/>.</exception>
+    /// <exception cref="DirectoryNotFoundException">A directory on <paramref name="path"/> does not exist.</exception>
+    /// <exception cref="UnauthorizedAccessException">No permission to read the file.</exception>
     public static long GetFileLength(string path)
     {
         using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
@@ -170,6 +200,7 @@ public sealed unsafe class FileBlockDevice : BlockDevice
     }
 
     /// <summary>fsync on the file: size and allocation metadata of the host file system.</summary>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.IoError"/>: <c>fsync</c> failed.</exception>
     public void SyncFile()
     {
         if (Libc.Fsync((int)_file.DangerousGetHandle()) != 0) throw Libc.Error("fsync", Marshal.GetLastPInvokeError());

@@ -44,6 +44,8 @@ public sealed partial class Volume
     /// allocator's; no block is both free and referenced, none is leaked; every extent lies in the data area and
     /// carries its blocks' allocation generation; extent maps are sorted and disjoint; names are unique.
     /// </summary>
+    /// <returns>What the check found; <see cref="FsckReport.IsClean"/> when nothing.</returns>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
     public FsckReport Fsck()
     {
         lock (Gate)

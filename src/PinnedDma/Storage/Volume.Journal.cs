@@ -128,6 +128,11 @@ public sealed partial class Volume
     /// Makes every completed operation durable (fsync for the whole volume): flushes data, then writes and flushes
     /// the journal records that point at it. Blocks freed by those records become reusable.
     /// </summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
+    /// <see cref="PinnedDmaError.NoSpace"/>: the journal is full and the metadata does not fit the checkpoint area.
+    /// </exception>
     public void Commit()
     {
         lock (Gate)
@@ -213,6 +218,11 @@ public sealed partial class Volume
     }
 
     /// <summary>Writes a checkpoint now: the journal starts over empty.</summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
+    /// <see cref="PinnedDmaError.NoSpace"/>: the metadata does not fit the checkpoint area.
+    /// </exception>
     public void Checkpoint()
     {
         lock (Gate)

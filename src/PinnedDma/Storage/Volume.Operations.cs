@@ -714,6 +714,10 @@ public sealed partial class Volume
     /// <paramref name="maxRunBlocks"/>. Blocks a pin or Direct mapping holds are skipped (like the kernel, which
     /// migrates before a long-term pin, never after). Returns the number of blocks moved.
     /// </summary>
+    /// <param name="maxRunBlocks">Most blocks moved as one run (at least 1).</param>
+    /// <returns>The number of blocks moved.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxRunBlocks"/> is less than 1.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
     public long Compact(int maxRunBlocks = 256)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxRunBlocks, 1);

@@ -96,6 +96,38 @@ public sealed partial class Volume : IDisposable
     /// file another volume holds is refused with <see cref="PinnedDmaError.Busy"/> either way. Options are validated
     /// before the file is touched: bad ones throw <see cref="ArgumentOutOfRangeException"/> and nothing is created.
     /// </summary>
+    /// <param name="path">The volume file to create (or to reformat, with <paramref name="overwrite"/>).</param>
+    /// <param name="options">Geometry and behaviour; null for the defaults.</param>
+    /// <param name="overwrite">True to reformat an existing file instead of refusing it.</param>
+    /// <returns>The new, empty, mounted volume; dispose it to commit, checkpoint and release the file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="path"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// An option is out of range (<see cref="VolumeOptions.BlockSize"/> not a power of two from 512 to 65536,
+    /// <see cref="VolumeOptions.BlockCount"/> not from 1 to <see cref="MaxBlockCount"/>, <see cref="VolumeOptions.MaxFiles"/>,
+    /// <see cref="VolumeOptions.CowGranuleBlocks"/> or <see cref="VolumeOptions.JournalBlocks"/> out of range, or no
+    /// room for data after the metadata); the file is not touched.
+    /// </exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AlreadyExists"/>: the file exists and <paramref name="overwrite"/> is false;
+    /// <see cref="PinnedDmaError.Busy"/>: another open volume (in this process or another) holds the file, which is
+    /// left as it was; <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="path"/> is a directory;
+    /// <see cref="PinnedDmaError.NotSupported"/>: not Linux; <see cref="PinnedDmaError.IoError"/>: a system call
+    /// (<c>mmap</c>, <c>fcntl</c>) failed.
+    /// </exception>
+    /// <exception cref="IOException">The host file system refused the file (a missing directory, say), as <see cref="File.OpenHandle"/> reports it.</exception>
+    /// <exception cref="UnauthorizedAccessException">No permission to create or write the file.</exception>
+    /// <example>
+    /// Create a 16 MiB volume (4096 blocks of 4 KiB) in a file, write a file on it, and reopen it later:
+    /// <code>
+    /// using (var volume = Volume.Create("data.img", new VolumeOptions { BlockCount = 4096 }, overwrite: true))
+    /// {
+    ///     VolumeFile file = volume.CreateFile("log");
+    ///     file.Write(0, "hello"u8);
+    ///     volume.Commit();                       // durable from here on
+    /// }                                          // Dispose checkpoints and releases the file
+    /// </code>
+    /// </example>
     public static Volume Create(string path, VolumeOptions? options = null, bool overwrite = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -115,6 +147,10 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>Creates a volume in native memory (nothing persists).</summary>
+    /// <param name="options">Geometry and behaviour; null for the defaults.</param>
+    /// <returns>The new, empty volume.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of range (as for <see cref="Create"/>).</exception>
+    /// <exception cref="OutOfMemoryException">The native memory for <see cref="VolumeOptions.BlockCount"/> blocks cannot be allocated.</exception>
     public static Volume CreateInMemory(VolumeOptions? options = null)
     {
         options ??= new VolumeOptions();
@@ -161,6 +197,14 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>Formats <paramref name="device"/> as an empty volume.</summary>
+    /// <param name="device">The device; whatever it held is lost.</param>
+    /// <param name="options">Geometry (which must match the device's) and behaviour.</param>
+    /// <param name="ownsDevice">True to dispose <paramref name="device"/> with the volume.</param>
+    /// <returns>The new, empty, mounted volume.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="device"/> or <paramref name="options"/> is null.</exception>
+    /// <exception cref="ArgumentException">The options' block size or block count differs from the device's.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">Another option is out of range (as for <see cref="Create"/>).</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="device"/> is disposed.</exception>
     public static Volume Format(BlockDevice device, VolumeOptions options, bool ownsDevice)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -191,6 +235,34 @@ public sealed partial class Volume : IDisposable
     /// on disk is damaged it throws <see cref="PinnedDmaError.Corrupt"/>, unless <see cref="VolumeOptions.AllowRollback"/>
     /// asks for the newest intact state instead (see <see cref="RollbackReason"/>).
     /// </summary>
+    /// <param name="path">The volume file.</param>
+    /// <param name="options">
+    /// Behaviour (the geometry comes from the file: <see cref="VolumeOptions.BlockSize"/>,
+    /// <see cref="VolumeOptions.BlockCount"/> and the other layout options are ignored); null for the defaults.
+    /// </param>
+    /// <returns>The recovered, mounted volume; dispose it to commit, checkpoint and release the file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="path"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.NotFound"/>: no file at <paramref name="path"/>;
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="path"/> is a directory;
+    /// <see cref="PinnedDmaError.Busy"/>: another open volume (in this process or another) holds the file;
+    /// <see cref="PinnedDmaError.Corrupt"/>: the file is too short or truncated, has no valid superblock, or its
+    /// newest state is damaged (an unreadable checkpoint or journal record) and <see cref="VolumeOptions.AllowRollback"/>
+    /// is false; <see cref="PinnedDmaError.NotSupported"/>: not Linux; <see cref="PinnedDmaError.IoError"/>: a system
+    /// call (<c>mmap</c>, <c>fcntl</c>) failed.
+    /// </exception>
+    /// <exception cref="UnauthorizedAccessException">No permission to read and write the file.</exception>
+    /// <example>
+    /// Reopen a volume after a restart or a crash (recovery replays the journal) and read a file back:
+    /// <code>
+    /// using var volume = Volume.Open("data.img");
+    /// VolumeFile file = volume.OpenFile("log");
+    /// var buffer = new byte[file.Length];
+    /// int read = file.Read(0, buffer);
+    /// FsckReport report = volume.Fsck();         // report.IsClean after a clean recovery
+    /// </code>
+    /// </example>
     public static Volume Open(string path, VolumeOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -244,6 +316,16 @@ public sealed partial class Volume : IDisposable
     /// Mounts an existing volume on <paramref name="device"/>: the geometry comes from either intact superblock copy,
     /// the state from the newest intact checkpoint and the journal after it (see <see cref="Open"/>).
     /// </summary>
+    /// <param name="device">The device holding the volume.</param>
+    /// <param name="options">Behaviour (the geometry comes from the superblock); null for the defaults.</param>
+    /// <param name="ownsDevice">True to dispose <paramref name="device"/> with the volume.</param>
+    /// <returns>The recovered, mounted volume.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="device"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="device"/> is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.Corrupt"/>: no valid superblock, the two copies disagree on the geometry, the geometry
+    /// does not fit the device, or the newest state is damaged and <see cref="VolumeOptions.AllowRollback"/> is false.
+    /// </exception>
     public static Volume Mount(BlockDevice device, VolumeOptions? options = null, bool ownsDevice = false)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -278,6 +360,18 @@ public sealed partial class Volume : IDisposable
     /// Opens the volume file, checks it and closes it again: the offline fsck. A volume that is open (here or in
     /// another process) is <see cref="PinnedDmaError.Busy"/>: check it with <see cref="Fsck"/> on that volume instead.
     /// </summary>
+    /// <param name="path">The volume file.</param>
+    /// <returns>What the check found (see <see cref="FsckReport.IsClean"/>).</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="path"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// As for <see cref="Open"/>: <see cref="PinnedDmaError.NotFound"/>, <see cref="PinnedDmaError.Busy"/>,
+    /// <see cref="PinnedDmaError.Corrupt"/> (a volume that cannot even be recovered),
+    /// <see cref="PinnedDmaError.InvalidArgument"/>, <see cref="PinnedDmaError.NotSupported"/> or
+    /// <see cref="PinnedDmaError.IoError"/>; and, from the final checkpoint,
+    /// <see cref="PinnedDmaError.IoError"/> or <see cref="PinnedDmaError.NoSpace"/>.
+    /// </exception>
+    /// <exception cref="UnauthorizedAccessException">No permission to read and write the file.</exception>
     public static FsckReport Check(string path)
     {
         using var v = Open(path, new VolumeOptions { TryMapSync = false });
@@ -290,6 +384,11 @@ public sealed partial class Volume : IDisposable
     /// the device. A Direct mapping still open keeps its address range valid, but its stores no longer reach the
     /// device. A second caller waits for the first to finish.
     /// </summary>
+    /// <exception cref="PinnedDmaException">
+    /// The final checkpoint failed: <see cref="PinnedDmaError.IoError"/> (<c>msync</c>) or
+    /// <see cref="PinnedDmaError.NoSpace"/> (the metadata does not fit the checkpoint area). An owned device is released
+    /// all the same and the volume counts as disposed; the last committed state stands on disk.
+    /// </exception>
     public void Dispose()
     {
         List<Seal> seals;
@@ -342,6 +441,15 @@ public sealed partial class Volume : IDisposable
     // ---------------------------------------------------------------- namespace
 
     /// <summary>Creates an empty file.</summary>
+    /// <param name="name">1 to 255 UTF-8 bytes, no NUL.</param>
+    /// <returns>The new file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is empty, longer than 255 UTF-8 bytes or holds a NUL.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.AlreadyExists"/>: a file has that name; <see cref="PinnedDmaError.NoSpace"/>: the
+    /// volume holds <see cref="MaxFiles"/> files already.
+    /// </exception>
     public VolumeFile CreateFile(string name)
     {
         CheckName(name);
@@ -357,6 +465,11 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>Opens an existing file.</summary>
+    /// <param name="name">The file's name.</param>
+    /// <returns>A handle to the file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NotFound"/>: no file has that name.</exception>
     public VolumeFile OpenFile(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -370,12 +483,21 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>Opens a file, creating it if it does not exist.</summary>
+    /// <param name="name">1 to 255 UTF-8 bytes, no NUL.</param>
+    /// <returns>A handle to the existing or new file.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ArgumentException">No file has that name, and the name is empty, longer than 255 UTF-8 bytes or holds a NUL.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NoSpace"/>: the file does not exist and the volume holds <see cref="MaxFiles"/> files already.</exception>
     public VolumeFile OpenOrCreateFile(string name)
     {
         lock (Gate) return FileExists(name) ? OpenFile(name) : CreateFile(name);
     }
 
     /// <summary>True when a file of that name exists.</summary>
+    /// <param name="name">The file's name.</param>
+    /// <returns>True when a live file has that name.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
     public bool FileExists(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -386,6 +508,12 @@ public sealed partial class Volume : IDisposable
     /// Deletes a file. Pinned ranges never conflict: their blocks stay allocated, owned by the pins, until the last
     /// pin goes (an orphan, like an open file descriptor).
     /// </summary>
+    /// <param name="name">The file's name.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.NotFound"/>: no file has that name; <see cref="PinnedDmaError.NoSpace"/>: no metadata room.
+    /// </exception>
     public void DeleteFile(string name)
     {
         ArgumentNullException.ThrowIfNull(name);

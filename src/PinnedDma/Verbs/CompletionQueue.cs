@@ -42,6 +42,13 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     }
 
     /// <summary>ibv_poll_cq: moves up to <c>into.Length</c> completions into <paramref name="into"/>; returns how many.</summary>
+    /// <param name="into">Where the completions go, oldest first.</param>
+    /// <returns>How many completions were moved (0 when none is waiting).</returns>
+    /// <exception cref="ObjectDisposedException">The completion queue is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.NoSpace"/>: the queue overran (a completion arrived when it held
+    /// <see cref="Capacity"/>), so completions were lost; every later poll throws it too.
+    /// </exception>
     public int Poll(Span<WorkCompletion> into)
     {
         lock (_sync)
@@ -60,6 +67,9 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     }
 
     /// <summary>Completes when at least one completion can be polled. One waiter at a time; allocates nothing.</summary>
+    /// <returns>A task that completes when a completion can be polled (or the queue overran).</returns>
+    /// <exception cref="InvalidOperationException">Another WaitAsync is pending (thrown at once).</exception>
+    /// <exception cref="ObjectDisposedException">In the task: the completion queue (or its device) is disposed first.</exception>
     public ValueTask WaitAsync() => WaitAsync(CancellationToken.None);
 
     /// <summary>
@@ -67,6 +77,11 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     /// time. Faults with <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> is
     /// canceled first, and with <see cref="ObjectDisposedException"/> when the CQ (or its device) is disposed first.
     /// </summary>
+    /// <param name="cancellationToken">Stops the wait.</param>
+    /// <returns>A task that completes when a completion can be polled (or the queue overran).</returns>
+    /// <exception cref="InvalidOperationException">Another WaitAsync is pending (thrown at once).</exception>
+    /// <exception cref="ObjectDisposedException">In the task: the completion queue (or its device) is disposed first.</exception>
+    /// <exception cref="OperationCanceledException">In the task: <paramref name="cancellationToken"/> is canceled first.</exception>
     public ValueTask WaitAsync(CancellationToken cancellationToken)
     {
         lock (_sync)
@@ -106,6 +121,13 @@ public sealed class CompletionQueue : IDisposable, IValueTaskSource
     /// sleeps until the engine pushes one (the blocking counterpart of ibv_get_cq_event), so a waiting consumer costs
     /// no CPU and wakes without a polling delay.
     /// </summary>
+    /// <param name="into">Where the completions go, oldest first.</param>
+    /// <param name="timeout">How long to wait for the first one; zero or negative polls once.</param>
+    /// <returns>How many completions were moved; 0 when none came within <paramref name="timeout"/>.</returns>
+    /// <exception cref="ObjectDisposedException">The completion queue is disposed (before or while waiting).</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.NoSpace"/>: the queue overran, so completions were lost (see <see cref="Poll(Span{WorkCompletion})"/>).
+    /// </exception>
     public int Poll(Span<WorkCompletion> into, TimeSpan timeout)
     {
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;

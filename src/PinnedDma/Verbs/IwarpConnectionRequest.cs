@@ -42,6 +42,33 @@ public sealed class IwarpConnectionRequest
     public byte MpaRevision => _request.Revision;
 
     /// <summary>Accepts onto <paramref name="qp"/> (in Reset or Init); the QP moves to RTS.</summary>
+    /// <param name="qp">The queue pair to connect, in Reset or Init.</param>
+    /// <param name="privateData">Private data for the MPA reply (at most 512 bytes, 508 with MPA revision 2).</param>
+    /// <exception cref="ArgumentNullException"><paramref name="qp"/> is null; the request stays undecided.</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="qp"/> is disposed.</exception>
+    /// <exception cref="InvalidOperationException">The request was already accepted or rejected.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="privateData"/> is too long for an MPA frame (or, as <see cref="ArgumentOutOfRangeException"/>,
+    /// the listener's <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> is over 16383 with MPA
+    /// revision 2); the request counts as decided.
+    /// </exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="qp"/> is not in Reset or Init (checked first: the
+    /// request stays undecided and can still be accepted or rejected); <see cref="PinnedDmaError.ConnectionRejected"/>:
+    /// MPA negotiation failed (markers asked for, no common RTR type): a reject reply was sent and the connection closed.
+    /// </exception>
+    /// <exception cref="System.Net.Sockets.SocketException">Sending the MPA reply failed (the initiator went away).</exception>
+    /// <example>
+    /// The passive side: listen, accept one client onto a queue pair, with private data both ways:
+    /// <code>
+    /// using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 0));   // port 0: ephemeral
+    /// IwarpConnectionRequest request = await listener.AcceptAsync(cancellationToken);
+    /// if (request.PrivateData.Length > 64)
+    ///     request.Reject("too long"u8);
+    /// else
+    ///     request.Accept(qp, "welcome"u8);        // qp in Reset or Init; it is in RTS now
+    /// </code>
+    /// </example>
     public void Accept(QueuePair qp, ReadOnlySpan<byte> privateData = default)
     {
         ArgumentNullException.ThrowIfNull(qp);
@@ -71,6 +98,14 @@ public sealed class IwarpConnectionRequest
     }
 
     /// <summary>Rejects with an MPA reply that has the R flag set.</summary>
+    /// <remarks>The reply is sent as far as the socket allows (an initiator that went away is not an error), then the connection is closed.</remarks>
+    /// <param name="privateData">Private data for the reject reply (at most 512 bytes, 508 with MPA revision 2).</param>
+    /// <exception cref="InvalidOperationException">The request was already accepted or rejected.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="privateData"/> is too long for an MPA frame (or, as <see cref="ArgumentOutOfRangeException"/>,
+    /// the listener's <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> is over 16383 with MPA
+    /// revision 2); the request counts as decided.
+    /// </exception>
     public void Reject(ReadOnlySpan<byte> privateData = default)
     {
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");

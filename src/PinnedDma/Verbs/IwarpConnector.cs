@@ -29,6 +29,56 @@ public static class IwarpConnector
     /// <paramref name="privateData"/>, reply. Returns the responder's private data; the QP is in RTS. A reject throws
     /// <see cref="PinnedDmaError.ConnectionRejected"/>.
     /// </summary>
+    /// <param name="qp">The queue pair to connect, in Reset or Init.</param>
+    /// <param name="endpoint">The listener's address.</param>
+    /// <param name="privateData">Private data for the MPA request (at most 512 bytes, 508 with MPA revision 2).</param>
+    /// <param name="options">MPA and connection settings; null for the defaults.</param>
+    /// <param name="cancellationToken">Cancels the setup (not the connection once established).</param>
+    /// <returns>
+    /// A task that completes with the responder's private data once the connection is up and <paramref name="qp"/> is
+    /// in RTS. On failure the socket is closed and the queue pair keeps its state.
+    /// </returns>
+    /// <exception cref="ArgumentNullException"><paramref name="qp"/> or <paramref name="endpoint"/> is null (thrown at once).</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// An option is out of range (thrown at once): <see cref="IwarpOptions.MpaRevision"/>,
+    /// <see cref="IwarpOptions.MaxFpduSize"/>, <see cref="IwarpOptions.RtrTypes"/>, a timeout or a limit. In the task:
+    /// <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> over 16383 with MPA revision 2.
+    /// </exception>
+    /// <exception cref="ArgumentException">
+    /// <see cref="IwarpOptions.PeerToPeer"/> without MPA revision 2 (thrown at once); in the task:
+    /// <paramref name="privateData"/> is too long for an MPA frame.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="qp"/> is disposed (thrown at once, or in the task if it is disposed meanwhile).</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="qp"/> is not in Reset or Init (thrown at once,
+    /// before any socket is opened). In the task: <see cref="PinnedDmaError.ConnectionRejected"/>: the responder sent
+    /// a reject (an MPA reply with the R flag); <see cref="PinnedDmaError.ProtocolError"/>: the reply is malformed, the
+    /// stream ended before it, or it cannot be agreed with (no common RTR type, insufficient IRD: the responder is then
+    /// sent a Terminate).
+    /// </exception>
+    /// <exception cref="System.Net.Sockets.SocketException">In the task: the TCP connection failed (refused, unreachable, reset).</exception>
+    /// <exception cref="TimeoutException">In the task: the TCP connect or the MPA reply took longer than <see cref="IwarpOptions.SetupTimeout"/>.</exception>
+    /// <exception cref="OperationCanceledException">In the task: <paramref name="cancellationToken"/> was canceled during the setup.</exception>
+    /// <example>
+    /// The active side: connect a queue pair to a listener, then use it as any RTS queue pair:
+    /// <code>
+    /// using var nic = new RdmaDevice();
+    /// ProtectionDomain pd = nic.AllocatePd();
+    /// CompletionQueue cq = nic.CreateCompletionQueue(64);
+    /// QueuePair qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
+    /// using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+    /// try
+    /// {
+    ///     ReadOnlyMemory&lt;byte&gt; reply = await IwarpConnector.ConnectAsync(
+    ///         qp, new IPEndPoint(IPAddress.Loopback, 4791), "hello"u8.ToArray(), cancellationToken: cts.Token);
+    ///     // qp.State == QpState.Rts: post RDMA WRITE, READ and SEND work requests
+    /// }
+    /// catch (PinnedDmaException e) when (e.Error == PinnedDmaError.ConnectionRejected)
+    /// {
+    ///     Console.WriteLine($"refused: {e.Message}");
+    /// }
+    /// </code>
+    /// </example>
     public static Task<ReadOnlyMemory<byte>> ConnectAsync(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData = default, IwarpOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(qp);

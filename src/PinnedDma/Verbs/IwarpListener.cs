@@ -34,6 +34,15 @@ public sealed class IwarpListener : IDisposable
     private const int MaxPollMilliseconds = 200;
 
     /// <summary>Binds and listens on <paramref name="endpoint"/> (use port 0 for an ephemeral port).</summary>
+    /// <param name="endpoint">The local address and port.</param>
+    /// <param name="options">MPA and connection settings for every connection it accepts; null for the defaults.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="endpoint"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// An option is out of range: <see cref="IwarpOptions.MpaRevision"/>, <see cref="IwarpOptions.MaxFpduSize"/>,
+    /// <see cref="IwarpOptions.RtrTypes"/>, a timeout or a limit.
+    /// </exception>
+    /// <exception cref="ArgumentException"><see cref="IwarpOptions.PeerToPeer"/> without MPA revision 2.</exception>
+    /// <exception cref="System.Net.Sockets.SocketException">The endpoint cannot be bound (in use, not a local address).</exception>
     public IwarpListener(IPEndPoint endpoint, IwarpOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
@@ -57,6 +66,7 @@ public sealed class IwarpListener : IDisposable
     }
 
     /// <summary>Where it listens.</summary>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
     public IPEndPoint LocalEndPoint => (IPEndPoint)_listener.LocalEndPoint!;
 
     /// <summary>
@@ -64,6 +74,33 @@ public sealed class IwarpListener : IDisposable
     /// <see cref="ObjectDisposedException"/> once the listener is disposed (or its socket failed), and
     /// <see cref="InvalidOperationException"/> with the cause if its handshake thread stopped on an unexpected fault.
     /// </summary>
+    /// <param name="cancellationToken">Stops the wait; the next request stays queued for a later call.</param>
+    /// <returns>
+    /// A task that completes with the request, to <see cref="IwarpConnectionRequest.Accept"/> or
+    /// <see cref="IwarpConnectionRequest.Reject"/> (an undecided request times out on the initiator's side).
+    /// </returns>
+    /// <exception cref="ObjectDisposedException">In the task: the listener is disposed, or its socket failed.</exception>
+    /// <exception cref="InvalidOperationException">In the task: the handshake thread stopped on an unexpected fault (the inner exception).</exception>
+    /// <exception cref="OperationCanceledException">In the task: <paramref name="cancellationToken"/> was canceled.</exception>
+    /// <example>
+    /// Serve clients until canceled: accept each onto a fresh queue pair of its own:
+    /// <code>
+    /// using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, 4791));
+    /// while (!stop.IsCancellationRequested)
+    /// {
+    ///     IwarpConnectionRequest request = await listener.AcceptAsync(stop);
+    ///     QueuePair qp = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
+    ///     try
+    ///     {
+    ///         request.Accept(qp, "welcome"u8);   // qp is in RTS: the client may RDMA WRITE and READ its regions
+    ///     }
+    ///     catch (PinnedDmaException e) when (e.Error == PinnedDmaError.ConnectionRejected)
+    ///     {
+    ///         qp.Dispose();                      // MPA negotiation failed; the client was sent a reject
+    ///     }
+    /// }
+    /// </code>
+    /// </example>
     public async Task<IwarpConnectionRequest> AcceptAsync(CancellationToken cancellationToken = default)
     {
         try

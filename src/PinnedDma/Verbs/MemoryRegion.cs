@@ -94,6 +94,9 @@ public sealed unsafe class MemoryRegion : IDisposable
     public event EventHandler<LeaseBreakEventArgs>? LeaseBreaking;
 
     /// <summary>The bytes of a buffer region.</summary>
+    /// <returns>The buffer's bytes, valid until the region is disposed.</returns>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.NotSupported"/>: a file region (use its <see cref="Pin"/>).</exception>
+    /// <exception cref="ObjectDisposedException">The region is disposed.</exception>
     public Span<byte> GetBufferSpan()
     {
         if (_buffer == null) ThrowHelper.Throw(PinnedDmaError.NotSupported, "Only buffer regions expose a span; file regions go through their pin.");
@@ -102,6 +105,18 @@ public sealed unsafe class MemoryRegion : IDisposable
     }
 
     /// <summary>ibv_rereg_mr with IBV_REREG_MR_CHANGE_ACCESS: gaining write access re-pins for WRITE (other sharers move).</summary>
+    /// <param name="access">The new access rights; <see cref="AccessFlags.OnDemand"/> must stay as it is.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="access"/> has unknown flags.</exception>
+    /// <exception cref="ArgumentException"><paramref name="access"/> adds or drops <see cref="AccessFlags.OnDemand"/>.</exception>
+    /// <exception cref="ObjectDisposedException">A file region's volume is disposed (while gaining write access).</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The access stays as it was. <see cref="PinnedDmaError.InvalidArgument"/>: <see cref="AccessFlags.RemoteWrite"/>
+    /// or <see cref="AccessFlags.RemoteAtomic"/> without <see cref="AccessFlags.LocalWrite"/>, or
+    /// <see cref="AccessFlags.OnDemand"/> on a buffer region; when a pinned file region gains write access, what
+    /// <see cref="PinHandle.Upgrade"/> throws: <see cref="PinnedDmaError.Revoked"/> or
+    /// <see cref="PinnedDmaError.Released"/> (the pin has ended, the region deregistered included),
+    /// <see cref="PinnedDmaError.Busy"/>, <see cref="PinnedDmaError.NoSpace"/>.
+    /// </exception>
     public void ReRegister(AccessFlags access)
     {
         ProtectionDomain.CheckAccess(access, isFile: _pin is not null || _odpFile is not null);

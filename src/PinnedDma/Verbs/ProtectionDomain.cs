@@ -49,6 +49,48 @@ public sealed class ProtectionDomain : IDisposable
     /// translation frozen, memlock charged to <paramref name="owner"/>). With <see cref="AccessFlags.OnDemand"/>
     /// nothing is pinned and each access translates through the current extent map.
     /// </summary>
+    /// <param name="owner">Whose memlock account the pin is charged to (unused with <see cref="AccessFlags.OnDemand"/>).</param>
+    /// <param name="file">The file.</param>
+    /// <param name="offset">Byte offset in the file.</param>
+    /// <param name="length">Bytes: 1 to 4 GiB, within the file's size.</param>
+    /// <param name="access">Local and remote access (remote write and atomic need local write), optionally OnDemand.</param>
+    /// <param name="options">Unbreakable for an exclusive pin.</param>
+    /// <returns>
+    /// The region: its <see cref="MemoryRegion.LKey"/>, <see cref="MemoryRegion.RKey"/> and
+    /// <see cref="MemoryRegion.Address"/> (the file offset where the range starts) name it in work requests, until it is disposed or
+    /// its pin's lease is revoked.
+    /// </returns>
+    /// <exception cref="ArgumentNullException"><paramref name="owner"/> or <paramref name="file"/> is null.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="file"/> is on another volume than <paramref name="owner"/>'s (a pinned region only).
+    /// </exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="access"/> has unknown flags, <paramref name="offset"/> or <paramref name="length"/> is negative
+    /// or their sum overflows, or <paramref name="length"/> is 0 or over 4 GiB.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">
+    /// The device or the protection domain is disposed, or, for a pinned region, the owner or the volume.
+    /// </exception>
+    /// <exception cref="PinnedDmaException">
+    /// Nothing is registered, pinned or charged. <see cref="PinnedDmaError.InvalidArgument"/>:
+    /// <see cref="AccessFlags.RemoteWrite"/> or <see cref="AccessFlags.RemoteAtomic"/> without
+    /// <see cref="AccessFlags.LocalWrite"/>, or the range goes past the file's end; for a pinned region also what
+    /// <see cref="PinOwner.Pin"/> throws: <see cref="PinnedDmaError.MemlockLimitExceeded"/>,
+    /// <see cref="PinnedDmaError.Busy"/> (breaking COW would move a block another pin holds and the volume's policy
+    /// refuses), <see cref="PinnedDmaError.NoSpace"/>.
+    /// </exception>
+    /// <example>
+    /// Register a file range as an RDMA target and let a peer write into it over the loopback fabric:
+    /// <code>
+    /// using var nic = new RdmaDevice();
+    /// ProtectionDomain pd = nic.AllocatePd();
+    /// using var owner = new PinOwner(volume, memlockLimit: 1 &lt;&lt; 20);
+    /// MemoryRegion target = pd.RegisterFile(owner, file, offset: 0, length: 64 * 1024,
+    ///     AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead);
+    /// target.LeaseBreaking += (_, e) => target.Dispose();   // deregister when a truncate or punch asks
+    /// // a peer's RDMA WRITE names it with RemoteAddress = target.Address + offsetInRange and RKey = target.RKey
+    /// </code>
+    /// </example>
     public MemoryRegion RegisterFile(PinOwner owner, VolumeFile file, long offset, long length, AccessFlags access, PinOptions options = PinOptions.None)
     {
         Device.ThrowIfDisposed();
@@ -74,6 +116,16 @@ public sealed class ProtectionDomain : IDisposable
     }
 
     /// <summary>Registers a fresh page-aligned native buffer of <paramref name="length"/> bytes (pinned by construction).</summary>
+    /// <param name="length">Bytes (positive).</param>
+    /// <param name="access">Local and remote access (remote write and atomic need local write); not OnDemand.</param>
+    /// <returns>The region; <see cref="MemoryRegion.GetBufferSpan"/> gives its bytes.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is not positive, or <paramref name="access"/> has unknown flags.</exception>
+    /// <exception cref="ObjectDisposedException">The protection domain is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: <see cref="AccessFlags.RemoteWrite"/> or
+    /// <see cref="AccessFlags.RemoteAtomic"/> without <see cref="AccessFlags.LocalWrite"/>, or
+    /// <see cref="AccessFlags.OnDemand"/> (it applies to file ranges only).
+    /// </exception>
     public MemoryRegion RegisterBuffer(int length, AccessFlags access)
     {
         ThrowIfDisposed();
@@ -83,6 +135,14 @@ public sealed class ProtectionDomain : IDisposable
     }
 
     /// <summary>Creates an RC queue pair.</summary>
+    /// <param name="options">Completion queues and queue depths.</param>
+    /// <returns>The queue pair, in <see cref="QpState.Reset"/>.</returns>
+    /// <exception cref="ArgumentNullException">
+    /// <paramref name="options"/> is null, or its <see cref="QueuePairOptions.SendCq"/> or
+    /// <see cref="QueuePairOptions.RecvCq"/> is null.
+    /// </exception>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="QueuePairOptions.MaxSendWr"/> or <see cref="QueuePairOptions.MaxRecvWr"/> is not positive.</exception>
+    /// <exception cref="ObjectDisposedException">The protection domain or one of the completion queues is disposed.</exception>
     public QueuePair CreateQueuePair(QueuePairOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);

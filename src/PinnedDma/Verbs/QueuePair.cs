@@ -130,6 +130,13 @@ public sealed class QueuePair : IDisposable
     /// Init to Init or Rtr; Rtr to Rts; Rts to Rts or Sqd; Sqd to Sqd or Rts; Sqe to Rts. Anything else fails with
     /// InvalidArgument and nothing changes.
     /// </summary>
+    /// <param name="attributes">The target state and the attributes that go with it.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="attributes"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">The queue pair is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>, and nothing changes: the move is not in the table above, or a move
+    /// to <see cref="QpState.Rtr"/> has no <see cref="QpAttributes.DestQpNumber"/> or names no queue pair on the fabric.
+    /// </exception>
     public void Modify(QpAttributes attributes)
     {
         ArgumentNullException.ThrowIfNull(attributes);
@@ -194,6 +201,34 @@ public sealed class QueuePair : IDisposable
     /// ibv_post_send. Fails (InvalidArgument) before RTS and when the send queue is full (NoSpace); on a QP in Error
     /// the request completes at once with WrFlushErr.
     /// </summary>
+    /// <remarks>
+    /// The request itself (opcode, keys, addresses, lengths) is checked when the engine executes it: a bad one
+    /// completes with an error status (<see cref="WcStatus.LocProtErr"/>, <see cref="WcStatus.RemAccessErr"/>, ...) on
+    /// <see cref="SendCq"/> and moves the QP to Error; it does not throw here.
+    /// </remarks>
+    /// <param name="wr">The work request, copied into the send queue.</param>
+    /// <exception cref="ObjectDisposedException">The queue pair is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// Nothing is posted. <see cref="PinnedDmaError.InvalidArgument"/>: the QP is in Reset, Init, Rtr or Sqe (EINVAL);
+    /// <see cref="PinnedDmaError.NoSpace"/>: the send queue already holds
+    /// <see cref="QueuePairOptions.MaxSendWr"/> requests (ENOMEM).
+    /// </exception>
+    /// <example>
+    /// An RDMA WRITE of 19 bytes from a registered buffer into a peer's region, then its completion:
+    /// <code>
+    /// MemoryRegion source = pd.RegisterBuffer(4096, AccessFlags.LocalWrite);
+    /// "hello, pinned world"u8.CopyTo(source.GetBufferSpan());
+    /// qp.PostSend(new SendWorkRequest
+    /// {
+    ///     WrId = 1, Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled,
+    ///     Local = new ScatterGatherElement(source.Address, 19, source.LKey),
+    ///     RemoteAddress = target.Address, RKey = target.RKey,   // the peer's region, e.g. from RegisterFile
+    /// });
+    /// var wc = new WorkCompletion[1];
+    /// if (qp.SendCq.Poll(wc, TimeSpan.FromSeconds(5)) == 1 &amp;&amp; wc[0].Status != WcStatus.Success)
+    ///     Console.WriteLine($"write failed: {wc[0]}");
+    /// </code>
+    /// </example>
     public void PostSend(in SendWorkRequest wr)
     {
         lock (Sync)
@@ -216,6 +251,13 @@ public sealed class QueuePair : IDisposable
     }
 
     /// <summary>ibv_post_recv. Allowed from Init on; on a QP in Error the request completes at once with WrFlushErr.</summary>
+    /// <param name="wr">The work request, copied into the receive queue.</param>
+    /// <exception cref="ObjectDisposedException">The queue pair is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// Nothing is posted. <see cref="PinnedDmaError.InvalidArgument"/>: the QP is in Reset (EINVAL);
+    /// <see cref="PinnedDmaError.NoSpace"/>: the receive queue already holds
+    /// <see cref="QueuePairOptions.MaxRecvWr"/> requests (ENOMEM).
+    /// </exception>
     public void PostRecv(in RecvWorkRequest wr)
     {
         lock (Sync)
@@ -411,6 +453,15 @@ public sealed class QueuePair : IDisposable
     };
 
     /// <summary>Connects two queue pairs over the loopback fabric: Reset → Init → Rtr → Rts on both sides.</summary>
+    /// <param name="a">One queue pair, in Reset or Init.</param>
+    /// <param name="b">The other, in Reset or Init.</param>
+    /// <param name="remoteAccess">Remote operations both accept.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="a"/> or <paramref name="b"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">Either queue pair is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: a queue pair is not in Reset or Init. The moves are made one by
+    /// one (see <see cref="Modify"/>), so <paramref name="a"/> may already have moved when <paramref name="b"/> refuses.
+    /// </exception>
     public static void ConnectLoopback(QueuePair a, QueuePair b, AccessFlags remoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)
     {
         ArgumentNullException.ThrowIfNull(a);

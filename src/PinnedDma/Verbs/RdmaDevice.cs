@@ -37,6 +37,8 @@ public sealed class RdmaDevice : IDisposable
     internal DmaEngine Engine { get; }
 
     /// <summary>ibv_alloc_pd.</summary>
+    /// <returns>A new protection domain on this device.</returns>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public ProtectionDomain AllocatePd()
     {
         var pd = new ProtectionDomain(this);
@@ -49,6 +51,10 @@ public sealed class RdmaDevice : IDisposable
     }
 
     /// <summary>ibv_create_cq with <paramref name="capacity"/> entries; an overrun is an error, not growth.</summary>
+    /// <param name="capacity">Entries: 1 to 4194304 (2^22).</param>
+    /// <returns>A new, empty completion queue on this device.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="capacity"/> is not from 1 to 2^22.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public CompletionQueue CreateCompletionQueue(int capacity)
     {
         var cq = new CompletionQueue(capacity, this);
