@@ -23,12 +23,18 @@ public abstract unsafe class BlockDevice : IDisposable
     private int _refs = 1; // the device's own reference (dropped by Dispose) plus one per holder
 
     /// <summary>Sets up the geometry; the subclass provides the memory.</summary>
-    private protected BlockDevice(int blockSize, long blockCount)
+    /// <summary>Refuses a geometry no device can have (before anything is opened or resized for it).</summary>
+    private protected static void CheckGeometry(int blockSize, long blockCount)
     {
         if (blockSize < 512 || blockSize > 65536 || (blockSize & (blockSize - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "Block size must be a power of two from 512 to 65536.");
         if (blockCount <= 0 || blockCount > int.MaxValue)
             throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount, "Block count must be from 1 to 2^31-1.");
+    }
+
+    private protected BlockDevice(int blockSize, long blockCount)
+    {
+        CheckGeometry(blockSize, blockCount);
         BlockSize = blockSize;
         BlockCount = blockCount;
         BlockShift = System.Numerics.BitOperations.Log2((uint)blockSize);

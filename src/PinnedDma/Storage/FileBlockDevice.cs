@@ -95,6 +95,9 @@ public sealed unsafe class FileBlockDevice : BlockDevice
     internal static FileBlockDevice Open(string path, int blockSize, long blockCount, FileMode mode, bool tryMapSync)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
+        // The geometry first: a bad one must not open, resize or create anything (it used to cut an existing file to
+        // blockCount * blockSize bytes and only then refuse).
+        CheckGeometry(blockSize, blockCount);
         if (!OperatingSystem.IsLinux())
             throw new PinnedDmaException(PinnedDmaError.NotSupported, "FileBlockDevice needs Linux mmap.");
         long want = checked(blockCount * blockSize);

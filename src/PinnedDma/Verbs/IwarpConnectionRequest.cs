@@ -73,11 +73,22 @@ public sealed class IwarpConnectionRequest
     {
         ArgumentNullException.ThrowIfNull(qp);
         qp.CheckConnectable(); // before any side effect: a QP in the wrong state is refused and the request stays undecided
+        // The reply is built before the request is decided: private data too long for it is refused with the request
+        // still open (the caller may then Reject it), never half-decided with its socket left open.
+        var decision = MpaNegotiation.Respond(_request, _options.ToMpa(privateData.ToArray()));
+        byte[] reply = decision.Reply.ToArray();
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
         using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.iwarp.accept", System.Diagnostics.ActivityKind.Server);
         activity?.SetTag("client.address", Diagnostics.Telemetry.PeerOf(_socket));
-        var decision = MpaNegotiation.Respond(_request, _options.ToMpa(privateData.ToArray()));
-        _socket.Send(decision.Reply.ToArray());
+        try
+        {
+            _socket.Send(reply);
+        }
+        catch
+        {
+            _rx.Dispose(); // the peer is gone: the request ends here, its socket closed
+            throw;
+        }
         if (!decision.Accepted)
         {
             Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Rejected);
@@ -108,11 +119,11 @@ public sealed class IwarpConnectionRequest
     /// </exception>
     public void Reject(ReadOnlySpan<byte> privateData = default)
     {
+        byte[] reply = MpaNegotiation.BuildReject(_request, _options.ToMpa(privateData.ToArray())).ToArray();
         if (Interlocked.Exchange(ref _decided, 1) != 0) throw new InvalidOperationException("Already accepted or rejected.");
-        var reply = MpaNegotiation.BuildReject(_request, _options.ToMpa(privateData.ToArray()));
         Diagnostics.Telemetry.Connections.Add(1, Diagnostics.Telemetry.Rejected);
         Diagnostics.Log.ConnectionRejected(Diagnostics.Log.For(_options.LoggerFactory, Diagnostics.Log.IwarpCategory), Diagnostics.Telemetry.PeerOf(_socket), "rejected by the listener's owner");
-        try { _socket.Send(reply.ToArray()); } catch (SocketException) { }
+        try { _socket.Send(reply); } catch (SocketException) { }
         _rx.Dispose(); // and the socket it owns
     }
 }

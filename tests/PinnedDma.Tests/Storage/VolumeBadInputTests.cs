@@ -20,6 +20,25 @@ public sealed class VolumeBadInputTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
+    /// <summary>A device geometry no device can have is refused before the file is touched: an existing file keeps its bytes.</summary>
+    [Theory]
+    [InlineData(100, 10L)]
+    [InlineData(4096, 0L)]
+    [InlineData(4096, -5L)]
+    [InlineData(3000, 16L)]
+    public void FileBlockDevice_with_a_bad_geometry_leaves_an_existing_file_untouched(int blockSize, long blockCount)
+    {
+        string path = Path.Combine(_dir, $"existing-{blockSize}-{blockCount}");
+        var bytes = new byte[1 << 20];
+        new Random(7).NextBytes(bytes);
+        File.WriteAllBytes(path, bytes);
+        Assert.Throws<ArgumentOutOfRangeException>(() => FileBlockDevice.Open(path, blockSize, blockCount, create: true).Dispose());
+        Assert.Equal(bytes, File.ReadAllBytes(path));
+        string fresh = Path.Combine(_dir, $"fresh-{blockSize}-{blockCount}");
+        Assert.Throws<ArgumentOutOfRangeException>(() => FileBlockDevice.Open(fresh, blockSize, blockCount, create: true).Dispose());
+        Assert.False(File.Exists(fresh), "a refused geometry created a file");
+    }
+
     private string PathOf(string name) => Path.Combine(_dir, name);
 
     private static VolumeOptions Options(long blockCount = 512, int maxFiles = 8) =>
