@@ -120,15 +120,29 @@ internal static class Telemetry
     /// <summary>Registers a pin owner whose memlock charge <c>pinneddma.memlock.bytes</c> reports while it lives.</summary>
     internal static void Track(PinOwner owner)
     {
-        lock (s_owners) s_owners.Add(new WeakReference<PinOwner>(owner));
+        lock (s_owners)
+        {
+            // Pruned here too, not only when observed: a process that never listens must not keep a reference per
+            // owner it ever made.
+            if (s_owners.Count >= s_pruneAt)
+            {
+                PruneLocked();
+                s_pruneAt = Math.Max(64, s_owners.Count * 2);
+            }
+            s_owners.Add(new WeakReference<PinOwner>(owner));
+        }
     }
+
+    private static int s_pruneAt = 64;
+
+    private static void PruneLocked() => s_owners.RemoveAll(w => !w.TryGetTarget(out var o) || o.IsDisposed);
 
     private static List<Measurement<long>> ObserveMemlock()
     {
         var list = new List<Measurement<long>>();
         lock (s_owners)
         {
-            s_owners.RemoveAll(w => !w.TryGetTarget(out var o) || o.IsDisposed);
+            PruneLocked();
             foreach (var w in s_owners)
                 if (w.TryGetTarget(out var o)) list.Add(new Measurement<long>(o.LockedBytes, new KeyValuePair<string, object?>("owner", o.Name)));
         }
