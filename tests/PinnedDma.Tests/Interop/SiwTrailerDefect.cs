@@ -73,6 +73,10 @@ internal static partial class SiwTrailerDefect
     /// </summary>
     public static (List<Fpdu> Fpdus, bool AllGood, string Detail) Decode(TsharkCapture capture, string displayFilter)
     {
+        // A capture that missed frames (the capture's loss, not the wire's) cannot prove anything: Wireshark would
+        // reassemble across the gap and misparse what follows.
+        string gaps = capture.Read("-Y", "tcp.analysis.lost_segment || tcp.analysis.ack_lost_segment", "-T", "fields", "-e", "frame.number");
+        if (gaps.Trim().Length > 0) return (new List<Fpdu>(), false, $"the capture missed frames (before frames {string.Join(' ', gaps.Split('\n', StringSplitOptions.RemoveEmptyEntries).Take(5))})");
         string filter = $"({displayFilter}) && iwarp_mpa.crc_check";
         string fields = capture.Read("-Y", filter, "-T", "fields", "-e", "tcp.stream", "-e", "iwarp_mpa.ulpdulength", "-e", "iwarp_mpa.crc_check");
         var fpdus = new List<Fpdu>();

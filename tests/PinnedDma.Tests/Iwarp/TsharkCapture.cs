@@ -30,7 +30,9 @@ internal sealed class TsharkCapture : IDisposable
         _dir = dir;
         File = Path.Combine(dir.FullName, "iwarp.pcapng");
         var psi = new ProcessStartInfo(tshark) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (string a in new[] { "-i", "lo", "-f", $"tcp port {port} or tcp port {probePort}", "-w", File, "-P", "-l" }) psi.ArgumentList.Add(a);
+        // A 256 MiB kernel buffer: loopback frames are up to 64 KiB, and the default 2 MiB holds only a few dozen of them,
+        // so a fast bulk transfer would lose frames from the capture (not from the wire).
+        foreach (string a in new[] { "-i", "lo", "-B", "256", "-f", $"tcp port {port} or tcp port {probePort}", "-w", File, "-P", "-l" }) psi.ArgumentList.Add(a);
         _process = Process.Start(psi) ?? throw new InvalidOperationException("Could not start tshark.");
         _exited = _process.WaitForExitAsync();
     }
