@@ -24,10 +24,10 @@ public sealed class PerftestInteropTests
     private static int ItersFor(string test, int size) => test != "send_bw" ? 200 : size <= 4096 ? 2000 : 600;
 
     /// <summary>
-    /// How often a case that moves large data from our side to siw with CRC may meet siw's split-trailer defect (see
-    /// <see cref="SiwTrailerDefect"/>) before it fails anyway. A retry needs proof that the failure was that defect and
-    /// nothing of ours; at about one defect per 10,000 FPDUs, four attempts of the largest case all fail about once in
-    /// a thousand runs.
+    /// How often a case that moves large data from our side to siw may meet one of siw's receive defects (see
+    /// <see cref="SiwReceiveDefects"/>) before it fails anyway. A retry needs proof that the failure was such a defect
+    /// and nothing of ours; at about one defect per 10,000 FPDUs, four attempts of the largest case all fail about once
+    /// in a thousand runs.
     /// </summary>
     private const int SiwDefectAttempts = 4;
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(180);
@@ -71,7 +71,7 @@ public sealed class PerftestInteropTests
     {
         int iters = ItersFor(test, size);
         // Our peer sends siw large data only as RDMA Read responses here.
-        bool exposed = crc && size > 4096 && test == "read_bw";
+        bool exposed = size > 4096 && test == "read_bw";
         await WithSiwDefectRetriesAsync(exposed, vm => vm.FreeHostPort(), port => $"tcp.srcport=={port}", (vm, port) =>
         {
             var sw = Stopwatch.StartNew();
@@ -113,7 +113,7 @@ public sealed class PerftestInteropTests
     {
         int iters = ItersFor(test, size);
         // Our peer sends siw large data as Sends and RDMA Writes here (read_bw moves data the other way).
-        bool exposed = crc && size > 4096 && test != "read_bw";
+        bool exposed = size > 4096 && test != "read_bw";
         await WithSiwDefectRetriesAsync(exposed, vm => vm.HostPort(18515), port => $"tcp.dstport=={port}", (vm, port) =>
         {
             var sw = Stopwatch.StartNew();
@@ -134,26 +134,27 @@ public sealed class PerftestInteropTests
 
     /// <summary>
     /// Runs one attempt of a case (<paramref name="attempt"/> returns null on success, else why it failed). When the case
-    /// is <paramref name="exposed"/> to siw's split-trailer defect, the TCP port our peer's wire runs through is captured,
-    /// and a failed attempt is tried again only if <see cref="SiwTrailerDefect.Explains"/> proves from that capture and
-    /// the guest's log that the failure was siw's defect on good FPDUs of ours; any other failure fails the case.
+    /// is <paramref name="exposed"/> to siw's receive defects (our peer sends it large data), the TCP port our peer's
+    /// wire runs through is captured, and a failed attempt is tried again only if <see cref="SiwReceiveDefects.Explains"/>
+    /// proves from that capture and the guest's log that the failure was such a defect on good FPDUs of ours; any other
+    /// failure fails the case.
     /// </summary>
     private async Task WithSiwDefectRetriesAsync(bool exposed, Func<GuestVm, int> portFor, Func<int, string> ourDirection, Func<GuestVm, int, string?> attempt)
     {
         for (int n = 1; ; n++)
         {
             var vm = _guest.Healthy();
-            int before = exposed ? SiwTrailerDefect.ReportedInValues(vm.Run("dmesg", Bound).Output).Count : 0;
+            var before = exposed ? SiwReceiveDefects.Count(vm.Run("dmesg", Bound).Output) : default;
             int port = portFor(vm);
             using var capture = exposed ? await TsharkCapture.StartAsync(port) : null;
             string? failure = attempt(vm, port);
             if (failure is null) return;
             if (capture is null) Assert.Fail(failure);
             await capture.StopAsync();
-            bool known = SiwTrailerDefect.Explains(vm.Run("dmesg", Bound).Output, before, capture, ourDirection(port), out string why);
+            bool known = SiwReceiveDefects.Explains(vm.Run("dmesg", Bound).Output, before, capture, ourDirection(port), out string why);
             if (!known || n == SiwDefectAttempts)
-                Assert.Fail($"{failure}\n(attempt {n} of {SiwDefectAttempts}; siw split-trailer defect: {(known ? "yes" : "no")}: {why})");
-            _log.WriteLine($"attempt {n} failed on siw's split-trailer defect ({why}); trying again");
+                Assert.Fail($"{failure}\n(attempt {n} of {SiwDefectAttempts}; a known siw receive defect: {(known ? "yes" : "no")}: {why})");
+            _log.WriteLine($"attempt {n} failed on a known siw receive defect ({why}); trying again");
         }
     }
 }
