@@ -99,7 +99,7 @@ public static class IwarpConnector
         try
         {
             var reply = ConnectCore(qp, endpoint, privateData, options, cancellationToken);
-            if (qp.Connection is { } c)
+            if (qp.Transport is IwarpConnection c)
             {
                 activity?.SetTag("pinneddma.mpa.revision", (int)c.Negotiated.Revision);
                 activity?.SetTag("pinneddma.mpa.crc", c.Negotiated.Crc);

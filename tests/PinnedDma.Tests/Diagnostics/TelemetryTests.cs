@@ -5,6 +5,7 @@ using System.Net;
 using Microsoft.Extensions.Logging;
 using PinnedDma.Diagnostics;
 using PinnedDma.Storage;
+using PinnedDma.Tests.Iwarp;
 using PinnedDma.Tests.Verbs;
 using PinnedDma.Verbs;
 using Xunit;

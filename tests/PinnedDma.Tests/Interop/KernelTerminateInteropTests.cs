@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Globalization;
 using System.Net;
+using PinnedDma.Tests.Iwarp;
 using PinnedDma.Verbs;
 using PinnedDma.Verbs.Iwarp;
 using Xunit;

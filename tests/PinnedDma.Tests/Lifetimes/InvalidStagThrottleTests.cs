@@ -1,4 +1,5 @@
 using System.Net;
+using PinnedDma.Tests.Iwarp;
 using PinnedDma.Tests.Verbs;
 using PinnedDma.Verbs;
 using Xunit;

@@ -504,7 +504,7 @@ internal sealed partial class IwarpConnection
     /// DMA engine thread: true when a fenced request must wait for outstanding RDMA Reads (the last one to complete
     /// rings the queue pair); false when none is outstanding.
     /// </summary>
-    public bool ParkForFence()
+    public override bool ParkForFence()
     {
         lock (_readsLock)
         {
@@ -522,7 +522,7 @@ internal sealed partial class IwarpConnection
     /// stays at the head of the send queue, so nothing posted after it overtakes it. False with an ORD of 0: the read
     /// goes on to <see cref="Execute"/>, which refuses it (waiting would be forever).
     /// </summary>
-    public bool ParkForOrd()
+    public override bool ParkForOrd()
     {
         lock (_readsLock)
         {

@@ -12,7 +12,7 @@ namespace PinnedDma.Verbs.Iwarp;
 /// connection closes; the queue pair moves to Error. Nothing the peer sends reaches memory outside a registered,
 /// valid region it has the access rights for.
 /// </summary>
-internal sealed partial class IwarpConnection : IDisposable
+internal sealed partial class IwarpConnection : QpTransport, IDisposable
 {
     private const int SendBatch = 256 * 1024;
     // Messages of at least this many bytes send their whole pieces (>= ZeroCopyPiece) by reference and are flushed
@@ -164,10 +164,12 @@ internal sealed partial class IwarpConnection : IDisposable
     /// This connection's own send engine: requester work and RDMA Read responses run on it, so a peer that reads
     /// slowly (or not at all, until <see cref="IwarpOptions.SendStallTimeout"/>) delays no other queue pair.
     /// </summary>
-    public DmaEngine Engine { get; }
+    public override DmaEngine Engine { get; }
 
     /// <summary>Why the connection ended, once it did.</summary>
-    public string? CloseReason { get; private set; }
+    public override string? CloseReason => _closeReason;
+
+    private string? _closeReason;
 
     /// <summary>Terminates sent because the peer broke the protocol (for tests).</summary>
     public TerminateCode? LastTerminateSent { get; private set; }
@@ -178,7 +180,7 @@ internal sealed partial class IwarpConnection : IDisposable
     public Task Completion { get; private set; } = Task.CompletedTask;
 
     /// <summary>Starts the receive thread; bytes that followed the handshake in the receive pipe are parsed first.</summary>
-    public void Start()
+    public override void Start()
     {
         // Exactly one of Start and Close owns the receive pipe's end: the thread started here, or Close.
         if (Interlocked.Exchange(ref _started, 1) != 0) return;
@@ -242,7 +244,7 @@ internal sealed partial class IwarpConnection : IDisposable
     private readonly Queue<(PendingRead? Read, WorkCompletion Completion)> _order = new();
 
     /// <summary>DMA engine thread: delivers the completion of a request other than an RDMA Read, in posting order.</summary>
-    public void CompleteInOrder(in WorkCompletion wc)
+    public override void CompleteInOrder(in WorkCompletion wc)
     {
         lock (_readsLock)
         {
@@ -260,9 +262,12 @@ internal sealed partial class IwarpConnection : IDisposable
     internal Action? BeforeReadQueued { get; set; }
 
     /// <summary>Runs a send work request over the wire. RDMA Read completes later, when its response arrives.</summary>
-    public WcStatus Execute(in SendWorkRequest wr, MemoryRegion? local, long localOffset, out bool deferred)
+    /// <summary>RDMA Reads complete from the receive loop, when their last response segment arrives.</summary>
+    public override bool CompletesReadsLater => true;
+
+    public override WcStatus Execute(in SendWorkRequest wr, MemoryRegion? local, long localOffset, out TransportOutcome outcome)
     {
-        deferred = false;
+        outcome = TransportOutcome.Done;
         if (Volatile.Read(ref _closed) != 0 || !WaitUntilMayTransmit()) return WcStatus.RetryExcErr;
         try
         {
@@ -313,7 +318,7 @@ internal sealed partial class IwarpConnection : IDisposable
                         // completes in its turn behind the reads before it.
                         var req = new RdmaReadRequest(wr.Local.LKey, wr.Local.Address, wr.Local.Length, wr.RKey, wr.RemoteAddress);
                         lock (_sendLock) _encoder.WriteReadRequest(_out, _readMsn++, req);
-                        deferred = true;
+                        outcome = TransportOutcome.Deferred;
                         return WcStatus.Success;
                     }
                 default:
@@ -398,6 +403,9 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     /// <summary>DMA engine thread: answers accepted RDMA Read Requests, in order.</summary>
+    public override void TakeTurn() => ServiceInbound();
+
+    /// <summary>Answers accepted RDMA Read Requests, in order (the engine's turn, or the receive loop before a Terminate).</summary>
     public void ServiceInbound()
     {
         // Inside the QP's gate: a QP in Error or destroyed answers no more Read Requests.
@@ -444,7 +452,7 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     /// <summary>DMA engine thread: sends what the last batch of work requests encoded (one system call for many small messages).</summary>
-    public void FlushPending()
+    public override void FlushPending()
     {
         if (Volatile.Read(ref _closed) != 0) return;
         try
@@ -479,10 +487,10 @@ internal sealed partial class IwarpConnection : IDisposable
     }
 
     /// <summary>Ends the connection: the QP moves to Error, outstanding reads complete with an error, the socket closes.</summary>
-    public void Close(string reason)
+    public override void Close(string reason)
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
-        CloseReason = reason;
+        _closeReason = reason;
         if (Interlocked.Exchange(ref _opened, 0) != 0)
         {
             Diagnostics.Telemetry.ConnectionOpen(-1);
@@ -512,10 +520,10 @@ internal sealed partial class IwarpConnection : IDisposable
     private Action? _cutOffForRevoke;
 
     /// <summary>Drops a connection that was never attached to its queue pair: the socket closes, the QP is untouched.</summary>
-    public void Abandon()
+    public override void Abandon()
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
-        CloseReason = "not attached: the queue pair was in the wrong state";
+        _closeReason = "not attached: the queue pair was in the wrong state";
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
         Engine.Stop();
         if (Interlocked.Exchange(ref _started, 1) == 0) _rx.Dispose();
