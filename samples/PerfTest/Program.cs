@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using PinnedDma;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 

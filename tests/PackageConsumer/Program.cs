@@ -4,6 +4,7 @@ using System.Net;
 using System.Reflection;
 using System.Runtime.Versioning;
 using System.Text;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Transports.Loopback;
 using PinnedDma;
 using PinnedDma.Storage;

@@ -7,6 +7,7 @@ using PinnedDma.Diagnostics;
 using PinnedDma.Storage;
 using PinnedDma.Tests.Iwarp;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using Xunit;
 

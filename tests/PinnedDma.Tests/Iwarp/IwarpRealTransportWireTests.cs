@@ -1,7 +1,8 @@
 using System.Net;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 using Xunit.Abstractions;
 

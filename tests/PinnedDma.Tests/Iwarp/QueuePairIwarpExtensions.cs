@@ -1,4 +1,4 @@
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
 
 namespace PinnedDma.Tests.Iwarp;

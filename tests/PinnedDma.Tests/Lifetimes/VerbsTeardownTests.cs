@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using PinnedDma.Storage;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 using Xunit;

@@ -3,9 +3,11 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 using PinnedDma.Verbs.Internal;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// The receive side of an iWARP connection: one thread per connection parses FPDUs from its receive pipe and acts on

@@ -2,8 +2,10 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using PinnedDma.Internal;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>Framing parameters fixed by the MPA setup.</summary>
 internal sealed record FpduOptions

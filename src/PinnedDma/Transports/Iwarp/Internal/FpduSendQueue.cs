@@ -3,8 +3,10 @@ using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PinnedDma.Interop;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// Outgoing bytes of one connection as a gather list: small FPDUs are encoded whole into a pinned staging buffer (many

@@ -1,7 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>Which connection-setup frame: the initiator's request or the responder's reply.</summary>
 internal enum MpaFrameKind

@@ -1,6 +1,7 @@
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>iWARP connection settings (MPA, RFC 5044 and RFC 6581).</summary>
 public sealed class IwarpOptions

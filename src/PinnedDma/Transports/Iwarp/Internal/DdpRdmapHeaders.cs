@@ -1,6 +1,8 @@
 using System.Buffers.Binary;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>RDMAP opcodes (RFC 5040 §4.3).</summary>
 internal enum RdmapOpcode : byte

@@ -1,8 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>The active side of the iWARP connection manager (rdma_connect).</summary>
 public static class IwarpConnector

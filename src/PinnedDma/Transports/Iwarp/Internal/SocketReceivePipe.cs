@@ -3,8 +3,10 @@ using System.Diagnostics.CodeAnalysis;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// The receive side of one iWARP socket: a <see cref="Pipe"/> that the owning thread fills with <c>recv</c> and drains

@@ -1,8 +1,10 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.ObjectPool;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Verbs;
 using PinnedDma.Verbs.Internal;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// One iWARP connection under an RC queue pair: RDMAP over DDP over MPA over a real TCP socket. The DMA engine thread

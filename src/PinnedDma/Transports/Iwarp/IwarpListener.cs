@@ -1,9 +1,10 @@
 using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Interop;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>
 /// Listens for iWARP connections on a TCP endpoint (rdma_listen). Each incoming MPA request becomes an

@@ -1,8 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>An incoming iWARP connection waiting for <see cref="Accept"/> or <see cref="Reject"/>.</summary>
 public sealed class IwarpConnectionRequest
