@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Interop;
 using PinnedDma.Transports.Iwarp.Internal;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp;
 

@@ -1,5 +1,4 @@
 using PinnedDma.Transports.Iwarp.Internal;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp;
 

@@ -1,6 +1,5 @@
 using Microsoft.Extensions.ObjectPool;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Internal;
 
 namespace PinnedDma.Transports.Iwarp.Internal;
 

@@ -3,7 +3,6 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
-using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using PinnedDma.Verbs.Internal;
 
