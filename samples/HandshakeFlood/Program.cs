@@ -8,6 +8,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 
 int silent = args.Length > 0 ? int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture) : 400;

@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 using PinnedDma;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 
 /// <summary>

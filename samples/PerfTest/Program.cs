@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Net;
 using PinnedDma;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 
 // A perftest-shaped tool: write_bw, read_bw, send_lat, write_lat over the in-process loopback fabric or iWARP/TCP
@@ -124,7 +126,7 @@ sealed class Bench : IDisposable
         b._local = cpd.RegisterBuffer(Region, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
         if (o.Transport == "loopback")
         {
-            QueuePair.ConnectLoopback(b._client, b._server);
+            LoopbackFabric.Connect(b._client, b._server);
         }
         else
         {

@@ -1,5 +1,6 @@
 using PinnedDma;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 
 // 1. A volume in a local file: no setup, no privileges.
@@ -25,7 +26,7 @@ Console.WriteLine($"        pinned blocks are private now: shared={file.GetExten
 // 3. An RDMA WRITE over the loopback fabric lands in the file's blocks.
 var client = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
 var server = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
-QueuePair.ConnectLoopback(client, server);
+LoopbackFabric.Connect(client, server);
 var source = pd.RegisterBuffer(4096, AccessFlags.LocalWrite);
 "hello, pinned world"u8.CopyTo(source.GetBufferSpan());
 client.PostSend(new SendWorkRequest

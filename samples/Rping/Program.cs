@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Text;
 using PinnedDma;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 
 // rping over the iWARP transport, on the wire the same as rdma-core's rping (librdmacm/examples), so either side can

@@ -4,6 +4,7 @@ using System.Diagnostics;
 using System.Net;
 using PinnedDma;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 
 // A storage server that lets clients RDMA-read and -write their file directly while it keeps cloning, truncating

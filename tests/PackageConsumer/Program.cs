@@ -4,6 +4,8 @@ using System.Net;
 using System.Reflection;
 using System.Runtime.Versioning;
 using System.Text;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Loopback;
 using PinnedDma;
 using PinnedDma.Storage;
 using PinnedDma.Verbs;
@@ -35,7 +37,7 @@ try
     var scq = server.CreateCompletionQueue(16);
     var lbClient = spd.CreateQueuePair(new QueuePairOptions { SendCq = scq, RecvCq = scq });
     var lbServer = spd.CreateQueuePair(new QueuePairOptions { SendCq = scq, RecvCq = scq });
-    QueuePair.ConnectLoopback(lbClient, lbServer);
+    LoopbackFabric.Connect(lbClient, lbServer);
     var lbSource = spd.RegisterBuffer(4096, AccessFlags.LocalWrite);
     Write(lbClient, scq, lbSource, "written over loopback", mr, 0, file, "loopback");
 

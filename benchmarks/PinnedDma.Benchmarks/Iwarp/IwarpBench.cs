@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Benchmarks.Verbs;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 
 namespace PinnedDma.Benchmarks.Iwarp;

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 
 namespace PinnedDma.Benchmarks.Verbs;
@@ -50,7 +51,7 @@ public static class VerbsBench
             var peer = pd.CreateQueuePair(new QueuePairOptions { SendCq = peerCq, RecvCq = peerCq, MaxSendWr = 16, MaxRecvWr = 16 });
             var local = pd.RegisterBuffer(localLength, AccessFlags.LocalWrite);
             var remote = target.Register(pd);
-            QueuePair.ConnectLoopback(qp, peer);
+            LoopbackFabric.Connect(qp, peer);
             return new LoopbackPair { Target = target, Device = dev, Cq = cq, PeerCq = peerCq, Qp = qp, Peer = peer, Local = local, Remote = remote };
         }
 

@@ -5,7 +5,7 @@ namespace PinnedDma.Diagnostics;
 /// (for example <c>dotnet-counters monitor --counters PinnedDma</c>, or OpenTelemetry's <c>AddMeter("PinnedDma")</c>).
 /// Traces: an <see cref="System.Diagnostics.ActivitySource"/> named <see cref="ActivitySourceName"/> with spans for
 /// iWARP connection setup, lease breaks and volume open/replay. Logs go to the <c>ILoggerFactory</c> given in
-/// <see cref="Storage.VolumeOptions.LoggerFactory"/> and <see cref="Verbs.IwarpOptions.LoggerFactory"/>. Nothing is measured
+/// <see cref="Storage.VolumeOptions.LoggerFactory"/> and <see cref="Transports.Iwarp.IwarpOptions.LoggerFactory"/>. Nothing is measured
 /// or allocated for an instrument nobody listens to.
 /// </summary>
 /// <remarks>

@@ -1,4 +1,5 @@
 using PinnedDma.Internal;
+using PinnedDma.Verbs.Internal;
 
 namespace PinnedDma.Verbs;
 
@@ -11,7 +12,6 @@ namespace PinnedDma.Verbs;
 public sealed class QueuePair : IDisposable
 {
     private static int s_nextQpn = 0x11;
-    internal static readonly Dictionary<uint, QueuePair> Fabric = new();
 
     internal readonly object Sync = new();
     private readonly SendWorkRequest[] _sq;
@@ -37,7 +37,7 @@ public sealed class QueuePair : IDisposable
         _sq = new SendWorkRequest[o.MaxSendWr];
         _rq = new RecvWorkRequest[o.MaxRecvWr];
         QpNumber = (uint)Interlocked.Increment(ref s_nextQpn);
-        lock (Fabric) Fabric[QpNumber] = this;
+        QpNumberTable.Add(this);
         Diagnostics.Telemetry.QueuePairMoved(null, QpState.Reset);
     }
 
@@ -62,21 +62,24 @@ public sealed class QueuePair : IDisposable
     /// <summary>The connected peer's number, once RTR.</summary>
     public uint DestQpNumber { get; private set; }
 
-    internal QueuePair? Peer { get; private set; }
-
-    internal Iwarp.IwarpConnection? Connection { get; private set; }
+    /// <summary>
+    /// What carries this QP's work to its peer: set by a move to RTR (a queue pair in this process, by number) or by a
+    /// connection manager (<see cref="AttachConnection"/>); null before either. A move to Reset closes it; the next
+    /// RTR or connection replaces it.
+    /// </summary>
+    internal QpTransport? Transport { get; private set; }
 
     /// <summary>
-    /// The engine that executes this QP's send queue: a connected iWARP QP has its own (so a slow or stalled peer holds
-    /// up only its own queue pair); others use the device's.
+    /// The engine that executes this QP's send queue: the transport's (an iWARP connection has its own, so a slow or
+    /// stalled peer holds up only its own queue pair); the device's without one.
     /// </summary>
-    internal Internal.DmaEngine Engine => Connection?.Engine ?? Pd.Device.Engine;
+    internal DmaEngine Engine => Transport?.Engine ?? Pd.Device.Engine;
 
-    /// <summary>Why the iWARP connection under this QP ended, if it did.</summary>
-    public string? ConnectionCloseReason => Connection?.CloseReason;
+    /// <summary>Why the connection under this QP ended, if it did.</summary>
+    public string? ConnectionCloseReason => Transport?.CloseReason;
 
     /// <summary>The connection manager attaches a connected transport: the QP moves (from Reset or Init) to RTS.</summary>
-    internal void AttachConnection(Iwarp.IwarpConnection connection)
+    internal void AttachConnection(QpTransport connection)
     {
         lock (Sync)
         {
@@ -88,7 +91,7 @@ public sealed class QueuePair : IDisposable
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Connecting a QP in {_state}: it must be in Reset or Init.");
             }
             if (_state == QpState.Reset) RemoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite;
-            Connection = connection;
+            Transport = connection;
             SetStateLocked(QpState.Rts);
         }
         connection.Start();
@@ -146,9 +149,8 @@ public sealed class QueuePair : IDisposable
         {
             if (attributes.DestQpNumber is not uint dest)
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "RTR needs DestQpNumber.");
-            else
-                lock (Fabric)
-                    if (!Fabric.TryGetValue(dest, out peer)) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"No queue pair 0x{dest:x} on the fabric.");
+            else if ((peer = QpNumberTable.Find(dest)) is null)
+                ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"No queue pair 0x{dest:x} on the fabric.");
         }
         lock (Sync)
         {
@@ -162,13 +164,12 @@ public sealed class QueuePair : IDisposable
                     FlushAllLocked();
                     _sqCount = _rqCount = 0;
                     _sqHead = _rqHead = 0;
-                    Peer = null;
                     break;
                 case QpState.Init:
                     if (attributes.AccessFlags is AccessFlags a) RemoteAccess = a;
                     break;
                 case QpState.Rtr:
-                    Peer = peer;
+                    Transport = ByNumber(peer!);
                     DestQpNumber = attributes.DestQpNumber!.Value;
                     break;
                 case QpState.Error:
@@ -181,7 +182,7 @@ public sealed class QueuePair : IDisposable
         if (attributes.State is QpState.Error or QpState.Reset)
         {
             // No remote access from here on: the connection ends and the accesses already inside leave first.
-            Connection?.Close($"queue pair moved to {attributes.State}");
+            Transport?.Close($"queue pair moved to {attributes.State}");
             WaitForActiveToLeave();
         }
         if (attributes.State is QpState.Rts) Engine.Ring(this);
@@ -274,7 +275,7 @@ public sealed class QueuePair : IDisposable
             _rqCount++;
         }
         // A sender may be waiting for this receive (RNR).
-        if (Peer is { } p) p.Engine.Ring(p);
+        Transport?.ReceivePosted();
     }
 
     internal bool TryPeekSend(out SendWorkRequest wr, out int epoch)
@@ -452,27 +453,39 @@ public sealed class QueuePair : IDisposable
         _ => WcOpcode.Send,
     };
 
-    /// <summary>Connects two queue pairs over the loopback fabric: Reset → Init → Rtr → Rts on both sides.</summary>
-    /// <param name="a">One queue pair, in Reset or Init.</param>
-    /// <param name="b">The other, in Reset or Init.</param>
-    /// <param name="remoteAccess">Remote operations both accept.</param>
-    /// <exception cref="ArgumentNullException"><paramref name="a"/> or <paramref name="b"/> is null.</exception>
-    /// <exception cref="ObjectDisposedException">Either queue pair is disposed.</exception>
-    /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.InvalidArgument"/>: a queue pair is not in Reset or Init. The moves are made one by
-    /// one (see <see cref="Modify"/>), so <paramref name="a"/> may already have moved when <paramref name="b"/> refuses.
-    /// </exception>
-    public static void ConnectLoopback(QueuePair a, QueuePair b, AccessFlags remoteAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)
+    /// <summary>The transport of a queue pair connected by number (the loopback fabric installs it).</summary>
+    private QpTransport ByNumber(QueuePair peer) =>
+        QpTransport.ConnectByNumber?.Invoke(this, peer) ?? throw new InvalidOperationException("No transport serves queue pairs connected by number.");
+
+    /// <summary>
+    /// Moves <paramref name="a"/> and <paramref name="b"/> (Reset or Init) through Init and Rtr (each naming the other)
+    /// to Rts, all or nothing: both are checked under both locks before either moves, so a refusal changes neither.
+    /// </summary>
+    internal static void ConnectPair(QueuePair a, QueuePair b, AccessFlags remoteAccess)
     {
-        ArgumentNullException.ThrowIfNull(a);
-        ArgumentNullException.ThrowIfNull(b);
-        foreach (var (q, peer) in new[] { (a, b), (b, a) })
-        {
-            q.Modify(new QpAttributes { State = QpState.Init, AccessFlags = remoteAccess });
-            q.Modify(new QpAttributes { State = QpState.Rtr, DestQpNumber = peer.QpNumber });
-        }
-        a.Modify(new QpAttributes { State = QpState.Rts });
-        b.Modify(new QpAttributes { State = QpState.Rts });
+        var (first, second) = a.QpNumber <= b.QpNumber ? (a, b) : (b, a);
+        lock (first.Sync)
+            lock (second.Sync)
+            {
+                foreach (var q in new[] { a, b })
+                {
+                    if (q._disposed != 0) ThrowHelper.ThrowObjectDisposed(q);
+                    if (q._state is not (QpState.Reset or QpState.Init))
+                        ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Connecting {q}: it is in {q._state}, it must be in Reset or Init.");
+                }
+                foreach (var (q, peer) in a == b ? new[] { (a, b) } : new[] { (a, b), (b, a) })
+                {
+                    q.RemoteAccess = remoteAccess;
+                    q.SetStateLocked(QpState.Init);
+                    q.Transport = q.ByNumber(peer);
+                    q.DestQpNumber = peer.QpNumber;
+                    q.SetStateLocked(QpState.Rtr);
+                }
+                a.SetStateLocked(QpState.Rts);
+                if (a != b) b.SetStateLocked(QpState.Rts);
+            }
+        a.Engine.Ring(a);
+        b.Engine.Ring(b);
     }
 
     /// <summary>
@@ -493,9 +506,9 @@ public sealed class QueuePair : IDisposable
                 FlushAllLocked();
             }
         }
-        Connection?.Close("queue pair destroyed");
+        Transport?.Close("queue pair destroyed");
         WaitForActiveToLeave();
-        lock (Fabric) Fabric.Remove(QpNumber);
+        QpNumberTable.Remove(this);
         Diagnostics.Telemetry.QueuePairMoved(QpState.Error, null);
         Pd.Forget(this);
     }

@@ -5,7 +5,9 @@ using System.Net;
 using Microsoft.Extensions.Logging;
 using PinnedDma.Diagnostics;
 using PinnedDma.Storage;
+using PinnedDma.Tests.Iwarp;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using Xunit;
 

@@ -1,8 +1,10 @@
 using System.Buffers.Binary;
 using System.Globalization;
 using System.Net;
+using PinnedDma.Tests.Iwarp;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 using Xunit.Abstractions;
 

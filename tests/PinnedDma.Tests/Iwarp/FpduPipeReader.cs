@@ -1,6 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 
 namespace PinnedDma.Tests.Iwarp;
 

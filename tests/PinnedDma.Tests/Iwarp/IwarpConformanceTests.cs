@@ -1,7 +1,8 @@
 using System.Net;
 using System.Text;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 
 namespace PinnedDma.Tests.Iwarp;
@@ -596,7 +597,7 @@ public sealed class IwarpConformanceTests : IDisposable
         int ours = side.Qp.Connection!.Emss;
         Assert.True(ours > 0 && ours <= announced, $"our EMSS {ours} vs the {announced} announced");
         // MULPDU = EMSS - 6, kept 4-byte aligned: an FPDU of exactly the segment size, or up to 3 bytes less.
-        Assert.Equal(ours - 6 - ((ours - 4) & 3), side.Qp.Connection.MaxUlpduLength);
+        Assert.Equal(ours - 6 - ((ours - 4) & 3), side.Qp.Connection!.MaxUlpduLength);
         SendBulk(side, 20_000);
         int largest = ReceiveBulk(peer, 20_000, ours);
         Assert.True(largest > ours - 4, $"FPDUs of at most {largest} bytes do not fill the {ours}-byte segment");
@@ -630,7 +631,7 @@ public sealed class IwarpConformanceTests : IDisposable
         await accepted.WaitAsync(Bound);
         int emss = b.Qp.Connection!.Emss;
         Assert.True(emss > 16 * 1024, $"loopback EMSS {emss}");
-        Assert.True(b.Qp.Connection.MaxUlpduLength > 16 * 1024 && b.Qp.Connection.MaxUlpduLength <= emss - 6);
+        Assert.True(b.Qp.Connection!.MaxUlpduLength > 16 * 1024 && b.Qp.Connection!.MaxUlpduLength <= emss - 6);
         Assert.True(a.Qp.Connection!.MaxUlpduLength > 16 * 1024);
 
         var c = NewSide();

@@ -5,8 +5,9 @@ using System.Net;
 using System.Net.Sockets;
 using FsCheck.Xunit;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 
 namespace PinnedDma.Tests.Iwarp;

@@ -1,6 +1,6 @@
 using System.Buffers;
 using PinnedDma.Internal;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using Xunit;
 
 namespace PinnedDma.Tests.Iwarp;

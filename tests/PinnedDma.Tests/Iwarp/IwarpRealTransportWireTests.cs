@@ -1,7 +1,8 @@
 using System.Net;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -90,7 +91,7 @@ public sealed class IwarpRealTransportWireTests : IDisposable
         await accept.WaitAsync(Step);
         uint rkey = BitConverter.ToUInt32(reply.Span);
         Assert.Equal(crc, cqp.Connection!.Negotiated.Crc);
-        Assert.Equal(revision, cqp.Connection.Negotiated.Revision);
+        Assert.Equal(revision, cqp.Connection!.Negotiated.Revision);
 
         // One small message at a time, each completion awaited before the next is posted.
         cqp.PostSend(new SendWorkRequest { WrId = 1, Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new(buf.Address, 301, buf.LKey), RemoteAddress = 4096, RKey = rkey });
@@ -110,8 +111,8 @@ public sealed class IwarpRealTransportWireTests : IDisposable
         await NextAsync(ccq);
         await cqp.Connection!.Completion.WaitAsync(Step);
         await sqp.Connection!.Completion.WaitAsync(Step);
-        Assert.Equal(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), sqp.Connection.LastTerminateSent);
-        Assert.Equal(sqp.Connection.LastTerminateSent, cqp.Connection.LastTerminateReceived);
+        Assert.Equal(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), sqp.Connection!.LastTerminateSent);
+        Assert.Equal(sqp.Connection!.LastTerminateSent, cqp.Connection!.LastTerminateReceived);
         Assert.Equal(QpState.Error, cqp.State);
         Assert.Equal(QpState.Error, sqp.State);
 

@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using Xunit;
 
 namespace PinnedDma.Tests.Iwarp;

@@ -1,5 +1,6 @@
 using System.Net;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using Xunit;
 

@@ -4,7 +4,7 @@ using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using Xunit;
 using Xunit.Abstractions;
 

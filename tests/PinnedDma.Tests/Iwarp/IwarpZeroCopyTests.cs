@@ -7,8 +7,9 @@ using FsCheck;
 using FsCheck.Fluent;
 using FsCheck.Xunit;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 
 namespace PinnedDma.Tests.Iwarp;

@@ -1,3 +1,4 @@
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 using Xunit;
 
@@ -59,7 +60,7 @@ public sealed class ActiveGateTests : IDisposable
     [InlineData(true)]
     public void Closing_waits_for_the_access_inside_and_admits_none_after(bool dispose)
     {
-        QueuePair.ConnectLoopback(_a, _b);
+        LoopbackFabric.Connect(_a, _b);
         Assert.True(_a.TryEnterActive()); // an access in progress on this thread
         var closer = new Thread(() =>
         {
@@ -89,7 +90,7 @@ public sealed class ActiveGateTests : IDisposable
     [Fact]
     public void Racing_accesses_never_outlive_the_close()
     {
-        QueuePair.ConnectLoopback(_a, _b);
+        LoopbackFabric.Connect(_a, _b);
         int inside = 0, lateEntries = 0, entries = 0;
         bool closed = false;
         using var stop = new CancellationTokenSource(Bound);

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using PinnedDma.Storage;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 using Xunit;
 
@@ -109,7 +110,7 @@ public sealed class DisposeStressTests
         var cq = dev.CreateCompletionQueue(1 << 14);
         var a = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq, MaxSendWr = 256 });
         var b = pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq, MaxSendWr = 256 });
-        QueuePair.ConnectLoopback(a, b);
+        LoopbackFabric.Connect(a, b);
         var w = new World
         {
             Device = dev,

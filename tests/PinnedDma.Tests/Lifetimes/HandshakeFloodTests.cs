@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using Xunit;
 
@@ -144,7 +145,7 @@ public sealed class HandshakeFloodTests
             // and another address connects.
             await GoodClientConnectsAndTalksAsync(listener);
             // The ones within the limit still complete their handshake: one of them sends a real request.
-            first[0].Send(PinnedDma.Verbs.Iwarp.MpaNegotiation.BuildRequest(new PinnedDma.Verbs.Iwarp.MpaLocalSettings()).ToArray());
+            first[0].Send(PinnedDma.Transports.Iwarp.Internal.MpaNegotiation.BuildRequest(new PinnedDma.Transports.Iwarp.Internal.MpaLocalSettings()).ToArray());
             using var giveUp = new CancellationTokenSource(Bound);
             var request = await listener.AcceptAsync(giveUp.Token);
             Assert.Equal(IPAddress.Parse("127.0.0.2"), request.RemoteEndPoint.Address);

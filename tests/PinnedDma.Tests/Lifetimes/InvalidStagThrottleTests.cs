@@ -1,5 +1,7 @@
 using System.Net;
+using PinnedDma.Tests.Iwarp;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using Xunit;
 

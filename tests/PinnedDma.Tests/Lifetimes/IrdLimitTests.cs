@@ -2,8 +2,9 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Tests.Iwarp;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 
 namespace PinnedDma.Tests.Lifetimes;
@@ -73,7 +74,7 @@ public sealed class IrdLimitTests
         var (qp, big, s) = await ServerWithRawClientAsync(dev, listener, revision: 1);
         using var peer = s;
         Assert.Equal(1, qp.Connection!.Negotiated.Revision);
-        Assert.Equal(128, qp.Connection.IrdLimit);
+        Assert.Equal(128, qp.Connection!.IrdLimit);
         big.GetBufferSpan()[..256].Fill(0x5A);
         // One big read blocks the responses (the peer is not reading yet), then 99 small ones queue behind it: 100 > 16.
         const int small = 100;
@@ -86,7 +87,7 @@ public sealed class IrdLimitTests
         while (lastSegments < small && sw.Elapsed < Bound)
         {
             var f = raw.ReceiveFpdu();
-            Assert.True(f is not null, $"the stream ended after {lastSegments} responses: {qp.Connection.CloseReason}");
+            Assert.True(f is not null, $"the stream ended after {lastSegments} responses: {qp.Connection!.CloseReason}");
             Assert.True(f!.Opcode == (int)RdmapOpcode.RdmaReadResponse, $"opcode {f.Opcode} (a Terminate?) after {lastSegments} responses");
             if (f.Last) lastSegments++;
         }

@@ -1,4 +1,5 @@
 using System.Net;
+using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using Xunit;
 

@@ -3,8 +3,9 @@ using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Storage;
 using PinnedDma.Tests.Iwarp;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 
 namespace PinnedDma.Tests.Lifetimes;

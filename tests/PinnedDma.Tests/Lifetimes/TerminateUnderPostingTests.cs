@@ -1,8 +1,9 @@
 using System.Buffers;
 using System.Diagnostics;
 using PinnedDma.Tests.Iwarp;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 using PinnedDma.Verbs;
-using PinnedDma.Verbs.Iwarp;
 using Xunit;
 
 namespace PinnedDma.Tests.Lifetimes;

@@ -1,8 +1,10 @@
 using System.Buffers.Binary;
 using System.Net;
 using PinnedDma.Storage;
-using PinnedDma.Verbs;
 using PinnedDma.Tests.Verbs;
+using PinnedDma.Transports.Iwarp;
+using PinnedDma.Transports.Loopback;
+using PinnedDma.Verbs;
 using Xunit;
 
 namespace PinnedDma.Tests.Lifetimes;
@@ -239,7 +241,7 @@ public sealed class VerbsTeardownTests : IDisposable
         var cq = rig.Device.CreateCompletionQueue(8);
         var x = rig.Pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
         var y = rig.Pd.CreateQueuePair(new QueuePairOptions { SendCq = cq, RecvCq = cq });
-        QueuePair.ConnectLoopback(x, y);
+        LoopbackFabric.Connect(x, y);
         var dst = rig.Pd.RegisterBuffer(64, VerbsRig.All);
         x.PostSend(VerbsRig.Write(3, local, 0, 64, dst, 0));
         Assert.Equal(WcStatus.Success, VerbsRig.WaitOne(cq).Status);

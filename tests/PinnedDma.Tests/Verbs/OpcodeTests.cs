@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using PinnedDma.Storage;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 using Xunit;
 
@@ -302,7 +303,7 @@ public sealed class OpcodeTests : IDisposable
         var remote = Make("buffer", 4096, VerbsRig.All);
         _rig.A.Modify(new QpAttributes { State = QpState.Reset });
         _rig.B.Modify(new QpAttributes { State = QpState.Reset });
-        QueuePair.ConnectLoopback(_rig.A, _rig.B, AccessFlags.RemoteRead);
+        LoopbackFabric.Connect(_rig.A, _rig.B, AccessFlags.RemoteRead);
         _rig.A.PostSend(VerbsRig.Write(1, local.Mr, 0, 64, remote.Mr, 0));
         Assert.Equal(WcStatus.RemAccessErr, VerbsRig.WaitOne(_rig.CqA).Status);
     }

@@ -1,4 +1,5 @@
 using PinnedDma.Storage;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 using Xunit;
 
@@ -22,7 +23,7 @@ internal sealed class VerbsRig : IDisposable
         CqB = Device.CreateCompletionQueue(cqCapacity);
         A = Pd.CreateQueuePair(new QueuePairOptions { SendCq = CqA, RecvCq = CqA, MaxSendWr = maxSendWr });
         B = Pd.CreateQueuePair(new QueuePairOptions { SendCq = CqB, RecvCq = CqB, MaxSendWr = maxSendWr });
-        QueuePair.ConnectLoopback(A, B);
+        LoopbackFabric.Connect(A, B);
     }
 
     public Volume Volume { get; }
@@ -112,7 +113,7 @@ internal sealed class VerbsRig : IDisposable
     {
         A.Modify(new QpAttributes { State = QpState.Reset });
         B.Modify(new QpAttributes { State = QpState.Reset });
-        QueuePair.ConnectLoopback(A, B);
+        LoopbackFabric.Connect(A, B);
     }
 
     public void Dispose()

@@ -1,4 +1,5 @@
 using PinnedDma.Storage;
+using PinnedDma.Transports.Loopback;
 using PinnedDma.Verbs;
 using Xunit;
 
@@ -20,7 +21,7 @@ public sealed class VerbsSmokeTests : IDisposable
         _cq = _dev.CreateCompletionQueue(256);
         _a = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq });
         _b = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq });
-        QueuePair.ConnectLoopback(_a, _b);
+        LoopbackFabric.Connect(_a, _b);
     }
 
     public void Dispose()

@@ -1,6 +1,3 @@
-using System.Buffers.Binary;
-using Microsoft.Extensions.ObjectPool;
-
 namespace PinnedDma.Verbs.Internal;
 
 /// <summary>
@@ -18,7 +15,6 @@ internal sealed class DmaEngine : IDisposable
     private readonly Queue<QueuePair> _doorbell = new(64);
     private readonly List<QueuePair> _rnr = new();
     private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
-    private readonly ObjectPool<byte[]> _scratch = new DefaultObjectPool<byte[]>(new ScratchPolicy(), 8);
     private readonly Thread _thread;
     private volatile bool _stop;
     private volatile int _pending;
@@ -94,10 +90,10 @@ internal sealed class DmaEngine : IDisposable
         if (!qp.TryEnterActive()) return;
         try
         {
-            var connection = qp.Connection;
-            connection?.ServiceInbound();
-            ProcessSendQueue(qp);
-            connection?.FlushPending();
+            var transport = qp.Transport;
+            transport?.TakeTurn();
+            ProcessSendQueue(qp, transport);
+            transport?.FlushPending();
         }
         catch (Exception e)
         {
@@ -118,24 +114,24 @@ internal sealed class DmaEngine : IDisposable
             qp.FailRequest(qp.SendCq, new WorkCompletion(wr.WrId, WcStatus.LocQpOpErr, QueuePair.ToWcOpcode(wr.Opcode), 0, qp.QpNumber, WcFlags.None, 0, 0));
         else
             qp.EnterError();
-        qp.Connection?.Close($"engine fault: {e.GetType().Name}: {e.Message}");
+        qp.Transport?.Close($"engine fault: {e.GetType().Name}: {e.Message}");
     }
 
-    private void ProcessSendQueue(QueuePair qp)
+    private void ProcessSendQueue(QueuePair qp, QpTransport? transport)
     {
         for (int n = 0; n < Budget; n++)
         {
             if (!qp.TryPeekSend(out var wr, out int epoch)) return;
-            // Fence: wait for earlier network RDMA Reads; their last completion rings the queue pair again.
-            if ((wr.Flags & SendFlags.Fence) != 0 && qp.Connection is { } fenced && fenced.ParkForFence()) return;
-            // An RDMA Read over the network completes from the receive loop, possibly before Execute returns: free its
-            // send-queue slot first, or a poster that saw the completion and refills the queue gets a false "full".
-            bool popFirst = qp.Connection is not null && wr.Opcode == WrOpcode.RdmaRead;
+            // Fence: wait for earlier RDMA Reads the transport completes later; the last one rings the queue pair again.
+            if ((wr.Flags & SendFlags.Fence) != 0 && transport is not null && transport.ParkForFence()) return;
+            // An RDMA Read the transport completes later may complete before Execute returns: free its send-queue slot
+            // first, or a poster that saw the completion and refills the queue gets a false "full".
+            bool popFirst = transport is { CompletesReadsLater: true } && wr.Opcode == WrOpcode.RdmaRead;
             // ORD: no more RDMA Reads outstanding than the peer's IRD; the next one to complete rings the queue pair.
-            if (popFirst && qp.Connection!.ParkForOrd()) return;
+            if (popFirst && transport!.ParkForOrd()) return;
             if (popFirst && !qp.PopSend(epoch)) return; // flushed meanwhile: the flush completed it
-            var status = Execute(qp, in wr, out uint bytes, out bool rnr);
-            if (rnr)
+            var status = Execute(qp, transport, in wr, out uint bytes, out var outcome);
+            if (outcome == TransportOutcome.ReceiverNotReady)
             {
                 long now = Environment.TickCount64;
                 if (qp.RnrDeadline == 0) qp.RnrDeadline = now + (long)qp.RnrTimeout.TotalMilliseconds;
@@ -150,17 +146,17 @@ internal sealed class DmaEngine : IDisposable
             // A flush (move to Error, Dispose) since the peek completed this request already.
             if (!popFirst && !qp.PopSend(epoch)) return;
             Interlocked.Increment(ref Executed);
-            if (status == WcStatus.Success && bytes == uint.MaxValue)
+            if (status == WcStatus.Success && outcome == TransportOutcome.Deferred)
             {
-                // Deferred (RDMA Read over the network): the transport completes it.
+                // The transport completes it.
             }
             else if (status == WcStatus.Success)
             {
                 if (qp.SignalAll || (wr.Flags & SendFlags.Signaled) != 0)
                 {
                     var wc = new WorkCompletion(wr.WrId, status, QueuePair.ToWcOpcode(wr.Opcode), bytes, qp.QpNumber, WcFlags.None, 0, 0);
-                    // Over the network a completion may have to wait behind an outstanding RDMA Read.
-                    if (qp.Connection is { } connection) connection.CompleteInOrder(wc);
+                    // A completion may have to wait behind an outstanding RDMA Read the transport completes later.
+                    if (transport is not null) transport.CompleteInOrder(wc);
                     else qp.SendCq.Push(wc);
                 }
             }
@@ -173,9 +169,9 @@ internal sealed class DmaEngine : IDisposable
         Ring(qp); // more work: take turns with other queue pairs
     }
 
-    private WcStatus Execute(QueuePair qp, in SendWorkRequest wr, out uint bytes, out bool rnr)
+    private static WcStatus Execute(QueuePair qp, QpTransport? transport, in SendWorkRequest wr, out uint bytes, out TransportOutcome outcome)
     {
-        rnr = false;
+        outcome = TransportOutcome.Done;
         bytes = wr.Local.Length;
         if (wr.Opcode == WrOpcode.LocalInvalidate)
         {
@@ -188,114 +184,9 @@ internal sealed class DmaEngine : IDisposable
         bool sinkIsLocal = wr.Opcode is WrOpcode.RdmaRead or WrOpcode.AtomicCompareSwap or WrOpcode.AtomicFetchAdd;
         var ls = ResolveLocal(qp, in wr.Local, sinkIsLocal, out var lmr, out long loff);
         if (ls != WcStatus.Success) return ls;
-        if (qp.Connection is { } connection)
-        {
-            var st = connection.Execute(in wr, lmr, loff, out bool deferred);
-            if (deferred) bytes = uint.MaxValue; // completion comes with the response
-            return st;
-        }
-        var peer = qp.Peer;
-        // The responder's gate: a peer in Error (or disposed) serves nothing, and its Modify/Dispose waits for this.
-        if (peer is null || !peer.TryEnterActive()) return WcStatus.RetryExcErr;
-        try
-        {
-            return ExecuteLoopback(qp, peer, in wr, lmr, loff, out rnr);
-        }
-        finally
-        {
-            peer.ExitActive();
-        }
-    }
-
-    private WcStatus ExecuteLoopback(QueuePair qp, QueuePair peer, in SendWorkRequest wr, MemoryRegion? lmr, long loff, out bool rnr)
-    {
-        rnr = false;
-        switch (wr.Opcode)
-        {
-            case WrOpcode.RdmaWrite:
-            case WrOpcode.RdmaWriteWithImm:
-                {
-                    var rs = Responder.ResolveRemote(peer, wr.RKey, wr.RemoteAddress, wr.Local.Length, AccessFlags.RemoteWrite, out var rmr, out long roff);
-                    if (rs != WcStatus.Success) return rs;
-                    RecvWorkRequest recv = default;
-                    if (wr.Opcode == WrOpcode.RdmaWriteWithImm && !peer.TryTakeRecv(out recv)) { rnr = true; return WcStatus.Success; }
-                    var cs = Copy(lmr, loff, rmr, roff, wr.Local.Length, sourceIsLocal: true);
-                    if (cs != WcStatus.Success) return cs;
-                    if (wr.Opcode == WrOpcode.RdmaWriteWithImm)
-                        peer.RecvCq.Push(new WorkCompletion(recv.WrId, WcStatus.Success, WcOpcode.RecvRdmaWithImm, wr.Local.Length, peer.QpNumber, WcFlags.WithImm, wr.ImmData, 0));
-                    return WcStatus.Success;
-                }
-            case WrOpcode.RdmaRead:
-                {
-                    var rs = Responder.ResolveRemote(peer, wr.RKey, wr.RemoteAddress, wr.Local.Length, AccessFlags.RemoteRead, out var rmr, out long roff);
-                    if (rs != WcStatus.Success) return rs;
-                    return Copy(rmr, roff, lmr, loff, wr.Local.Length, sourceIsLocal: false);
-                }
-            case WrOpcode.AtomicCompareSwap:
-            case WrOpcode.AtomicFetchAdd:
-                {
-                    if (wr.Local.Length != 8) return WcStatus.LocLenErr;
-                    if ((wr.RemoteAddress & 7) != 0) return WcStatus.RemInvReqErr;
-                    var rs = Responder.ResolveRemote(peer, wr.RKey, wr.RemoteAddress, 8, AccessFlags.RemoteAtomic, out var rmr, out long roff);
-                    if (rs != WcStatus.Success) return rs;
-                    if (!rmr!.TryEnter()) return WcStatus.RemAccessErr;
-                    ulong old;
-                    try
-                    {
-                        old = rmr.Atomic(roff, wr.Opcode == WrOpcode.AtomicCompareSwap, wr.CompareAdd, wr.Swap);
-                    }
-                    finally
-                    {
-                        rmr.Exit();
-                    }
-                    if (!lmr!.TryEnter()) return WcStatus.LocProtErr;
-                    try
-                    {
-                        Span<byte> b = stackalloc byte[8];
-                        BinaryPrimitives.WriteUInt64LittleEndian(b, old);
-                        lmr.WriteAt(loff, b);
-                    }
-                    finally
-                    {
-                        lmr.Exit();
-                    }
-                    return WcStatus.Success;
-                }
-            case WrOpcode.Send:
-            case WrOpcode.SendWithImm:
-            case WrOpcode.SendWithInvalidate:
-                {
-                    MemoryRegion? toInvalidate = null;
-                    if (wr.Opcode == WrOpcode.SendWithInvalidate)
-                    {
-                        toInvalidate = peer.Pd.Device.Keys.Lookup(wr.InvalidateRKey);
-                        if (toInvalidate is null || toInvalidate.Pd != peer.Pd) return WcStatus.RemInvReqErr;
-                    }
-                    if (!peer.TryTakeRecv(out var recv)) { rnr = true; return WcStatus.Success; }
-                    var recvSge = recv.Local;
-                    var rs = ResolveLocal(peer, in recvSge, write: true, out var rmr, out long roff);
-                    if (rs != WcStatus.Success || recv.Local.Length < wr.Local.Length)
-                    {
-                        var st = rs != WcStatus.Success ? rs : WcStatus.LocLenErr;
-                        peer.FailRequest(peer.RecvCq, new WorkCompletion(recv.WrId, st, WcOpcode.Recv, 0, peer.QpNumber, WcFlags.None, 0, 0));
-                        return st == WcStatus.LocLenErr ? WcStatus.RemInvReqErr : WcStatus.RemOpErr;
-                    }
-                    var cs = Copy(lmr, loff, rmr, roff, wr.Local.Length, sourceIsLocal: true);
-                    if (cs != WcStatus.Success) return cs;
-                    var flags = WcFlags.None;
-                    if (wr.Opcode == WrOpcode.SendWithImm) flags |= WcFlags.WithImm;
-                    if (toInvalidate is not null)
-                    {
-                        toInvalidate.Invalidate();
-                        flags |= WcFlags.WithInv;
-                    }
-                    peer.RecvCq.Push(new WorkCompletion(recv.WrId, WcStatus.Success, WcOpcode.Recv, wr.Local.Length, peer.QpNumber, flags,
-                        wr.Opcode == WrOpcode.SendWithImm ? wr.ImmData : 0, toInvalidate is null ? 0 : wr.InvalidateRKey));
-                    return WcStatus.Success;
-                }
-            default:
-                return WcStatus.LocQpOpErr;
-        }
+        // A QP in RTS without a transport has no peer (a move to Reset dropped it): the request cannot reach anyone.
+        if (transport is null) return WcStatus.RetryExcErr;
+        return transport.Execute(in wr, lmr, loff, out outcome);
     }
 
     /// <summary>Checks a local SGE against the QP's device and PD (lkey, bounds, LocalWrite for sinks).</summary>
@@ -313,62 +204,6 @@ internal sealed class DmaEngine : IDisposable
         return WcStatus.Success;
     }
 
-    /// <summary>Copies <paramref name="length"/> bytes between regions inside both drains.</summary>
-    private WcStatus Copy(MemoryRegion? src, long soff, MemoryRegion? dst, long doff, uint length, bool sourceIsLocal)
-    {
-        if (length == 0) return WcStatus.Success;
-        if (!src!.TryEnter()) return sourceIsLocal ? WcStatus.LocProtErr : WcStatus.RemAccessErr;
-        try
-        {
-            if (!dst!.TryEnter()) return sourceIsLocal ? WcStatus.RemAccessErr : WcStatus.LocProtErr;
-            try
-            {
-                if (!src.IsOnDemand && !dst.IsOnDemand)
-                {
-                    long done = 0;
-                    while (done < length)
-                    {
-                        var s = src.Piece(soff + done, length - done);
-                        var d = dst.Piece(doff + done, s.Length);
-                        s[..d.Length].CopyTo(d);
-                        done += d.Length;
-                    }
-                    return WcStatus.Success;
-                }
-                var buf = _scratch.Get();
-                try
-                {
-                    long done = 0;
-                    while (done < length)
-                    {
-                        int n = (int)Math.Min(buf.Length, length - done);
-                        src.ReadAt(soff + done, buf.AsSpan(0, n));
-                        dst.WriteAt(doff + done, buf.AsSpan(0, n));
-                        done += n;
-                    }
-                }
-                finally
-                {
-                    _scratch.Return(buf);
-                }
-                return WcStatus.Success;
-            }
-            catch (PinnedDmaException)
-            {
-                // An ODP access the volume refused (no space, a conflicting pin): the responder could not complete it.
-                return WcStatus.RemOpErr;
-            }
-            finally
-            {
-                dst!.Exit();
-            }
-        }
-        finally
-        {
-            src.Exit();
-        }
-    }
-
     public void Dispose()
     {
         Stop();
@@ -383,12 +218,6 @@ internal sealed class DmaEngine : IDisposable
     {
         _stop = true;
         _wake.Set();
-    }
-
-    private sealed class ScratchPolicy : PooledObjectPolicy<byte[]>
-    {
-        public override byte[] Create() => GC.AllocateUninitializedArray<byte>(64 * 1024, pinned: true);
-        public override bool Return(byte[] obj) => true;
     }
 }
 

@@ -1,4 +1,4 @@
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>Layer field of the RDMAP Terminate control field (RFC 5040 §4.8, §7).</summary>
 internal enum TerminateLayer : byte

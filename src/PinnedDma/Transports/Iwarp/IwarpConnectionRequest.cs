@@ -1,8 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
+using PinnedDma.Verbs;
 
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>An incoming iWARP connection waiting for <see cref="Accept"/> or <see cref="Reject"/>.</summary>
 public sealed class IwarpConnectionRequest
@@ -48,9 +49,7 @@ public sealed class IwarpConnectionRequest
     /// <exception cref="ObjectDisposedException"><paramref name="qp"/> is disposed.</exception>
     /// <exception cref="InvalidOperationException">The request was already accepted or rejected.</exception>
     /// <exception cref="ArgumentException">
-    /// <paramref name="privateData"/> is too long for an MPA frame (or, as <see cref="ArgumentOutOfRangeException"/>,
-    /// the listener's <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> is over 16383 with MPA
-    /// revision 2); the request counts as decided.
+    /// <paramref name="privateData"/> is too long for an MPA frame; the request stays undecided.
     /// </exception>
     /// <exception cref="PinnedDmaException">
     /// <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="qp"/> is not in Reset or Init (checked first: the
@@ -113,9 +112,7 @@ public sealed class IwarpConnectionRequest
     /// <param name="privateData">Private data for the reject reply (at most 512 bytes, 508 with MPA revision 2).</param>
     /// <exception cref="InvalidOperationException">The request was already accepted or rejected.</exception>
     /// <exception cref="ArgumentException">
-    /// <paramref name="privateData"/> is too long for an MPA frame (or, as <see cref="ArgumentOutOfRangeException"/>,
-    /// the listener's <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> is over 16383 with MPA
-    /// revision 2); the request counts as decided.
+    /// <paramref name="privateData"/> is too long for an MPA frame; the request stays undecided.
     /// </exception>
     public void Reject(ReadOnlySpan<byte> privateData = default)
     {

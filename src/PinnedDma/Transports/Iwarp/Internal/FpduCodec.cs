@@ -3,7 +3,7 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using PinnedDma.Internal;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>Framing parameters fixed by the MPA setup.</summary>
 internal sealed record FpduOptions

@@ -4,7 +4,7 @@ using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// The receive side of one iWARP socket: a <see cref="Pipe"/> that the owning thread fills with <c>recv</c> and drains

@@ -1,4 +1,4 @@
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>The zero-length ready-to-receive (RTR) messages of RFC 6581 §7 that may open a peer-to-peer connection.</summary>
 [Flags]

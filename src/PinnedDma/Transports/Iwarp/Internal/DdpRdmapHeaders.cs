@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>RDMAP opcodes (RFC 5040 §4.3).</summary>
 internal enum RdmapOpcode : byte

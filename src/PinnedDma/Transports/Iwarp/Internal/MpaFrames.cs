@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>Which connection-setup frame: the initiator's request or the responder's reply.</summary>
 internal enum MpaFrameKind

@@ -1,9 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Interop;
-using PinnedDma.Verbs.Iwarp;
+using PinnedDma.Transports.Iwarp.Internal;
 
-namespace PinnedDma.Verbs;
+namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>
 /// Listens for iWARP connections on a TCP endpoint (rdma_listen). Each incoming MPA request becomes an
@@ -39,7 +39,8 @@ public sealed class IwarpListener : IDisposable
     /// <exception cref="ArgumentNullException"><paramref name="endpoint"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException">
     /// An option is out of range: <see cref="IwarpOptions.MpaRevision"/>, <see cref="IwarpOptions.MaxFpduSize"/>,
-    /// <see cref="IwarpOptions.RtrTypes"/>, a timeout or a limit.
+    /// <see cref="IwarpOptions.RtrTypes"/>, <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> over 16383
+    /// with MPA revision 2, a timeout or a limit.
     /// </exception>
     /// <exception cref="ArgumentException"><see cref="IwarpOptions.PeerToPeer"/> without MPA revision 2.</exception>
     /// <exception cref="System.Net.Sockets.SocketException">The endpoint cannot be bound (in use, not a local address).</exception>

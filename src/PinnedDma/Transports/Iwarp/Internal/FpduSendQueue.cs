@@ -4,7 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PinnedDma.Interop;
 
-namespace PinnedDma.Verbs.Iwarp;
+namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// Outgoing bytes of one connection as a gather list: small FPDUs are encoded whole into a pinned staging buffer (many
