@@ -276,34 +276,49 @@ public sealed partial class Volume
     {
         CheckFileRange(offset, data.Length);
         if (data.IsEmpty) return;
+        Mutate(new RemapContext("write", policy), data, (ctx, data) => WriteBody(ctx, inode, offset, data, sync));
+    }
+
+    internal ValueTask WriteAsync(Inode inode, long offset, ReadOnlyMemory<byte> data, ConflictPolicy? policy, CancellationToken cancellationToken)
+    {
+        CheckFileRange(offset, data.Length);
+        if (data.IsEmpty) return default;
+        return Discard(MutateAsync(new RemapContext("write", policy), data,
+            (ctx, data) => WriteBody(ctx, inode, offset, data.Span, sync: false), cancellationToken));
+    }
+
+    private int WriteBody(RemapContext ctx, Inode inode, long offset, ReadOnlySpan<byte> data, bool sync)
+    {
         var (first, end) = BlockSpan(offset, data.Length);
-        Mutate(new RemapContext("write", policy), data, (ctx, data) =>
+        Live(inode);
+        var conflicts = new List<Seal>();
+        long need = PlanWrite(inode, first, end, WriteMode.Data, conflicts);
+        if (Check(ctx, conflicts, deferrable: false).Halts()) return 0;
+        EnsureSpace(need);
+        CheckMetadataRoom(need > 0 ? 2 + need : 0);
+        ulong before = _alloc.NextGeneration;
+        ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
+        if (offset + data.Length > inode.Size) PrimSetSize(inode, offset + data.Length);
+        if (sync && _alloc.NextGeneration != before)
         {
-            Live(inode);
-            var conflicts = new List<Seal>();
-            long need = PlanWrite(inode, first, end, WriteMode.Data, conflicts);
-            if (Check(ctx, conflicts, deferrable: false).Halts()) return 0;
-            EnsureSpace(need);
-            CheckMetadataRoom(need > 0 ? 2 + need : 0);
-            ulong before = _alloc.NextGeneration;
-            ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
-            if (offset + data.Length > inode.Size) PrimSetSize(inode, offset + data.Length);
-            if (sync && _alloc.NextGeneration != before)
-            {
-                // The write allocated (MAP_SYNC): its metadata is durable before it returns.
-                EndOp();
-                CommitLocked();
-            }
-            return 0;
-        });
+            // The write allocated (MAP_SYNC): its metadata is durable before it returns.
+            EndOp();
+            CommitLocked();
+        }
+        return 0;
     }
 
     // ---------------------------------------------------------------- space operations
 
-    internal void Truncate(Inode inode, long length, ConflictPolicy? policy)
+    internal void Truncate(Inode inode, long length, ConflictPolicy? policy) => Run(TruncateOp(inode, length, policy));
+
+    internal ValueTask TruncateAsync(Inode inode, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(TruncateOp(inode, length, policy), cancellationToken));
+
+    private Op<int> TruncateOp(Inode inode, long length, ConflictPolicy? policy)
     {
         CheckFileRange(length, 0);
-        Mutate(new RemapContext("truncate", policy), ctx =>
+        return new(new RemapContext("truncate", policy), ctx =>
         {
             Live(inode);
             if (length >= inode.Size)
@@ -349,20 +364,26 @@ public sealed partial class Volume
     }
 
     internal void PunchHole(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true);
+        Run(Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true));
+
+    internal ValueTask PunchHoleAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true), cancellationToken));
 
     internal void ZeroRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy) =>
-        Deallocate(inode, offset, length, policy, zeroRange: true, keepSize);
+        Run(Deallocate(inode, offset, length, policy, zeroRange: true, keepSize));
+
+    internal ValueTask ZeroRangeAsync(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(Deallocate(inode, offset, length, policy, zeroRange: true, keepSize), cancellationToken));
 
     /// <summary>
     /// Punch hole and zero range: whole blocks are deallocated and partial edge blocks zeroed. A zero range over a
     /// sealed block writes zeros in place instead, so it never conflicts with the file's own pins.
     /// </summary>
-    private void Deallocate(Inode inode, long offset, long length, ConflictPolicy? policy, bool zeroRange, bool keepSize)
+    private Op<int> Deallocate(Inode inode, long offset, long length, ConflictPolicy? policy, bool zeroRange, bool keepSize)
     {
         CheckFileRange(offset, length);
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
-        Mutate(new RemapContext(zeroRange ? "zero range" : "punch hole", policy), ctx =>
+        return new(new RemapContext(zeroRange ? "zero range" : "punch hole", policy), ctx =>
         {
             Live(inode);
             int shift = BlockShift;
@@ -442,23 +463,29 @@ public sealed partial class Volume
     }
 
     internal void CollapseRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        ShiftRange(inode, offset, length, policy, collapse: true);
+        Run(ShiftRange(inode, offset, length, policy, collapse: true));
+
+    internal ValueTask CollapseRangeAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(ShiftRange(inode, offset, length, policy, collapse: true), cancellationToken));
 
     internal void InsertRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        ShiftRange(inode, offset, length, policy, collapse: false);
+        Run(ShiftRange(inode, offset, length, policy, collapse: false));
+
+    internal ValueTask InsertRangeAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(ShiftRange(inode, offset, length, policy, collapse: false), cancellationToken));
 
     /// <summary>
     /// Collapse range (remove a block-aligned range, shift the rest down) or insert range (shift up, leaving a hole).
     /// Every pin at or after the offset would move, so any such pin conflicts, and Defer cannot help.
     /// </summary>
-    private void ShiftRange(Inode inode, long offset, long length, ConflictPolicy? policy, bool collapse)
+    private Op<int> ShiftRange(Inode inode, long offset, long length, ConflictPolicy? policy, bool collapse)
     {
         string name = collapse ? "collapse range" : "insert range";
         CheckFileRange(offset, length);
         CheckAligned(offset, "offset");
         CheckAligned(length, "length");
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"The {name} length must not be zero.");
-        Mutate(new RemapContext(name, policy), ctx =>
+        return new(new RemapContext(name, policy), ctx =>
         {
             Live(inode);
             if (collapse && offset + length >= inode.Size)
@@ -529,11 +556,17 @@ public sealed partial class Volume
         return blocks;
     }
 
-    internal void CloneRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
+    internal void CloneRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy) =>
+        Run(CloneRangeOp(src, srcOffset, dst, dstOffset, length, policy));
+
+    internal ValueTask CloneRangeAsync(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(CloneRangeOp(src, srcOffset, dst, dstOffset, length, policy), cancellationToken));
+
+    private Op<int> CloneRangeOp(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
     {
         CheckFileRange(srcOffset, length);
         CheckFileRange(dstOffset, length);
-        Mutate(new RemapContext("clone range", policy), ctx =>
+        return new(new RemapContext("clone range", policy), ctx =>
         {
             Live(src);
             Live(dst);
@@ -553,11 +586,17 @@ public sealed partial class Volume
         });
     }
 
-    internal long DedupeRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
+    internal long DedupeRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy) =>
+        Run(DedupeRangeOp(src, srcOffset, dst, dstOffset, length, policy));
+
+    internal ValueTask<long> DedupeRangeAsync(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        RunAsync(DedupeRangeOp(src, srcOffset, dst, dstOffset, length, policy), cancellationToken);
+
+    private Op<long> DedupeRangeOp(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
     {
         CheckFileRange(srcOffset, length);
         CheckFileRange(dstOffset, length);
-        return Mutate(new RemapContext("dedupe range", policy), ctx =>
+        return new(new RemapContext("dedupe range", policy), ctx =>
         {
             Live(src);
             Live(dst);
@@ -672,11 +711,17 @@ public sealed partial class Volume
         return pieces;
     }
 
-    internal void UnshareRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy)
+    internal void UnshareRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy) =>
+        Run(UnshareRangeOp(inode, offset, length, keepSize, policy));
+
+    internal ValueTask UnshareRangeAsync(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(UnshareRangeOp(inode, offset, length, keepSize, policy), cancellationToken));
+
+    private Op<int> UnshareRangeOp(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy)
     {
         CheckFileRange(offset, length);
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
-        Mutate(new RemapContext("unshare range", policy), ctx =>
+        return new(new RemapContext("unshare range", policy), ctx =>
         {
             Live(inode);
             long end = Math.Min(offset + length, inode.Size);
