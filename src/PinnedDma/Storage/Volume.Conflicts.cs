@@ -88,16 +88,16 @@ public sealed partial class Volume
             {
                 // Operations validate before they change anything; an exception after a change is a bug, and the
                 // half-operation must not reach the journal.
-                _txn.Clear();
+                _journal.DropOp();
                 throw;
             }
             if (!ctx.Halted)
             {
-                EndOp();
+                _journal.EndOp();
                 return true;
             }
-            System.Diagnostics.Debug.Assert(_txn.Length == 0, "an operation stopped on a lease conflict after it had changed something");
-            _txn.Clear();
+            System.Diagnostics.Debug.Assert(!_journal.HasOpenOp, "an operation stopped on a lease conflict after it had changed something");
+            _journal.DropOp();
             if (ctx.Refusal is { } refusal)
             {
                 ctx.Refusal = null;
@@ -130,7 +130,7 @@ public sealed partial class Volume
     {
         var found = new List<(Inode, Extent)>();
         long end = start + count;
-        foreach (var inode in _byId.Values)
+        foreach (var inode in _files.ById.Values)
             foreach (var e in inode.Map.Extents)
                 if (e.DeviceBlock < end && e.DeviceEnd > start)
                 {
@@ -145,7 +145,7 @@ public sealed partial class Volume
     {
         var l = new List<Seal>();
         long end = start + count;
-        foreach (var inode in _byId.Values)
+        foreach (var inode in _files.ById.Values)
             foreach (var s in inode.Seals)
             {
                 if (except is not null && except.Contains(s)) continue;
@@ -211,7 +211,7 @@ public sealed partial class Volume
     private void EnsureSpace(long blocks)
     {
         if (blocks <= _alloc.FreeBlocks) return;
-        if (_alloc.BusyBlocks > 0) CommitLocked();
+        if (_alloc.BusyBlocks > 0) _journal.Commit();
         if (blocks > _alloc.FreeBlocks)
             ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Volume full: the operation needs {blocks} blocks, {_alloc.FreeBlocks} are free.");
     }
@@ -219,14 +219,14 @@ public sealed partial class Volume
     private long ExtentCount()
     {
         long n = 0;
-        foreach (var i in _byId.Values) n += i.Map.Count;
+        foreach (var i in _files.ById.Values) n += i.Map.Count;
         return n;
     }
 
     /// <summary>Refuses an operation that could push the metadata past what a checkpoint can hold.</summary>
     private void CheckMetadataRoom(long newExtents)
     {
-        long max = MaxExtentsFor(_sb.BlockCount) - 256;
+        long max = MetadataJournal.MaxExtentsFor(_sb.BlockCount) - 256;
         if (ExtentCount() + newExtents > max)
             ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata full: the volume tracks at most {max} extents.");
     }

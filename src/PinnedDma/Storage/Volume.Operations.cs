@@ -143,8 +143,8 @@ public sealed partial class Volume
                 var r = runs[ri];
                 long n = Math.Min(p.Count - done, r.Count - rOff);
                 _device.CopyBlocks(p.DeviceBlock + done, r.Start + rOff, n);
-                PrimUnmap(inode, p.FileBlock + done, n);
-                PrimMap(inode, new Extent(p.FileBlock + done, r.Start + rOff, n, gen));
+                _journal.Unmap(inode, p.FileBlock + done, n);
+                _journal.Map(inode, new Extent(p.FileBlock + done, r.Start + rOff, n, gen));
                 done += n;
                 rOff += n;
                 if (rOff == r.Count) { ri++; rOff = 0; }
@@ -224,7 +224,7 @@ public sealed partial class Volume
                     if (from <= blockStart && to >= blockEnd) continue;
                     _device.ZeroBlocks(db + k, 1);
                 }
-                PrimMap(inode, new Extent(fb, db, n, gen));
+                _journal.Map(inode, new Extent(fb, db, n, gen));
                 fb += n;
                 rOff += n;
                 if (rOff == r.Count) { ri++; rOff = 0; }
@@ -298,12 +298,12 @@ public sealed partial class Volume
         CheckMetadataRoom(need > 0 ? 2 + need : 0);
         ulong before = _alloc.NextGeneration;
         ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
-        if (offset + data.Length > inode.Size) PrimSetSize(inode, offset + data.Length);
+        if (offset + data.Length > inode.Size) _journal.SetSize(inode, offset + data.Length);
         if (sync && _alloc.NextGeneration != before)
         {
             // The write allocated (MAP_SYNC): its metadata is durable before it returns.
-            EndOp();
-            CommitLocked();
+            _journal.EndOp();
+            _journal.Commit();
         }
         return 0;
     }
@@ -323,7 +323,7 @@ public sealed partial class Volume
             Live(inode);
             if (length >= inode.Size)
             {
-                PrimSetSize(inode, length);
+                _journal.SetSize(inode, length);
                 return 0;
             }
             int shift = BlockShift;
@@ -344,7 +344,7 @@ public sealed partial class Volume
             if (Check(ctx, tailConflicts, deferrable: false).Halts()) return 0;
             EnsureSpace(need);
             if (verdict == ConflictResolution.Detach) foreach (var s in conflicts) DetachSeal(s);
-            PrimUnmap(inode, keepBlocks, unmapEnd - keepBlocks);
+            _journal.Unmap(inode, keepBlocks, unmapEnd - keepBlocks);
             // The bytes past the new EOF in its last block must read as zeros if the file grows again. A private
             // block is zeroed in place, which destroys bytes that the durable (old, longer) size still covers: so
             // the size change is committed first, and only then are they zeroed (a crash in between leaves them to
@@ -352,11 +352,11 @@ public sealed partial class Volume
             bool zeroInPlace = tail != 0 && inode.Map.TryLookup(length >> shift, out var last) &&
                                !_alloc.IsShared(last.DeviceBlock + (length >> shift) - last.FileBlock);
             if (tail != 0 && !zeroInPlace) ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
-            PrimSetSize(inode, length);
+            _journal.SetSize(inode, length);
             if (zeroInPlace)
             {
-                EndOp();
-                CommitLocked();
+                _journal.EndOp();
+                _journal.Commit();
                 ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
             }
             return 0;
@@ -437,10 +437,10 @@ public sealed partial class Volume
             EnsureSpace(need);
             CheckMetadataRoom(4);
             if (verdict == ConflictResolution.Detach) foreach (var s in conflicts) DetachSeal(s);
-            foreach (var (a, b) in dealloc) PrimUnmap(inode, a, b - a);
+            foreach (var (a, b) in dealloc) _journal.Unmap(inode, a, b - a);
             foreach (var (a, b) in inPlace) ExecWrite(inode, a << shift, (b - a) << shift, default, WriteMode.Zeros);
             foreach (var (a, b) in edges) ExecWrite(inode, a, b - a, default, WriteMode.Zeros);
-            if (!keepSize && end > inode.Size) PrimSetSize(inode, end);
+            if (!keepSize && end > inode.Size) _journal.SetSize(inode, end);
             return 0;
         });
     }
@@ -457,7 +457,7 @@ public sealed partial class Volume
             EnsureSpace(need);
             CheckMetadataRoom(2 + need);
             FillHoles(inode, first, end, 0, 0);
-            if (!keepSize && offset + length > inode.Size) PrimSetSize(inode, offset + length);
+            if (!keepSize && offset + length > inode.Size) _journal.SetSize(inode, offset + length);
             return 0;
         });
     }
@@ -499,19 +499,19 @@ public sealed partial class Volume
             CheckMetadataRoom(2);
             if (collapse)
             {
-                PrimUnmap(inode, first, count);
-                PrimShift(inode, first + count, -count);
+                _journal.Unmap(inode, first, count);
+                _journal.Shift(inode, first + count, -count);
             }
             else
             {
-                PrimShift(inode, first, count);
+                _journal.Shift(inode, first, count);
             }
-            PrimSetSize(inode, collapse ? inode.Size - length : inode.Size + length);
+            _journal.SetSize(inode, collapse ? inode.Size - length : inode.Size + length);
             // Shifting moves device blocks to other file offsets without copying them, and later writes go into
             // those blocks in place. Were the shift not durable, a crash would put such writes back at the blocks'
             // old offsets, a state that never existed; so a collapse or insert commits before it returns.
-            EndOp();
-            CommitLocked();
+            _journal.EndOp();
+            _journal.Commit();
             return 0;
         });
     }
@@ -581,7 +581,7 @@ public sealed partial class Volume
             }
             long blocks = RemapBlocks(src, srcOffset, dst, dstOffset, length, dedupe: false);
             if (!ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks)) return 0;
-            if (dstOffset + length > dst.Size) PrimSetSize(dst, dstOffset + length);
+            if (dstOffset + length > dst.Size) _journal.SetSize(dst, dstOffset + length);
             return 0;
         });
     }
@@ -668,14 +668,14 @@ public sealed partial class Volume
             long ignored = 0;
             pieces = SourcePieces(src, sFirst, blocks, ref ignored);
         }
-        PrimUnmap(dst, dFirst, blocks);
+        _journal.Unmap(dst, dFirst, blocks);
         foreach (var (p, copy) in pieces)
         {
             long fb = p.FileBlock - sFirst + dFirst;
             if (!copy)
             {
                 _alloc.AddRef(p.DeviceBlock, p.Count);
-                PrimMap(dst, p with { FileBlock = fb });
+                _journal.Map(dst, p with { FileBlock = fb });
                 continue;
             }
             var runs = new List<BlockRun>();
@@ -684,7 +684,7 @@ public sealed partial class Volume
             foreach (var r in runs)
             {
                 _device.CopyBlocks(p.DeviceBlock + done, r.Start, r.Count);
-                PrimMap(dst, new Extent(fb + done, r.Start, r.Count, gen));
+                _journal.Map(dst, new Extent(fb + done, r.Start, r.Count, gen));
                 done += r.Count;
             }
         }
@@ -729,7 +729,7 @@ public sealed partial class Volume
             bool grow = !keepSize && offset + length > inode.Size;
             if (end <= offset)
             {
-                if (grow) PrimSetSize(inode, offset + length);
+                if (grow) _journal.SetSize(inode, offset + length);
                 return 0;
             }
             var (first, stop) = BlockSpan(offset, end - offset);
@@ -747,7 +747,7 @@ public sealed partial class Volume
                 if (sealedByWriter) MoveOtherSharers(inode, a, b);
                 else RelocateRange(inode, a, b - a);
             }
-            if (grow) PrimSetSize(inode, offset + length);
+            if (grow) _journal.SetSize(inode, offset + length);
             return 0;
         });
     }
@@ -769,14 +769,14 @@ public sealed partial class Volume
         return Mutate(new RemapContext("compact", null), _ =>
         {
             var sealedRuns = new List<BlockRun>();
-            foreach (var inode in _byId.Values)
+            foreach (var inode in _files.ById.Values)
                 foreach (var s in inode.Seals)
                     foreach (var e in s.Frozen) sealedRuns.Add(new BlockRun(e.DeviceBlock, e.Count));
             foreach (var s in _detached)
                 foreach (var e in s.Frozen) sealedRuns.Add(new BlockRun(e.DeviceBlock, e.Count));
             // Every file-referenced device run, highest first.
             var refs = new SortedSet<long>();
-            foreach (var inode in _byId.Values)
+            foreach (var inode in _files.ById.Values)
                 foreach (var e in inode.Map.Extents)
                     for (long b = e.DeviceBlock; b < e.DeviceEnd; b++) refs.Add(b);
             long moved = 0;
@@ -796,17 +796,17 @@ public sealed partial class Volume
                 _device.CopyBlocks(lo, target.Start, count);
                 foreach (var (inode, piece) in FindMappings(lo, count))
                 {
-                    PrimUnmap(inode, piece.FileBlock, piece.Count);
+                    _journal.Unmap(inode, piece.FileBlock, piece.Count);
                     if (piece.Count > 0)
                     {
                         if (piece.DeviceBlock - lo + piece.Count > count) throw new InvalidOperationException("compaction piece outside run");
                         // The new run has one reference from the allocation; sharers add theirs.
-                        PrimMap(inode, new Extent(piece.FileBlock, target.Start + (piece.DeviceBlock - lo), piece.Count, gen));
+                        _journal.Map(inode, new Extent(piece.FileBlock, target.Start + (piece.DeviceBlock - lo), piece.Count, gen));
                     }
                 }
                 FixRunReferences(target, count);
                 moved += count;
-                EndOp();
+                _journal.EndOp();
             }
             return moved;
         });
