@@ -53,7 +53,7 @@ public sealed class FileMapping : IDisposable
             // Allocate and unshare now; nothing stays frozen afterwards.
             var s = volume.CreateSeal(file.Inode, offset, length, null, requirePrivate: false,
                 (inode, fb, count, frozen) => new DirectSeal(inode, fb, count, frozen));
-            lock (volume.Gate) volume.RemoveSeal(s);
+            volume.RemoveSeal(s);
             ((DirectSeal)s).End();
         }
     }
@@ -184,8 +184,7 @@ public sealed class FileMapping : IDisposable
         if (_seal is not null)
         {
             var volume = File.Volume;
-            if (!volume.IsDisposed)
-                lock (volume.Gate) volume.RemoveSeal(_seal);
+            if (!volume.IsDisposed) volume.RemoveSeal(_seal);
             _seal.End();
             _device!.Release();
         }

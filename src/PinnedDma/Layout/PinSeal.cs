@@ -123,11 +123,7 @@ internal sealed class PinSeal : Seal
     /// <summary>After the drain closed: the range goes back to the volume, the charge and device reference are returned.</summary>
     private void Finish()
     {
-        var volume = Owner.Volume;
-        lock (volume.Gate)
-        {
-            volume.RemoveSeal(this);
-        }
+        Owner.Volume.RemoveSeal(this);
         Owner.Forget(this);
         Device.Release();
         Lease.End();

@@ -13,9 +13,6 @@ public sealed partial class Volume
     private const long MaxFileSize = 1L << 50;
     private long MaxFileBlocks => MaxFileSize >> BlockShift;
 
-    /// <summary>Seals whose blocks now belong to their pins (Defer, or the file was deleted).</summary>
-    private readonly List<Seal> _detached = new();
-
     /// <summary>Runs <paramref name="body"/> under the lock until it completes without a pending Wait or Break.</summary>
     private T Mutate<T>(RemapContext ctx, Func<RemapContext, T> body) =>
         Mutate(ctx, body, static (ctx, body) => body(ctx));
@@ -117,13 +114,7 @@ public sealed partial class Volume
         LayoutLease.Resolve(ctx, conflicts, deferrable, DefaultConflictPolicy);
 
     /// <summary>Attached seals of <paramref name="inode"/> overlapping file blocks [first, end).</summary>
-    private static List<Seal> SealsOverlapping(Inode inode, long first, long end)
-    {
-        var l = new List<Seal>();
-        foreach (var s in inode.Seals)
-            if (s.FirstBlock < end && s.EndBlock > first) l.Add(s);
-        return l;
-    }
+    private List<Seal> SealsOverlapping(Inode inode, long first, long end) => _seals.Overlapping(inode, first, end);
 
     /// <summary>Every (file, file block range) that maps some of device blocks [start, start+count).</summary>
     private List<(Inode Inode, Extent Piece)> FindMappings(long start, long count)
@@ -145,13 +136,12 @@ public sealed partial class Volume
     {
         var l = new List<Seal>();
         long end = start + count;
-        foreach (var inode in _files.ById.Values)
-            foreach (var s in inode.Seals)
-            {
-                if (except is not null && except.Contains(s)) continue;
-                foreach (var e in s.Frozen)
-                    if (e.DeviceBlock < end && e.DeviceEnd > start) { l.Add(s); break; }
-            }
+        foreach (var s in _seals.Attached())
+        {
+            if (except is not null && except.Contains(s)) continue;
+            foreach (var e in s.Frozen)
+                if (e.DeviceBlock < end && e.DeviceEnd > start) { l.Add(s); break; }
+        }
         return l;
     }
 
@@ -182,30 +172,33 @@ public sealed partial class Volume
     /// </summary>
     private void DetachSeal(Seal seal)
     {
-        seal.Inode.Seals.Remove(seal);
+        // A seal released since the operation looked has nothing left to detach (and its blocks are the file's).
+        if (!_seals.TryDetach(seal)) return;
         foreach (var e in seal.Frozen)
         {
             _alloc.AddRef(e.DeviceBlock, e.Count);
             foreach (var (inode, piece) in FindMappings(e.DeviceBlock, e.Count))
                 RelocateRange(inode, piece.FileBlock, piece.Count);
         }
-        seal.Detached = true;
-        _detached.Add(seal);
     }
 
-    /// <summary>Called by the layout layer when a seal goes (release or revoke).</summary>
+    /// <summary>
+    /// Called by the layout layer when a seal goes (release or revoke), without any lock of its own: an attached seal
+    /// leaves the seal table under the table's lock alone; a detached one also gives its blocks back to the allocator,
+    /// which takes <see cref="Gate"/> here (Gate first, then the table: the documented order).
+    /// </summary>
     internal void RemoveSeal(Seal seal)
     {
-        if (seal.Detached)
+        if (_seals.TryRemoveAttached(seal, out bool detached) || !detached) return;
+        lock (Gate)
         {
-            if (_detached.Remove(seal))
-            {
+            if (_seals.RemoveDetached(seal))
                 foreach (var e in seal.Frozen) _alloc.Release(e.DeviceBlock, e.Count);
-            }
-            return;
         }
-        seal.Inode.Seals.Remove(seal);
     }
+
+    /// <summary>The seal table, for tests.</summary>
+    internal SealTable Seals => _seals;
 
     /// <summary>Checks that there is room for <paramref name="blocks"/> new blocks, committing to free busy ones if that helps.</summary>
     private void EnsureSpace(long blocks)

@@ -15,6 +15,7 @@ public sealed partial class Volume
             long first = offset >> shift;
             long end = length >= MaxFileSize ? long.MaxValue : ((offset + length - 1) >> shift) + 1;
             var list = new List<FileExtent>();
+            var seals = _seals.Of(inode);
             int lastIndex = inode.Map.Count - 1;
             for (int i = inode.Map.FirstEndingAfter(first); i < inode.Map.Count && inode.Map[i].FileBlock < end; i++)
             {
@@ -23,9 +24,9 @@ public sealed partial class Volume
                 long k = 0;
                 while (k < e.Count)
                 {
-                    var flags = Flags(inode, e, k);
+                    var flags = Flags(seals, e, k);
                     long n = 1;
-                    while (k + n < e.Count && Flags(inode, e, k + n) == flags) n++;
+                    while (k + n < e.Count && Flags(seals, e, k + n) == flags) n++;
                     if (i == lastIndex && k + n == e.Count) flags |= FileExtentFlags.Last;
                     list.Add(new FileExtent((e.FileBlock + k) << shift, (e.DeviceBlock + k) << shift, n << shift, e.Generation, flags));
                     k += n;
@@ -35,9 +36,9 @@ public sealed partial class Volume
         }
     }
 
-    private FileExtentFlags Flags(Inode inode, Extent e, long k) =>
+    private FileExtentFlags Flags(List<Seal> seals, Extent e, long k) =>
         (_alloc.RefCount(e.DeviceBlock + k) > 1 ? FileExtentFlags.Shared : 0) |
-        (inode.IsSealed(e.FileBlock + k) ? FileExtentFlags.Sealed : 0);
+        (SealTable.Covers(seals, e.FileBlock + k) ? FileExtentFlags.Sealed : 0);
 
     /// <summary>
     /// Checks the metadata: reference counts recomputed from every extent map (and every Defer-owned pin) equal the
@@ -79,7 +80,7 @@ public sealed partial class Volume
                     }
                 }
             }
-            foreach (var s in _detached)
+            foreach (var s in _seals.Detached())
                 foreach (var e in s.Frozen)
                     for (long b = e.DeviceBlock; b < e.DeviceEnd; b++) refs[b]++;
             long used = 0, free = 0, shared = 0, busyFree = 0;

@@ -65,7 +65,7 @@ public sealed partial class Volume
     {
         foreach (var (other, piece) in OtherSharers(inode, first, end))
         {
-            if (other.IsSealed(piece.FileBlock, piece.FileEnd)) throw new InvalidOperationException("unchecked conflict");
+            if (_seals.IsSealed(other, piece.FileBlock, piece.FileEnd)) throw new InvalidOperationException("unchecked conflict");
             RelocateRange(other, piece.FileBlock, piece.Count);
         }
     }
@@ -81,6 +81,7 @@ public sealed partial class Volume
     private List<(long First, long End, bool SealedByWriter)> SharedRuns(Inode inode, long first, long end)
     {
         var runs = new List<(long, long, bool)>();
+        var seals = _seals.Of(inode);
         long runStart = -1, runEnd = -1;
         bool runSealed = false;
         foreach (var e in inode.Map.GetRange(first, end - first))
@@ -89,7 +90,7 @@ public sealed partial class Volume
             {
                 long fb = e.FileBlock + k;
                 bool shared = _alloc.IsShared(e.DeviceBlock + k);
-                bool sealedHere = shared && inode.IsSealed(fb);
+                bool sealedHere = shared && SealTable.Covers(seals, fb);
                 if (runStart >= 0 && (!shared || sealedHere != runSealed || fb != runEnd))
                 {
                     runs.Add((runStart, runEnd, runSealed));
@@ -110,7 +111,7 @@ public sealed partial class Volume
         long g = _sb.CowGranuleBlocks;
         long s = first / g * g, t = Math.Min((end + g - 1) / g * g, Math.Max(end, inode.Map.EndBlock));
         var parts = new List<(long, long)> { (s, t) };
-        foreach (var seal in inode.Seals)
+        foreach (var seal in _seals.Of(inode))
         {
             var next = new List<(long, long)>();
             foreach (var (a, b) in parts)
@@ -308,6 +309,25 @@ public sealed partial class Volume
         return 0;
     }
 
+    /// <summary>
+    /// An 8-byte atomic (compare-and-swap or fetch-and-add) on a file, for ODP regions: read, compute and write in
+    /// one hold of the lock, so that no other write to the file comes between. Bytes past EOF read as zeros.
+    /// </summary>
+    internal ulong Atomic(Inode inode, long offset, bool compareSwap, ulong compareAdd, ulong swap)
+    {
+        Span<byte> b = stackalloc byte[8];
+        lock (Gate)
+        {
+            int n = Read(inode, offset, b);
+            b[n..].Clear();
+            ulong old = BitConverter.ToUInt64(b);
+            ulong next = compareSwap ? (old == compareAdd ? swap : old) : old + compareAdd;
+            BitConverter.TryWriteBytes(b, next);
+            Write(inode, offset, b, null, sync: false);
+            return old;
+        }
+    }
+
     // ---------------------------------------------------------------- space operations
 
     internal void Truncate(Inode inode, long length, ConflictPolicy? policy) => Run(TruncateOp(inode, length, policy));
@@ -329,7 +349,7 @@ public sealed partial class Volume
             int shift = BlockShift;
             long keepBlocks = (length + BlockSize - 1) >> shift;
             long unmapEnd = Math.Max(inode.Map.EndBlock, keepBlocks);
-            var conflicts = inode.Seals.Where(s => s.EndBlock << shift > length).ToList();
+            var conflicts = _seals.Of(inode).Where(s => s.EndBlock << shift > length).ToList();
             var verdict = Check(ctx, conflicts, deferrable: true);
             if (verdict.Halts()) return 0;
             long need = 0;
@@ -404,7 +424,7 @@ public sealed partial class Volume
                 if (zeroRange)
                 {
                     long next = fullFirst;
-                    foreach (var s in inode.Seals.OrderBy(s => s.FirstBlock))
+                    foreach (var s in _seals.Of(inode).OrderBy(s => s.FirstBlock))
                     {
                         long a = Math.Max(s.FirstBlock, next), b = Math.Min(s.EndBlock, fullEnd);
                         if (a >= b) continue;
@@ -495,7 +515,7 @@ public sealed partial class Volume
             if (!collapse && (inode.Size + length > MaxFileSize || inode.Map.EndBlock + (length >> BlockShift) > MaxFileBlocks))
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "Insert would grow the file past the largest file size (EFBIG).");
             long first = offset >> BlockShift, count = length >> BlockShift;
-            if (Check(ctx, inode.Seals.Where(s => s.EndBlock > first).ToList(), deferrable: false).Halts()) return 0;
+            if (Check(ctx, _seals.Of(inode).Where(s => s.EndBlock > first).ToList(), deferrable: false).Halts()) return 0;
             CheckMetadataRoom(2);
             if (collapse)
             {
@@ -692,17 +712,18 @@ public sealed partial class Volume
     }
 
     /// <summary>The source runs of a clone, each marked copy (a write pin holds it) or share; adds the copies to <paramref name="need"/>.</summary>
-    private static List<(Extent Piece, bool Copy)> SourcePieces(Inode src, long sFirst, long blocks, ref long need)
+    private List<(Extent Piece, bool Copy)> SourcePieces(Inode src, long sFirst, long blocks, ref long need)
     {
         var pieces = new List<(Extent Piece, bool Copy)>();
+        var seals = _seals.Of(src);
         foreach (var e in src.Map.GetRange(sFirst, blocks))
         {
             long k = 0;
             while (k < e.Count)
             {
-                bool copy = src.IsWriteSealed(e.FileBlock + k);
+                bool copy = SealTable.Covers(seals, e.FileBlock + k, writeOnly: true);
                 long n = 1;
-                while (k + n < e.Count && src.IsWriteSealed(e.FileBlock + k + n) == copy) n++;
+                while (k + n < e.Count && SealTable.Covers(seals, e.FileBlock + k + n, writeOnly: true) == copy) n++;
                 pieces.Add((new Extent(e.FileBlock + k, e.DeviceBlock + k, n, e.Generation), copy));
                 if (copy) need += n;
                 k += n;
@@ -769,10 +790,7 @@ public sealed partial class Volume
         return Mutate(new RemapContext("compact", null), _ =>
         {
             var sealedRuns = new List<BlockRun>();
-            foreach (var inode in _files.ById.Values)
-                foreach (var s in inode.Seals)
-                    foreach (var e in s.Frozen) sealedRuns.Add(new BlockRun(e.DeviceBlock, e.Count));
-            foreach (var s in _detached)
+            foreach (var s in _seals.Attached().Concat(_seals.Detached()))
                 foreach (var e in s.Frozen) sealedRuns.Add(new BlockRun(e.DeviceBlock, e.Count));
             // Every file-referenced device run, highest first.
             var refs = new SortedSet<long>();

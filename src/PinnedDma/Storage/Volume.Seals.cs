@@ -61,7 +61,7 @@ public sealed partial class Volume
             }
             var frozen = inode.Map.GetRange(first, end - first).ToArray();
             var seal = createSeal(inode, first, end - first, frozen);
-            inode.Seals.Add(seal);
+            _seals.Add(seal);
             return seal;
         });
     }
@@ -92,7 +92,7 @@ public sealed partial class Volume
                 grantWrite();
                 return true;
             }
-            if (!seal.Inode.Seals.Contains(seal)) return false;
+            if (!_seals.IsAttached(seal)) return false;
             var conflicts = new List<Seal>();
             long need = PlanWrite(seal.Inode, seal.FirstBlock, seal.EndBlock, WriteMode.Touch, conflicts);
             conflicts.Remove(seal);
@@ -114,15 +114,14 @@ public sealed partial class Volume
         lock (Gate)
         {
             var problems = new List<string>();
-            foreach (var inode in _files.ById.Values)
-                foreach (var s in inode.Seals)
-                {
-                    var now = inode.Map.GetRange(s.FirstBlock, s.BlockCount);
-                    if (!SameTranslation(now, s.Frozen))
-                        problems.Add($"'{inode.Name}': pinned blocks [{s.FirstBlock}, {s.EndBlock}) were remapped");
-                    CheckAllocated(s, problems);
-                }
-            foreach (var s in _detached)
+            foreach (var s in _seals.Attached())
+            {
+                var now = s.Inode.Map.GetRange(s.FirstBlock, s.BlockCount);
+                if (!SameTranslation(now, s.Frozen))
+                    problems.Add($"'{s.Inode.Name}': pinned blocks [{s.FirstBlock}, {s.EndBlock}) were remapped");
+                CheckAllocated(s, problems);
+            }
+            foreach (var s in _seals.Detached())
             {
                 CheckAllocated(s, problems);
                 foreach (var e in s.Frozen)

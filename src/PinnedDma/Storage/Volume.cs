@@ -21,6 +21,9 @@ public sealed partial class Volume : IDisposable
     private readonly Superblock _sb;
     private readonly BlockAllocator _alloc;
     private readonly InodeTable _files = new();
+
+    /// <summary>The seals of pins and Direct mappings; its own lock, taken after <see cref="Gate"/> (see <see cref="SealTable"/>).</summary>
+    private readonly SealTable _seals = new();
     private readonly MetadataJournal _journal;
     private readonly bool _durable;
     private int _disposed;
@@ -399,7 +402,7 @@ public sealed partial class Volume : IDisposable
             {
                 // Every operation (pins included) checks the flag under this lock, so the snapshot holds every seal
                 // that will ever exist on this volume.
-                seals = _files.ById.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
+                seals = _seals.Attached().Concat(_seals.Detached()).ToList();
             }
         }
         if (seals is null)
@@ -560,7 +563,7 @@ public sealed partial class Volume : IDisposable
             ThrowIfDisposed();
             if (!_files.ByName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
             CheckMetadataRoom(0);
-            foreach (var s in inode.Seals.ToArray()) DetachSeal(s);
+            foreach (var s in _seals.Of(inode)) DetachSeal(s);
             _journal.Delete(inode);
             _journal.EndOp();
         }
