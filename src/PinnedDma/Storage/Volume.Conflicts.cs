@@ -10,8 +10,7 @@ namespace PinnedDma.Storage;
 // then throws the refusal (Busy), or leaves the lock for LayoutLease.Settle and runs the body again (Pending).
 public sealed partial class Volume
 {
-    private const long MaxFileSize = 1L << 50;
-    private long MaxFileBlocks => MaxFileSize >> BlockShift;
+    private const long MaxFileSize = VolumeState.MaxFileSize;
 
     /// <summary>Runs <paramref name="body"/> under the lock until it completes without a pending Wait or Break.</summary>
     private T Mutate<T>(RemapContext ctx, Func<RemapContext, T> body) =>
@@ -50,12 +49,11 @@ public sealed partial class Volume
     private ValueTask<T> MutateAsync<T>(RemapContext ctx, Func<RemapContext, T> body, CancellationToken cancellationToken) =>
         MutateAsync(ctx, body, static (ctx, body) => body(ctx), cancellationToken);
 
-    /// <summary>An operation ready to run: its lease context and its body (validated, nothing changed yet).</summary>
-    private readonly record struct Op<T>(RemapContext Ctx, Func<RemapContext, T> Body);
+    /// <summary>Runs a prepared operation (<see cref="VolumeOp{T}"/>) in the mutate loop, blocking on a Wait or Break.</summary>
+    private T Run<T>(VolumeOp<T> op) => Mutate(op.Ctx, op.Body);
 
-    private T Run<T>(Op<T> op) => Mutate(op.Ctx, op.Body);
-
-    private ValueTask<T> RunAsync<T>(Op<T> op, CancellationToken cancellationToken) => MutateAsync(op.Ctx, op.Body, cancellationToken);
+    /// <summary>Runs a prepared operation in the mutate loop, awaiting a Wait or Break.</summary>
+    private ValueTask<T> RunAsync<T>(VolumeOp<T> op, CancellationToken cancellationToken) => MutateAsync(op.Ctx, op.Body, cancellationToken);
 
     /// <summary>A void async form's task: completed at once when the operation completed synchronously.</summary>
     private static ValueTask Discard<T>(ValueTask<T> task)
@@ -105,82 +103,12 @@ public sealed partial class Volume
         }
     }
 
-    /// <summary>
-    /// What to do about <paramref name="conflicts"/> (attached seals an operation would violate): see
-    /// <see cref="LayoutLease.Resolve"/>. On <see cref="ConflictResolution.Pending"/> or
-    /// <see cref="ConflictResolution.Busy"/> the caller returns at once, having changed nothing.
-    /// </summary>
-    private ConflictResolution Check(RemapContext ctx, List<Seal> conflicts, bool deferrable) =>
-        LayoutLease.Resolve(ctx, conflicts, deferrable, DefaultConflictPolicy);
 
-    /// <summary>Attached seals of <paramref name="inode"/> overlapping file blocks [first, end).</summary>
-    private List<Seal> SealsOverlapping(Inode inode, long first, long end) => _seals.Overlapping(inode, first, end);
 
-    /// <summary>Every (file, file block range) that maps some of device blocks [start, start+count).</summary>
-    private List<(Inode Inode, Extent Piece)> FindMappings(long start, long count)
-    {
-        var found = new List<(Inode, Extent)>();
-        long end = start + count;
-        foreach (var inode in _files.ById.Values)
-            foreach (var e in inode.Map.Extents)
-                if (e.DeviceBlock < end && e.DeviceEnd > start)
-                {
-                    long s = Math.Max(start, e.DeviceBlock), t = Math.Min(end, e.DeviceEnd);
-                    found.Add((inode, new Extent(e.FileBlock + (s - e.DeviceBlock), s, t - s, e.Generation)));
-                }
-        return found;
-    }
 
-    /// <summary>Attached seals, other than <paramref name="except"/>, whose frozen blocks intersect device blocks [start, start+count).</summary>
-    private List<Seal> SealsOnDeviceBlocks(long start, long count, ICollection<Seal>? except = null)
-    {
-        var l = new List<Seal>();
-        long end = start + count;
-        foreach (var s in _seals.Attached())
-        {
-            if (except is not null && except.Contains(s)) continue;
-            foreach (var e in s.Frozen)
-                if (e.DeviceBlock < end && e.DeviceEnd > start) { l.Add(s); break; }
-        }
-        return l;
-    }
 
-    /// <summary>Before Defer detaches <paramref name="seals"/>: other pins on sharers of their blocks block the detach.</summary>
-    private ConflictResolution CheckDetachable(RemapContext ctx, List<Seal> seals)
-    {
-        var others = new List<Seal>();
-        foreach (var s in seals)
-            foreach (var e in s.Frozen)
-                others.AddRange(SealsOnDeviceBlocks(e.DeviceBlock, e.Count, seals));
-        return Check(ctx, others, deferrable: false);
-    }
 
-    /// <summary>Blocks that detaching <paramref name="seals"/> will copy for the other mappings of their blocks.</summary>
-    private long DetachCost(List<Seal> seals)
-    {
-        long n = 0;
-        foreach (var s in seals)
-            foreach (var e in s.Frozen)
-                foreach (var m in FindMappings(e.DeviceBlock, e.Count)) n += m.Piece.Count;
-        return n;
-    }
 
-    /// <summary>
-    /// Defer: the seal's blocks leave the file and become the pin's alone. The pin takes a reference; every file
-    /// range still mapping those blocks (the pinned file outside the operation's range, clones) gets a private copy,
-    /// so that no one else ever sees DMA into them.
-    /// </summary>
-    private void DetachSeal(Seal seal)
-    {
-        // A seal released since the operation looked has nothing left to detach (and its blocks are the file's).
-        if (!_seals.TryDetach(seal)) return;
-        foreach (var e in seal.Frozen)
-        {
-            _alloc.AddRef(e.DeviceBlock, e.Count);
-            foreach (var (inode, piece) in FindMappings(e.DeviceBlock, e.Count))
-                RelocateRange(inode, piece.FileBlock, piece.Count);
-        }
-    }
 
     /// <summary>
     /// Called by the layout layer when a seal goes (release or revoke), without any lock of its own: an attached seal
@@ -200,27 +128,6 @@ public sealed partial class Volume
     /// <summary>The seal table, for tests.</summary>
     internal SealTable Seals => _seals;
 
-    /// <summary>Checks that there is room for <paramref name="blocks"/> new blocks, committing to free busy ones if that helps.</summary>
-    private void EnsureSpace(long blocks)
-    {
-        if (blocks <= _alloc.FreeBlocks) return;
-        if (_alloc.BusyBlocks > 0) _journal.Commit();
-        if (blocks > _alloc.FreeBlocks)
-            ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Volume full: the operation needs {blocks} blocks, {_alloc.FreeBlocks} are free.");
-    }
 
-    private long ExtentCount()
-    {
-        long n = 0;
-        foreach (var i in _files.ById.Values) n += i.Map.Count;
-        return n;
-    }
 
-    /// <summary>Refuses an operation that could push the metadata past what a checkpoint can hold.</summary>
-    private void CheckMetadataRoom(long newExtents)
-    {
-        long max = MetadataJournal.MaxExtentsFor(_sb.BlockCount) - 256;
-        if (ExtentCount() + newExtents > max)
-            ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata full: the volume tracks at most {max} extents.");
-    }
 }

@@ -25,6 +25,9 @@ public sealed partial class Volume : IDisposable
     /// <summary>The seals of pins and Direct mappings; its own lock, taken after <see cref="Gate"/> (see <see cref="SealTable"/>).</summary>
     private readonly SealTable _seals = new();
     private readonly MetadataJournal _journal;
+
+    /// <summary>What the internal parts share, and the parts (extent writer, space, sharing, compaction, checks).</summary>
+    private readonly VolumeState _s;
     private readonly bool _durable;
     private int _disposed;
 
@@ -35,9 +38,9 @@ public sealed partial class Volume : IDisposable
         _sb = sb;
         _durable = options.DurableCommits;
         _log = Diagnostics.Log.For(options.LoggerFactory, Diagnostics.Log.VolumeCategory);
-        DefaultConflictPolicy = options.DefaultConflictPolicy;
         _alloc = new BlockAllocator(sb.DataStart, sb.BlockCount);
         _journal = new MetadataJournal(device, sb, _alloc, _files, _durable, MaxFileSize >> device.BlockShift);
+        _s = new VolumeState(device, sb, _alloc, _files, _journal, _seals, options.DefaultConflictPolicy);
     }
 
     private readonly Microsoft.Extensions.Logging.ILogger _log;
@@ -69,7 +72,11 @@ public sealed partial class Volume : IDisposable
     public int MaxFiles => _sb.MaxFiles;
 
     /// <summary>Policy for operations that conflict with pins, unless a file or the operation overrides it.</summary>
-    public ConflictPolicy DefaultConflictPolicy { get; set; }
+    public ConflictPolicy DefaultConflictPolicy
+    {
+        get => _s.DefaultPolicy;
+        set => _s.DefaultPolicy = value;
+    }
 
     /// <summary>Names of the live files, sorted.</summary>
     public IReadOnlyList<string> FileNames
@@ -562,8 +569,8 @@ public sealed partial class Volume : IDisposable
         {
             ThrowIfDisposed();
             if (!_files.ByName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
-            CheckMetadataRoom(0);
-            foreach (var s in _seals.Of(inode)) DetachSeal(s);
+            _s.Writer.CheckMetadataRoom(0);
+            foreach (var s in _seals.Of(inode)) _s.Writer.DetachSeal(s);
             _journal.Delete(inode);
             _journal.EndOp();
         }
