@@ -50,10 +50,16 @@ public sealed partial class Volume
         MutateAsync(ctx, body, static (ctx, body) => body(ctx), cancellationToken);
 
     /// <summary>Runs a prepared operation (<see cref="VolumeOp{T}"/>) in the mutate loop, blocking on a Wait or Break.</summary>
-    private T Run<T>(VolumeOp<T> op) => Mutate(op.Ctx, op.Body);
+    internal T Run<T>(VolumeOp<T> op) => Mutate(op.Ctx, op.Body);
 
     /// <summary>Runs a prepared operation in the mutate loop, awaiting a Wait or Break.</summary>
-    private ValueTask<T> RunAsync<T>(VolumeOp<T> op, CancellationToken cancellationToken) => MutateAsync(op.Ctx, op.Body, cancellationToken);
+    internal ValueTask<T> RunAsync<T>(VolumeOp<T> op, CancellationToken cancellationToken) => MutateAsync(op.Ctx, op.Body, cancellationToken);
+
+    /// <summary><see cref="RunAsync{T}"/> for an operation whose result is not wanted.</summary>
+    internal ValueTask RunVoidAsync<T>(VolumeOp<T> op, CancellationToken cancellationToken) => Discard(RunAsync(op, cancellationToken));
+
+    /// <summary>The volume's internal parts, which build the operations that <see cref="Run{T}"/> runs.</summary>
+    internal VolumeState Parts => _s;
 
     /// <summary>A void async form's task: completed at once when the operation completed synchronously.</summary>
     private static ValueTask Discard<T>(ValueTask<T> task)

@@ -66,59 +66,6 @@ public sealed partial class Volume
         }
     }
 
-    // ---------------------------------------------------------------- space operations
-
-    internal void Truncate(Inode inode, long length, ConflictPolicy? policy) => Run(_s.Space.TruncateOp(inode, length, policy));
-
-    internal ValueTask TruncateAsync(Inode inode, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Space.TruncateOp(inode, length, policy), cancellationToken));
-
-    internal void PunchHole(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        Run(_s.Space.Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true));
-
-    internal ValueTask PunchHoleAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Space.Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true), cancellationToken));
-
-    internal void ZeroRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy) =>
-        Run(_s.Space.Deallocate(inode, offset, length, policy, zeroRange: true, keepSize));
-
-    internal ValueTask ZeroRangeAsync(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Space.Deallocate(inode, offset, length, policy, zeroRange: true, keepSize), cancellationToken));
-
-    internal void Allocate(Inode inode, long offset, long length, bool keepSize) => Run(_s.Space.AllocateOp(inode, offset, length, keepSize));
-
-    internal void CollapseRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        Run(_s.Space.ShiftRange(inode, offset, length, policy, collapse: true));
-
-    internal ValueTask CollapseRangeAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Space.ShiftRange(inode, offset, length, policy, collapse: true), cancellationToken));
-
-    internal void InsertRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        Run(_s.Space.ShiftRange(inode, offset, length, policy, collapse: false));
-
-    internal ValueTask InsertRangeAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Space.ShiftRange(inode, offset, length, policy, collapse: false), cancellationToken));
-
-    // ---------------------------------------------------------------- sharing
-
-    internal void CloneRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy) =>
-        Run(_s.Sharing.CloneRangeOp(src, srcOffset, dst, dstOffset, length, policy));
-
-    internal ValueTask CloneRangeAsync(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Sharing.CloneRangeOp(src, srcOffset, dst, dstOffset, length, policy), cancellationToken));
-
-    internal long DedupeRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy) =>
-        Run(_s.Sharing.DedupeRangeOp(src, srcOffset, dst, dstOffset, length, policy));
-
-    internal ValueTask<long> DedupeRangeAsync(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        RunAsync(_s.Sharing.DedupeRangeOp(src, srcOffset, dst, dstOffset, length, policy), cancellationToken);
-
-    internal void UnshareRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy) =>
-        Run(_s.Sharing.UnshareRangeOp(inode, offset, length, keepSize, policy));
-
-    internal ValueTask UnshareRangeAsync(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy, CancellationToken cancellationToken) =>
-        Discard(RunAsync(_s.Sharing.UnshareRangeOp(inode, offset, length, keepSize, policy), cancellationToken));
-
     // ---------------------------------------------------------------- compaction
 
     /// <summary>

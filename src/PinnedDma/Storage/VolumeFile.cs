@@ -105,7 +105,7 @@ public sealed class VolumeFile
     /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy (of a shared last block, or for Defer).
     /// </exception>
-    public void Truncate(long length, ConflictPolicy? policy = null) => Volume.Truncate(Inode, length, policy);
+    public void Truncate(long length, ConflictPolicy? policy = null) => Volume.Run(Volume.Parts.Space.TruncateOp(Inode, length, policy));
 
     /// <summary>Sets the size, awaiting a Wait or Break conflict instead of blocking.</summary>
     /// <param name="length">The new size in bytes.</param>
@@ -125,7 +125,7 @@ public sealed class VolumeFile
     /// <exception cref="ArgumentOutOfRangeException">As for the sync form.</exception>
     /// <exception cref="PinnedDmaException">As for the sync form.</exception>
     public ValueTask TruncateAsync(long length, ConflictPolicy? policy = null, CancellationToken cancellationToken = default) =>
-        Volume.TruncateAsync(Inode, length, policy, cancellationToken);
+        Volume.RunVoidAsync(Volume.Parts.Space.TruncateOp(Inode, length, policy), cancellationToken);
 
     /// <summary>Deallocates whole blocks in the range and zeroes partial ones (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE).</summary>
     /// <param name="offset">Byte offset.</param>
@@ -141,7 +141,7 @@ public sealed class VolumeFile
     /// is asked and, after the timeout, revoked, and the operation goes on);
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
-    public void PunchHole(long offset, long length, ConflictPolicy? policy = null) => Volume.PunchHole(Inode, offset, length, policy);
+    public void PunchHole(long offset, long length, ConflictPolicy? policy = null) => Volume.Run(Volume.Parts.Space.Deallocate(Inode, offset, length, policy, zeroRange: false, keepSize: true));
 
     /// <summary>Punches a hole, awaiting a Wait or Break conflict instead of blocking.</summary>
     /// <param name="offset">Byte offset.</param>
@@ -162,7 +162,7 @@ public sealed class VolumeFile
     /// <exception cref="ArgumentOutOfRangeException">As for the sync form.</exception>
     /// <exception cref="PinnedDmaException">As for the sync form.</exception>
     public ValueTask PunchHoleAsync(long offset, long length, ConflictPolicy? policy = null, CancellationToken cancellationToken = default) =>
-        Volume.PunchHoleAsync(Inode, offset, length, policy, cancellationToken);
+        Volume.RunVoidAsync(Volume.Parts.Space.Deallocate(Inode, offset, length, policy, zeroRange: false, keepSize: true), cancellationToken);
 
     /// <summary>Makes the range read as zeros (FALLOC_FL_ZERO_RANGE): deallocates whole blocks, except pinned ones, which are zeroed in place.</summary>
     /// <param name="offset">Byte offset.</param>
@@ -180,7 +180,7 @@ public sealed class VolumeFile
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public void ZeroRange(long offset, long length, bool keepSize = false, ConflictPolicy? policy = null) =>
-        Volume.ZeroRange(Inode, offset, length, keepSize, policy);
+        Volume.Run(Volume.Parts.Space.Deallocate(Inode, offset, length, policy, zeroRange: true, keepSize));
 
     /// <summary>Zeroes a range, awaiting a Wait or Break conflict instead of blocking.</summary>
     /// <param name="offset">Byte offset.</param>
@@ -202,7 +202,7 @@ public sealed class VolumeFile
     /// <exception cref="ArgumentOutOfRangeException">As for the sync form.</exception>
     /// <exception cref="PinnedDmaException">As for the sync form.</exception>
     public ValueTask ZeroRangeAsync(long offset, long length, bool keepSize = false, ConflictPolicy? policy = null, CancellationToken cancellationToken = default) =>
-        Volume.ZeroRangeAsync(Inode, offset, length, keepSize, policy, cancellationToken);
+        Volume.RunVoidAsync(Volume.Parts.Space.Deallocate(Inode, offset, length, policy, zeroRange: true, keepSize), cancellationToken);
 
     /// <summary>Allocates zeroed blocks for the holes in the range (fallocate mode 0).</summary>
     /// <param name="offset">Byte offset.</param>
@@ -215,7 +215,7 @@ public sealed class VolumeFile
     /// ends past the largest file size, 2^50 bytes (EFBIG); <see cref="PinnedDmaError.NotFound"/>: the file was deleted;
     /// <see cref="PinnedDmaError.NoSpace"/>: not enough free blocks, or no metadata room.
     /// </exception>
-    public void Allocate(long offset, long length, bool keepSize = false) => Volume.Allocate(Inode, offset, length, keepSize);
+    public void Allocate(long offset, long length, bool keepSize = false) => Volume.Run(Volume.Parts.Space.AllocateOp(Inode, offset, length, keepSize));
 
     /// <summary>Removes a block-aligned range and shifts the rest down (FALLOC_FL_COLLAPSE_RANGE). The range must end before EOF.</summary>
     /// <param name="offset">Block-aligned byte offset.</param>
@@ -231,7 +231,7 @@ public sealed class VolumeFile
     /// (Deny, a Wait that ran out, an unbreakable pin, a Direct mapping; Defer cannot help here);
     /// <see cref="PinnedDmaError.NoSpace"/>: no metadata room.
     /// </exception>
-    public void CollapseRange(long offset, long length, ConflictPolicy? policy = null) => Volume.CollapseRange(Inode, offset, length, policy);
+    public void CollapseRange(long offset, long length, ConflictPolicy? policy = null) => Volume.Run(Volume.Parts.Space.ShiftRange(Inode, offset, length, policy, collapse: true));
 
     /// <summary>Collapses a range, awaiting a Wait or Break conflict instead of blocking.</summary>
     /// <param name="offset">Block-aligned byte offset.</param>
@@ -252,7 +252,7 @@ public sealed class VolumeFile
     /// <exception cref="ArgumentOutOfRangeException">As for the sync form.</exception>
     /// <exception cref="PinnedDmaException">As for the sync form.</exception>
     public ValueTask CollapseRangeAsync(long offset, long length, ConflictPolicy? policy = null, CancellationToken cancellationToken = default) =>
-        Volume.CollapseRangeAsync(Inode, offset, length, policy, cancellationToken);
+        Volume.RunVoidAsync(Volume.Parts.Space.ShiftRange(Inode, offset, length, policy, collapse: true), cancellationToken);
 
     /// <summary>Inserts a block-aligned hole and shifts the rest up (FALLOC_FL_INSERT_RANGE). The offset must be before EOF.</summary>
     /// <param name="offset">Block-aligned byte offset.</param>
@@ -268,7 +268,7 @@ public sealed class VolumeFile
     /// (Deny, a Wait that ran out, an unbreakable pin, a Direct mapping; Defer cannot help here);
     /// <see cref="PinnedDmaError.NoSpace"/>: no metadata room.
     /// </exception>
-    public void InsertRange(long offset, long length, ConflictPolicy? policy = null) => Volume.InsertRange(Inode, offset, length, policy);
+    public void InsertRange(long offset, long length, ConflictPolicy? policy = null) => Volume.Run(Volume.Parts.Space.ShiftRange(Inode, offset, length, policy, collapse: false));
 
     /// <summary>Inserts a range, awaiting a Wait or Break conflict instead of blocking.</summary>
     /// <param name="offset">Block-aligned byte offset.</param>
@@ -289,7 +289,7 @@ public sealed class VolumeFile
     /// <exception cref="ArgumentOutOfRangeException">As for the sync form.</exception>
     /// <exception cref="PinnedDmaException">As for the sync form.</exception>
     public ValueTask InsertRangeAsync(long offset, long length, ConflictPolicy? policy = null, CancellationToken cancellationToken = default) =>
-        Volume.InsertRangeAsync(Inode, offset, length, policy, cancellationToken);
+        Volume.RunVoidAsync(Volume.Parts.Space.ShiftRange(Inode, offset, length, policy, collapse: false), cancellationToken);
 
     /// <summary>Reflinks <paramref name="length"/> bytes of <paramref name="source"/> at <paramref name="sourceOffset"/> into this file at <paramref name="offset"/> (FICLONERANGE). A length of 0 clones to the source's EOF; with a source offset past that EOF it is <see cref="PinnedDmaError.InvalidArgument"/> (EINVAL).</summary>
     /// <param name="source">The file to share blocks from (may be this one, with ranges that do not overlap).</param>
@@ -315,7 +315,7 @@ public sealed class VolumeFile
     {
         ArgumentNullException.ThrowIfNull(source);
         CheckSameVolume(source);
-        Volume.CloneRange(source.Inode, sourceOffset, Inode, offset, length, policy);
+        Volume.Run(Volume.Parts.Sharing.CloneRangeOp(source.Inode, sourceOffset, Inode, offset, length, policy));
     }
 
     /// <summary>Reflinks a range of <paramref name="source"/> into this file, awaiting a Wait or Break conflict instead of blocking.</summary>
@@ -344,7 +344,7 @@ public sealed class VolumeFile
     {
         ArgumentNullException.ThrowIfNull(source);
         CheckSameVolume(source);
-        return Volume.CloneRangeAsync(source.Inode, sourceOffset, Inode, offset, length, policy, cancellationToken);
+        return Volume.RunVoidAsync(Volume.Parts.Sharing.CloneRangeOp(source.Inode, sourceOffset, Inode, offset, length, policy), cancellationToken);
     }
 
     /// <summary>
@@ -377,7 +377,7 @@ public sealed class VolumeFile
     {
         ArgumentNullException.ThrowIfNull(source);
         CheckSameVolume(source);
-        return Volume.DedupeRange(source.Inode, sourceOffset, Inode, offset, length, policy);
+        return Volume.Run(Volume.Parts.Sharing.DedupeRangeOp(source.Inode, sourceOffset, Inode, offset, length, policy));
     }
 
     /// <summary>Dedupes a range of <paramref name="source"/> into this file, awaiting a Wait or Break conflict instead of blocking.</summary>
@@ -406,7 +406,7 @@ public sealed class VolumeFile
     {
         ArgumentNullException.ThrowIfNull(source);
         CheckSameVolume(source);
-        return Volume.DedupeRangeAsync(source.Inode, sourceOffset, Inode, offset, length, policy, cancellationToken);
+        return Volume.RunAsync(Volume.Parts.Sharing.DedupeRangeOp(source.Inode, sourceOffset, Inode, offset, length, policy), cancellationToken);
     }
 
     /// <summary>
@@ -430,7 +430,7 @@ public sealed class VolumeFile
     /// <see cref="PinnedDmaError.NoSpace"/>: no free block for a copy, or no metadata room.
     /// </exception>
     public void UnshareRange(long offset, long length, ConflictPolicy? policy = null, bool keepSize = false) =>
-        Volume.UnshareRange(Inode, offset, length, keepSize, policy);
+        Volume.Run(Volume.Parts.Sharing.UnshareRangeOp(Inode, offset, length, keepSize, policy));
 
     /// <summary>Unshares a range, awaiting a Wait or Break conflict instead of blocking.</summary>
     /// <param name="offset">Byte offset.</param>
@@ -452,7 +452,7 @@ public sealed class VolumeFile
     /// <exception cref="ArgumentOutOfRangeException">As for the sync form.</exception>
     /// <exception cref="PinnedDmaException">As for the sync form.</exception>
     public ValueTask UnshareRangeAsync(long offset, long length, ConflictPolicy? policy = null, bool keepSize = false, CancellationToken cancellationToken = default) =>
-        Volume.UnshareRangeAsync(Inode, offset, length, keepSize, policy, cancellationToken);
+        Volume.RunVoidAsync(Volume.Parts.Sharing.UnshareRangeOp(Inode, offset, length, keepSize, policy), cancellationToken);
 
     /// <summary>The mapped extents that intersect the byte range, like FIEMAP.</summary>
     /// <param name="offset">Byte offset.</param>
