@@ -95,7 +95,7 @@ public sealed class VolumeFile
     /// <summary>Sets the size. Shrinking frees the blocks past the new EOF and zeroes the tail of the last block.</summary>
     /// <param name="length">The new size in bytes.</param>
     /// <param name="policy">Policy for pins past the new EOF; null for the file's or the volume's. Defer hands their blocks to the pins.</param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is negative (the exception names the parameter <c>offset</c>).</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is negative.</exception>
     /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
     /// <exception cref="PinnedDmaException">
     /// Nothing changes. <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="length"/> is past the largest
@@ -468,9 +468,9 @@ public sealed class VolumeFile
     /// <exception cref="PinnedDmaException">As for <see cref="Volume.Commit"/>: <see cref="PinnedDmaError.IoError"/> or <see cref="PinnedDmaError.NoSpace"/>.</exception>
     public void Flush() => Volume.Commit();
 
-    private void CheckSameVolume(VolumeFile other)
+    private void CheckSameVolume(VolumeFile source)
     {
-        if (other.Volume != Volume) throw new ArgumentException("Both files must be on the same volume (EXDEV).", nameof(other));
+        if (source.Volume != Volume) throw new ArgumentException("Both files must be on the same volume (EXDEV).", nameof(source));
     }
 
     /// <inheritdoc />

@@ -46,7 +46,7 @@ internal sealed class BlockSharing(VolumeState s) : VolumePart(s)
 
     public VolumeOp<int> CloneRangeOp(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
     {
-        CheckFileRange(srcOffset, length);
+        CheckFileRange(srcOffset, length, "sourceOffset");
         CheckFileRange(dstOffset, length);
         return new(new RemapContext("clone range", policy), ctx =>
         {
@@ -70,7 +70,7 @@ internal sealed class BlockSharing(VolumeState s) : VolumePart(s)
 
     public VolumeOp<long> DedupeRangeOp(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
     {
-        CheckFileRange(srcOffset, length);
+        CheckFileRange(srcOffset, length, "sourceOffset");
         CheckFileRange(dstOffset, length);
         return new(new RemapContext("dedupe range", policy), ctx =>
         {

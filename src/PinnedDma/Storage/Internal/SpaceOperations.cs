@@ -11,7 +11,7 @@ internal sealed class SpaceOperations(VolumeState s) : VolumePart(s)
 {
     public VolumeOp<int> TruncateOp(Inode inode, long length, ConflictPolicy? policy)
     {
-        CheckFileRange(length, 0);
+        CheckFileRange(length, 0, nameof(length));
         return new(new RemapContext("truncate", policy), ctx =>
         {
             Live(inode);

@@ -78,9 +78,13 @@ internal abstract class VolumePart(VolumeState s)
     public (long First, long End) BlockSpan(long offset, long length) =>
         length == 0 ? (offset >> BlockShift, offset >> BlockShift) : (offset >> BlockShift, ((offset + length - 1) >> BlockShift) + 1);
 
-    public void CheckFileRange(long offset, long length)
+    /// <summary>
+    /// A byte range of a file: <see cref="ArgumentOutOfRangeException"/> naming the caller's parameter when negative or
+    /// overflowing, EFBIG past the largest file size.
+    /// </summary>
+    public void CheckFileRange(long offset, long length, string offsetName = "offset")
     {
-        ThrowHelper.CheckRange(offset, length);
+        ThrowHelper.CheckRange(offset, length, offsetName);
         if (offset + length > MaxFileSize)
             ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Range ends past the largest file size ({MaxFileSize} bytes) (EFBIG).");
     }
