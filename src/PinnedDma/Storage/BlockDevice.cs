@@ -229,5 +229,3 @@ public abstract unsafe class BlockDevice : IDisposable
         if (Interlocked.Exchange(ref _refs, 0) > 0 && _base != null) ReleaseCore(_base);
     }
 }
-
-

@@ -109,13 +109,6 @@ public sealed partial class Volume
         }
     }
 
-
-
-
-
-
-
-
     /// <summary>
     /// Called by the layout layer when a seal goes (release or revoke), without any lock of its own: an attached seal
     /// leaves the seal table under the table's lock alone; a detached one also gives its blocks back to the allocator,
@@ -133,7 +126,4 @@ public sealed partial class Volume
 
     /// <summary>The seal table, for tests.</summary>
     internal SealTable Seals => _seals;
-
-
-
 }

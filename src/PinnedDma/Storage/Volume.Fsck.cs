@@ -15,7 +15,6 @@ public sealed partial class Volume
         }
     }
 
-
     /// <summary>
     /// Checks the metadata: reference counts recomputed from every extent map (and every Defer-owned pin) equal the
     /// allocator's; no block is both free and referenced, none is leaked; every extent lies in the data area and

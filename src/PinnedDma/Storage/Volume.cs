@@ -168,7 +168,6 @@ public sealed partial class Volume : IDisposable
         return Format(device, options, ownsDevice: true);
     }
 
-
     /// <summary>Formats <paramref name="device"/> as an empty volume.</summary>
     /// <param name="device">The device; whatever it held is lost.</param>
     /// <param name="options">Geometry (which must match the device's) and behaviour.</param>
@@ -253,7 +252,6 @@ public sealed partial class Volume : IDisposable
             throw;
         }
     }
-
 
     /// <summary>
     /// Mounts an existing volume on <paramref name="device"/>: the geometry comes from either intact superblock copy,
