@@ -21,8 +21,8 @@ public readonly record struct ConflictPolicy(ConflictPolicyKind Kind, TimeSpan T
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative.</exception>
     public static ConflictPolicy Break(TimeSpan timeout) => new(ConflictPolicyKind.Break, CheckTimeout(timeout));
 
-    private static TimeSpan CheckTimeout(TimeSpan t) =>
-        t < TimeSpan.Zero ? throw new ArgumentOutOfRangeException(nameof(t), t, "Timeout must not be negative.") : t;
+    private static TimeSpan CheckTimeout(TimeSpan timeout) =>
+        timeout < TimeSpan.Zero ? throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "Timeout must not be negative.") : timeout;
 
     /// <inheritdoc />
     public override string ToString() => Kind is ConflictPolicyKind.Wait or ConflictPolicyKind.Break ? $"{Kind}({Timeout.TotalMilliseconds} ms)" : Kind.ToString();

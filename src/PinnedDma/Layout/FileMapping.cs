@@ -53,7 +53,7 @@ public sealed class FileMapping : IDisposable
             // Allocate and unshare now; nothing stays frozen afterwards.
             var s = volume.CreateSeal(file.Inode, offset, length, null, requirePrivate: false,
                 (inode, fb, count, frozen) => new DirectSeal(inode, fb, count, frozen));
-            lock (volume.Gate) volume.RemoveSeal(s);
+            volume.RemoveSeal(s);
             ((DirectSeal)s).End();
         }
     }
@@ -184,8 +184,7 @@ public sealed class FileMapping : IDisposable
         if (_seal is not null)
         {
             var volume = File.Volume;
-            if (!volume.IsDisposed)
-                lock (volume.Gate) volume.RemoveSeal(_seal);
+            if (!volume.IsDisposed) volume.RemoveSeal(_seal);
             _seal.End();
             _device!.Release();
         }
@@ -207,5 +206,10 @@ internal sealed class DirectSeal : Seal
     public override Task Gone => _gone.Task;
     public override void RequestBreak(TimeSpan timeout, string reason) { }
     public override void Revoke(string reason) => End();
+    public override ValueTask RevokeAsync(string reason)
+    {
+        End();
+        return default;
+    }
     public void End() => _gone.TrySetResult();
 }

@@ -12,7 +12,7 @@ namespace PinnedDma;
 /// <see cref="Drain"/>, so a revocation waits for in-flight DMA and then stops all access.
 /// Dispose to release; a handle that is dropped without Dispose is released by its finalizer.
 /// </summary>
-public sealed unsafe class PinHandle : IDisposable
+public sealed unsafe class PinHandle : IDisposable, IAsyncDisposable
 {
     private readonly PinSeal _seal;
     private ScatterGatherEntry[]? _sgl;
@@ -81,9 +81,9 @@ public sealed unsafe class PinHandle : IDisposable
     /// <summary>DMA read: copies pinned bytes at <paramref name="offset"/> (relative to <see cref="Offset"/>). Throws when revoked or released.</summary>
     /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
     /// <param name="destination">Where the bytes go; the whole span is filled.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative.</exception>
     /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>destination.Length</c>) is not inside the pin (a negative
-    /// offset included); <see cref="PinnedDmaError.Revoked"/>: the lease was revoked;
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>destination.Length</c>) is not inside the pin; <see cref="PinnedDmaError.Revoked"/>: the lease was revoked;
     /// <see cref="PinnedDmaError.Released"/>: the pin was released (disposed, or its owner or volume disposed).
     /// </exception>
     public void Read(long offset, Span<byte> destination)
@@ -94,9 +94,9 @@ public sealed unsafe class PinHandle : IDisposable
     /// <summary>DMA write through the frozen translation. Needs WRITE access. Throws when revoked or released.</summary>
     /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
     /// <param name="source">The bytes to store.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative.</exception>
     /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>source.Length</c>) is not inside the pin (a negative
-    /// offset included), or the pin is READ only; <see cref="PinnedDmaError.Revoked"/>: the lease was
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>source.Length</c>) is not inside the pin, or the pin is READ only; <see cref="PinnedDmaError.Revoked"/>: the lease was
     /// revoked; <see cref="PinnedDmaError.Released"/>: the pin was released (disposed, or its owner or volume disposed).
     /// </exception>
     public void Write(long offset, ReadOnlySpan<byte> source)
@@ -108,9 +108,9 @@ public sealed unsafe class PinHandle : IDisposable
     /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
     /// <param name="destination">Where the bytes go; the whole span is filled.</param>
     /// <returns>True when the bytes were copied; false when the pin has ended.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative.</exception>
     /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>destination.Length</c>) is not inside the pin (a negative
-    /// offset included).
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>destination.Length</c>) is not inside the pin.
     /// </exception>
     public bool TryRead(long offset, Span<byte> destination)
     {
@@ -132,9 +132,9 @@ public sealed unsafe class PinHandle : IDisposable
     /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
     /// <param name="source">The bytes to store.</param>
     /// <returns>True when the bytes were stored; false when the pin has ended.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative.</exception>
     /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>source.Length</c>) is not inside the pin (a negative
-    /// offset included), or the pin is READ only.
+    /// <see cref="PinnedDmaError.AccessDenied"/>: [<paramref name="offset"/>, +<c>source.Length</c>) is not inside the pin, or the pin is READ only.
     /// </exception>
     public bool TryWrite(long offset, ReadOnlySpan<byte> source)
     {
@@ -185,8 +185,9 @@ public sealed unsafe class PinHandle : IDisposable
     /// <summary>The device byte offset that holds pinned byte <paramref name="offset"/>, and how many bytes follow contiguously.</summary>
     /// <param name="offset">Byte offset relative to <see cref="Offset"/>.</param>
     /// <returns>The device byte offset, and the bytes from there to the end of its extent or of the pin, whichever comes first.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative.</exception>
     /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.AccessDenied"/>: <paramref name="offset"/> is not inside the pin (a negative one included).
+    /// <see cref="PinnedDmaError.AccessDenied"/>: <paramref name="offset"/> is not inside the pin.
     /// </exception>
     public (long DeviceOffset, long Contiguous) Translate(long offset)
     {
@@ -205,8 +206,11 @@ public sealed unsafe class PinHandle : IDisposable
             ThrowOutOfBounds(offset, length);
     }
 
-    private void ThrowOutOfBounds(long offset, long length) =>
+    private void ThrowOutOfBounds(long offset, long length)
+    {
+        ThrowHelper.CheckRange(offset, length); // a negative offset is the caller's mistake: ArgumentOutOfRangeException
         ThrowHelper.Throw(PinnedDmaError.AccessDenied, $"Access [{offset}, +{length}) is outside the pin's {_seal.Length} bytes.");
+    }
 
     /// <summary>Re-pins for WRITE: other files that share the blocks (clones made after the pin) get copies; the translation stays.</summary>
     /// <param name="access">WRITE to upgrade; READ, or the access the pin already has, does nothing.</param>
@@ -238,6 +242,18 @@ public sealed unsafe class PinHandle : IDisposable
     {
         _seal.End(PinStatus.Released, "released");
         GC.SuppressFinalize(this);
+    }
+
+    /// <summary>
+    /// Releases the pin as <see cref="Dispose"/> does, but awaits the in-flight DMA instead of blocking a thread: the
+    /// drain closes at once (no new access through the pin succeeds from here on), and the task completes once the
+    /// accesses inside have left and the range, the charge and the device reference are given back.
+    /// </summary>
+    /// <returns>A task that completes when the pin is released (at once when no DMA was in flight).</returns>
+    public ValueTask DisposeAsync()
+    {
+        GC.SuppressFinalize(this);
+        return _seal.EndAsync(PinStatus.Released, "released");
     }
 
     /// <summary>A leaked handle: release its pin off the finalizer thread.</summary>

@@ -126,9 +126,8 @@ public abstract unsafe class BlockDevice : IDisposable
     /// <param name="offset">Byte offset on the device.</param>
     /// <param name="length">Bytes.</param>
     /// <returns>The device bytes themselves (no copy).</returns>
-    /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length included).
-    /// </exception>
+    /// <exception cref="ArgumentOutOfRangeException">The offset or the length is negative.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.InvalidArgument"/>: the range ends past the device.</exception>
     /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public Span<byte> GetSpan(long offset, int length)
     {
@@ -139,9 +138,8 @@ public abstract unsafe class BlockDevice : IDisposable
     /// <summary>Copies device bytes at <paramref name="offset"/> into <paramref name="destination"/>.</summary>
     /// <param name="offset">Byte offset on the device.</param>
     /// <param name="destination">Where the bytes go; the whole span is filled.</param>
-    /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length included).
-    /// </exception>
+    /// <exception cref="ArgumentOutOfRangeException">The offset or the length is negative.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.InvalidArgument"/>: the range ends past the device.</exception>
     /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public void Read(long offset, Span<byte> destination)
     {
@@ -152,9 +150,8 @@ public abstract unsafe class BlockDevice : IDisposable
     /// <summary>Copies <paramref name="source"/> to device bytes at <paramref name="offset"/>.</summary>
     /// <param name="offset">Byte offset on the device.</param>
     /// <param name="source">The bytes to store.</param>
-    /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length included).
-    /// </exception>
+    /// <exception cref="ArgumentOutOfRangeException">The offset or the length is negative.</exception>
+    /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.InvalidArgument"/>: the range ends past the device.</exception>
     /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
@@ -165,9 +162,10 @@ public abstract unsafe class BlockDevice : IDisposable
     /// <summary>Makes the bytes of the range durable (msync for a mapped file; nothing for memory).</summary>
     /// <param name="offset">Byte offset on the device.</param>
     /// <param name="length">Bytes.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> or <paramref name="length"/> is negative.</exception>
     /// <exception cref="PinnedDmaException">
-    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range is not inside the device (a negative offset or length
-    /// included); <see cref="PinnedDmaError.IoError"/>: <c>msync</c> failed (a file device).
+    /// <see cref="PinnedDmaError.InvalidArgument"/>: the range ends past the device;
+    /// <see cref="PinnedDmaError.IoError"/>: <c>msync</c> failed (a file device).
     /// </exception>
     /// <exception cref="ObjectDisposedException">A file device is disposed (a memory device has nothing to flush and does not check).</exception>
     public void Flush(long offset, long length)
@@ -195,8 +193,13 @@ public abstract unsafe class BlockDevice : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckRange(long offset, long length)
     {
-        if ((ulong)offset > (ulong)Length || (ulong)length > (ulong)(Length - offset))
-            ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Device range [{offset}, +{length}) is outside the device's {Length} bytes.");
+        if ((ulong)offset > (ulong)Length || (ulong)length > (ulong)(Length - offset)) ThrowOutside(offset, length);
+    }
+
+    private void ThrowOutside(long offset, long length)
+    {
+        ThrowHelper.CheckRange(offset, length); // a negative offset or length is the caller's mistake: ArgumentOutOfRangeException
+        ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"Device range [{offset}, +{length}) is outside the device's {Length} bytes.");
     }
 
     /// <summary>
@@ -226,5 +229,3 @@ public abstract unsafe class BlockDevice : IDisposable
         if (Interlocked.Exchange(ref _refs, 0) > 0 && _base != null) ReleaseCore(_base);
     }
 }
-
-

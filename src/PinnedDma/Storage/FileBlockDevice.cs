@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using PinnedDma.Internal;
 using PinnedDma.Interop;
 
 namespace PinnedDma.Storage;
@@ -203,9 +204,25 @@ public sealed unsafe class FileBlockDevice : BlockDevice
     }
 
     /// <summary>fsync on the file: size and allocation metadata of the host file system.</summary>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     /// <exception cref="PinnedDmaException"><see cref="PinnedDmaError.IoError"/>: <c>fsync</c> failed.</exception>
     public void SyncFile()
     {
-        if (Libc.Fsync((int)_file.DangerousGetHandle()) != 0) throw Libc.Error("fsync", Marshal.GetLastPInvokeError());
+        if (IsDisposed) ThrowHelper.ThrowObjectDisposed(this);
+        bool added = false;
+        try
+        {
+            // The reference keeps the descriptor from being closed (and its number reused) under the fsync.
+            _file.DangerousAddRef(ref added);
+            if (Libc.Fsync((int)_file.DangerousGetHandle()) != 0) throw Libc.Error("fsync", Marshal.GetLastPInvokeError());
+        }
+        catch (ObjectDisposedException)
+        {
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        finally
+        {
+            if (added) _file.DangerousRelease();
+        }
     }
 }

@@ -10,11 +10,7 @@ namespace PinnedDma.Storage;
 // then throws the refusal (Busy), or leaves the lock for LayoutLease.Settle and runs the body again (Pending).
 public sealed partial class Volume
 {
-    private const long MaxFileSize = 1L << 50;
-    private long MaxFileBlocks => MaxFileSize >> BlockShift;
-
-    /// <summary>Seals whose blocks now belong to their pins (Defer, or the file was deleted).</summary>
-    private readonly List<Seal> _detached = new();
+    private const long MaxFileSize = VolumeState.MaxFileSize;
 
     /// <summary>Runs <paramref name="body"/> under the lock until it completes without a pending Wait or Break.</summary>
     private T Mutate<T>(RemapContext ctx, Func<RemapContext, T> body) =>
@@ -23,166 +19,111 @@ public sealed partial class Volume
     /// <summary>
     /// Runs <paramref name="body"/> with <paramref name="state"/> (which may be a span) under the lock until it
     /// completes without stopping on a lease conflict: a refusal is thrown, a pending Wait or Break is settled outside
-    /// the lock and the body runs again. The body's changes become one journal record.
+    /// the lock (blocking this thread) and the body runs again. The body's changes become one journal record.
     /// </summary>
     private T Mutate<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body)
         where TState : allows ref struct
     {
+        T result;
+        while (!MutateStep(ctx, state, body, out result)) LayoutLease.Settle(ctx, _log);
+        return result;
+    }
+
+    /// <summary>
+    /// <see cref="Mutate{TState, T}"/> for the async forms: the same steps, with the settling of a pending Wait or
+    /// Break awaited (<see cref="LayoutLease.SettleAsync"/>) instead of blocking. With no conflict, or under Deny or
+    /// Defer, it completes synchronously. <paramref name="cancellationToken"/> is looked at before each run of the
+    /// body and during the waits: cancellation before the body has applied the operation leaves the volume
+    /// unchanged and throws <see cref="OperationCanceledException"/>.
+    /// </summary>
+    private async ValueTask<T> MutateAsync<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body, CancellationToken cancellationToken)
+    {
         while (true)
         {
-            lock (Gate)
-            {
-                ThrowIfDisposed();
-                T result;
-                try
-                {
-                    result = body(ctx, state);
-                }
-                catch
-                {
-                    // Operations validate before they change anything; an exception after a change is a bug, and the
-                    // half-operation must not reach the journal.
-                    _txn.Clear();
-                    throw;
-                }
-                if (!ctx.Halted)
-                {
-                    EndOp();
-                    return result;
-                }
-                System.Diagnostics.Debug.Assert(_txn.Length == 0, "an operation stopped on a lease conflict after it had changed something");
-                _txn.Clear();
-                if (ctx.Refusal is { } refusal)
-                {
-                    ctx.Refusal = null;
-                    Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
-                    throw refusal;
-                }
-            }
-            LayoutLease.Settle(ctx, _log);
+            cancellationToken.ThrowIfCancellationRequested();
+            if (MutateStep(ctx, state, body, out var result)) return result;
+            await LayoutLease.SettleAsync(ctx, _log, cancellationToken).ConfigureAwait(false);
         }
     }
 
-    /// <summary>
-    /// What to do about <paramref name="conflicts"/> (attached seals an operation would violate): see
-    /// <see cref="LayoutLease.Resolve"/>. On <see cref="ConflictResolution.Pending"/> or
-    /// <see cref="ConflictResolution.Busy"/> the caller returns at once, having changed nothing.
-    /// </summary>
-    private ConflictResolution Check(RemapContext ctx, List<Seal> conflicts, bool deferrable) =>
-        LayoutLease.Resolve(ctx, conflicts, deferrable, DefaultConflictPolicy);
+    private ValueTask<T> MutateAsync<T>(RemapContext ctx, Func<RemapContext, T> body, CancellationToken cancellationToken) =>
+        MutateAsync(ctx, body, static (ctx, body) => body(ctx), cancellationToken);
 
-    /// <summary>Attached seals of <paramref name="inode"/> overlapping file blocks [first, end).</summary>
-    private static List<Seal> SealsOverlapping(Inode inode, long first, long end)
-    {
-        var l = new List<Seal>();
-        foreach (var s in inode.Seals)
-            if (s.FirstBlock < end && s.EndBlock > first) l.Add(s);
-        return l;
-    }
+    /// <summary>Runs a prepared operation (<see cref="VolumeOp{T}"/>) in the mutate loop, blocking on a Wait or Break.</summary>
+    internal T Run<T>(VolumeOp<T> op) => Mutate(op.Ctx, op.Body);
 
-    /// <summary>Every (file, file block range) that maps some of device blocks [start, start+count).</summary>
-    private List<(Inode Inode, Extent Piece)> FindMappings(long start, long count)
-    {
-        var found = new List<(Inode, Extent)>();
-        long end = start + count;
-        foreach (var inode in _byId.Values)
-            foreach (var e in inode.Map.Extents)
-                if (e.DeviceBlock < end && e.DeviceEnd > start)
-                {
-                    long s = Math.Max(start, e.DeviceBlock), t = Math.Min(end, e.DeviceEnd);
-                    found.Add((inode, new Extent(e.FileBlock + (s - e.DeviceBlock), s, t - s, e.Generation)));
-                }
-        return found;
-    }
+    /// <summary>Runs a prepared operation in the mutate loop, awaiting a Wait or Break.</summary>
+    internal ValueTask<T> RunAsync<T>(VolumeOp<T> op, CancellationToken cancellationToken) => MutateAsync(op.Ctx, op.Body, cancellationToken);
 
-    /// <summary>Attached seals, other than <paramref name="except"/>, whose frozen blocks intersect device blocks [start, start+count).</summary>
-    private List<Seal> SealsOnDeviceBlocks(long start, long count, ICollection<Seal>? except = null)
-    {
-        var l = new List<Seal>();
-        long end = start + count;
-        foreach (var inode in _byId.Values)
-            foreach (var s in inode.Seals)
-            {
-                if (except is not null && except.Contains(s)) continue;
-                foreach (var e in s.Frozen)
-                    if (e.DeviceBlock < end && e.DeviceEnd > start) { l.Add(s); break; }
-            }
-        return l;
-    }
+    /// <summary><see cref="RunAsync{T}"/> for an operation whose result is not wanted.</summary>
+    internal ValueTask RunVoidAsync<T>(VolumeOp<T> op, CancellationToken cancellationToken) => Discard(RunAsync(op, cancellationToken));
 
-    /// <summary>Before Defer detaches <paramref name="seals"/>: other pins on sharers of their blocks block the detach.</summary>
-    private ConflictResolution CheckDetachable(RemapContext ctx, List<Seal> seals)
-    {
-        var others = new List<Seal>();
-        foreach (var s in seals)
-            foreach (var e in s.Frozen)
-                others.AddRange(SealsOnDeviceBlocks(e.DeviceBlock, e.Count, seals));
-        return Check(ctx, others, deferrable: false);
-    }
+    /// <summary>The volume's internal parts, which build the operations that <see cref="Run{T}"/> runs.</summary>
+    internal VolumeState Parts => _s;
 
-    /// <summary>Blocks that detaching <paramref name="seals"/> will copy for the other mappings of their blocks.</summary>
-    private long DetachCost(List<Seal> seals)
+    /// <summary>A void async form's task: completed at once when the operation completed synchronously.</summary>
+    private static ValueTask Discard<T>(ValueTask<T> task)
     {
-        long n = 0;
-        foreach (var s in seals)
-            foreach (var e in s.Frozen)
-                foreach (var m in FindMappings(e.DeviceBlock, e.Count)) n += m.Piece.Count;
-        return n;
+        if (task.IsCompletedSuccessfully) return default;
+        return Await(task);
+
+        static async ValueTask Await(ValueTask<T> t) => await t.ConfigureAwait(false);
     }
 
     /// <summary>
-    /// Defer: the seal's blocks leave the file and become the pin's alone. The pin takes a reference; every file
-    /// range still mapping those blocks (the pinned file outside the operation's range, clones) gets a private copy,
-    /// so that no one else ever sees DMA into them.
+    /// One run of <paramref name="body"/> under the lock. True when it completed (its changes are one journal record);
+    /// false when it stopped on a pending Wait or Break, having changed nothing (settle, then run again). A refusal
+    /// (Busy) is thrown.
     /// </summary>
-    private void DetachSeal(Seal seal)
+    private bool MutateStep<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body, out T result)
+        where TState : allows ref struct
     {
-        seal.Inode.Seals.Remove(seal);
-        foreach (var e in seal.Frozen)
+        lock (Gate)
         {
-            _alloc.AddRef(e.DeviceBlock, e.Count);
-            foreach (var (inode, piece) in FindMappings(e.DeviceBlock, e.Count))
-                RelocateRange(inode, piece.FileBlock, piece.Count);
+            ThrowIfDisposed();
+            try
+            {
+                result = body(ctx, state);
+            }
+            catch
+            {
+                // Operations validate before they change anything; an exception after a change is a bug, and the
+                // half-operation must not reach the journal.
+                _journal.DropOp();
+                throw;
+            }
+            if (!ctx.Halted)
+            {
+                _journal.EndOp();
+                return true;
+            }
+            System.Diagnostics.Debug.Assert(!_journal.HasOpenOp, "an operation stopped on a lease conflict after it had changed something");
+            _journal.DropOp();
+            if (ctx.Refusal is { } refusal)
+            {
+                ctx.Refusal = null;
+                Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
+                throw refusal;
+            }
+            return false;
         }
-        seal.Detached = true;
-        _detached.Add(seal);
     }
 
-    /// <summary>Called by the layout layer when a seal goes (release or revoke).</summary>
+    /// <summary>
+    /// Called by the layout layer when a seal goes (release or revoke), without any lock of its own: an attached seal
+    /// leaves the seal table under the table's lock alone; a detached one also gives its blocks back to the allocator,
+    /// which takes <see cref="Gate"/> here (Gate first, then the table: the documented order).
+    /// </summary>
     internal void RemoveSeal(Seal seal)
     {
-        if (seal.Detached)
+        if (_seals.TryRemoveAttached(seal, out bool detached) || !detached) return;
+        lock (Gate)
         {
-            if (_detached.Remove(seal))
-            {
+            if (_seals.RemoveDetached(seal))
                 foreach (var e in seal.Frozen) _alloc.Release(e.DeviceBlock, e.Count);
-            }
-            return;
         }
-        seal.Inode.Seals.Remove(seal);
     }
 
-    /// <summary>Checks that there is room for <paramref name="blocks"/> new blocks, committing to free busy ones if that helps.</summary>
-    private void EnsureSpace(long blocks)
-    {
-        if (blocks <= _alloc.FreeBlocks) return;
-        if (_alloc.BusyBlocks > 0) CommitLocked();
-        if (blocks > _alloc.FreeBlocks)
-            ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Volume full: the operation needs {blocks} blocks, {_alloc.FreeBlocks} are free.");
-    }
-
-    private long ExtentCount()
-    {
-        long n = 0;
-        foreach (var i in _byId.Values) n += i.Map.Count;
-        return n;
-    }
-
-    /// <summary>Refuses an operation that could push the metadata past what a checkpoint can hold.</summary>
-    private void CheckMetadataRoom(long newExtents)
-    {
-        long max = MaxExtentsFor(_sb.BlockCount) - 256;
-        if (ExtentCount() + newExtents > max)
-            ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata full: the volume tracks at most {max} extents.");
-    }
+    /// <summary>The seal table, for tests.</summary>
+    internal SealTable Seals => _seals;
 }

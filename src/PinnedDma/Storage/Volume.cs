@@ -20,10 +20,15 @@ public sealed partial class Volume : IDisposable
     private readonly bool _ownsDevice;
     private readonly Superblock _sb;
     private readonly BlockAllocator _alloc;
-    private readonly Dictionary<string, Inode> _byName = new(StringComparer.Ordinal);
-    private readonly Dictionary<long, Inode> _byId = new();
+    private readonly InodeTable _files = new();
+
+    /// <summary>The seals of pins and Direct mappings; its own lock, taken after <see cref="Gate"/> (see <see cref="SealTable"/>).</summary>
+    private readonly SealTable _seals = new();
+    private readonly MetadataJournal _journal;
+
+    /// <summary>What the internal parts share, and the parts (extent writer, space, sharing, compaction, checks).</summary>
+    private readonly VolumeState _s;
     private readonly bool _durable;
-    private long _nextInodeId = 1;
     private int _disposed;
 
     private Volume(BlockDevice device, bool ownsDevice, Superblock sb, VolumeOptions options)
@@ -33,15 +38,15 @@ public sealed partial class Volume : IDisposable
         _sb = sb;
         _durable = options.DurableCommits;
         _log = Diagnostics.Log.For(options.LoggerFactory, Diagnostics.Log.VolumeCategory);
-        DefaultConflictPolicy = options.DefaultConflictPolicy;
         _alloc = new BlockAllocator(sb.DataStart, sb.BlockCount);
-        _journalCapacity = sb.JournalBlocks * sb.BlockSize;
+        _journal = new MetadataJournal(device, sb, _alloc, _files, _durable, MaxFileSize >> device.BlockShift);
+        _s = new VolumeState(device, sb, _alloc, _files, _journal, _seals, options.DefaultConflictPolicy);
     }
 
     private readonly Microsoft.Extensions.Logging.ILogger _log;
 
     /// <summary>Journal records applied by the last recovery (open or mount).</summary>
-    internal int JournalRecordsReplayed { get; private set; }
+    internal int JournalRecordsReplayed => _journal.RecordsReplayed;
 
     /// <summary>The device under the volume.</summary>
     public BlockDevice Device => _device;
@@ -67,19 +72,23 @@ public sealed partial class Volume : IDisposable
     public int MaxFiles => _sb.MaxFiles;
 
     /// <summary>Policy for operations that conflict with pins, unless a file or the operation overrides it.</summary>
-    public ConflictPolicy DefaultConflictPolicy { get; set; }
+    public ConflictPolicy DefaultConflictPolicy
+    {
+        get => _s.DefaultPolicy;
+        set => _s.DefaultPolicy = value;
+    }
 
     /// <summary>Names of the live files, sorted.</summary>
     public IReadOnlyList<string> FileNames
     {
-        get { lock (Gate) return _byName.Keys.Order(StringComparer.Ordinal).ToArray(); }
+        get { lock (Gate) return _files.ByName.Keys.Order(StringComparer.Ordinal).ToArray(); }
     }
 
     /// <summary>
     /// Why recovery opened the volume at an older state than the newest one on disk (and what it dropped), or null when
     /// it recovered the newest state exactly. Only <see cref="VolumeOptions.AllowRollback"/> can make it non-null.
     /// </summary>
-    public string? RollbackReason { get; private set; }
+    public string? RollbackReason => _journal.RollbackReason;
 
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
@@ -132,7 +141,7 @@ public sealed partial class Volume : IDisposable
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new VolumeOptions();
-        _ = Layout(options.BlockSize, options.BlockCount, options);
+        _ = VolumeGeometry.Plan(options.BlockSize, options.BlockCount, options);
         var device = FileBlockDevice.Open(path, options.BlockSize, options.BlockCount, overwrite ? FileMode.OpenOrCreate : FileMode.CreateNew, options.TryMapSync);
         try
         {
@@ -154,46 +163,9 @@ public sealed partial class Volume : IDisposable
     public static Volume CreateInMemory(VolumeOptions? options = null)
     {
         options ??= new VolumeOptions();
-        _ = Layout(options.BlockSize, options.BlockCount, options);
+        _ = VolumeGeometry.Plan(options.BlockSize, options.BlockCount, options);
         var device = new MemoryBlockDevice(options.BlockSize, options.BlockCount);
         return Format(device, options, ownsDevice: true);
-    }
-
-    /// <summary>The on-disk layout <paramref name="options"/> ask for; every bad option throws <see cref="ArgumentOutOfRangeException"/>.</summary>
-    private static Superblock Layout(int bs, long bc, VolumeOptions options)
-    {
-        if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0)
-            throw new ArgumentOutOfRangeException(nameof(options), bs, "BlockSize must be a power of two from 512 to 65536.");
-        if (bc < 1 || bc > MaxBlockCount)
-            throw new ArgumentOutOfRangeException(nameof(options), bc, $"BlockCount must be from 1 to {MaxBlockCount}.");
-        if (options.MaxFiles < 0 || options.MaxFiles > 1 << 20)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MaxFiles, "MaxFiles must be from 1 to 2^20 (0 picks one).");
-        if (options.CowGranuleBlocks < 1 || options.CowGranuleBlocks > 4096)
-            throw new ArgumentOutOfRangeException(nameof(options), options.CowGranuleBlocks, "CowGranuleBlocks must be from 1 to 4096.");
-        if (options.JournalBlocks < 0 || options.JournalBlocks > bc)
-            throw new ArgumentOutOfRangeException(nameof(options), options.JournalBlocks, "JournalBlocks must be from 0 (pick one) to BlockCount.");
-        int maxFiles = options.MaxFiles > 0 ? options.MaxFiles : (int)Math.Clamp(bc / 16, 16, 1024);
-        long journal = options.JournalBlocks > 0 ? options.JournalBlocks : Math.Clamp(bc / 32, 16, 8192);
-        // A checkpoint holds every file and extent; size it for the extent limit (see MaxExtents).
-        long ckptBytes = 64 + (long)maxFiles * (8 + 8 + 2 + 255 + 4) + MaxExtentsFor(bc) * ExtentRecordBytes;
-        long ckpt = (ckptBytes + bs - 1) / bs;
-        var sb = new Superblock
-        {
-            BlockSize = bs,
-            BlockCount = bc,
-            JournalStart = 2,
-            JournalBlocks = journal,
-            CheckpointStart0 = 2 + journal,
-            CheckpointStart1 = 2 + journal + ckpt,
-            CheckpointBlocks = ckpt,
-            DataStart = 2 + journal + 2 * ckpt,
-            CowGranuleBlocks = options.CowGranuleBlocks,
-            MaxFiles = maxFiles,
-            JournalBaseSeq = 1,
-        };
-        if (sb.DataStart + 8 > bc)
-            throw new ArgumentOutOfRangeException(nameof(options), bc, $"A volume of {bc} blocks has no room for data after {sb.DataStart} metadata blocks.");
-        return sb;
     }
 
     /// <summary>Formats <paramref name="device"/> as an empty volume.</summary>
@@ -211,7 +183,7 @@ public sealed partial class Volume : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         if (options.BlockSize != device.BlockSize || options.BlockCount != device.BlockCount)
             throw new ArgumentException("Options geometry differs from the device.", nameof(options));
-        var sb = Layout(device.BlockSize, device.BlockCount, options);
+        var sb = VolumeGeometry.Plan(device.BlockSize, device.BlockCount, options);
         var v = new Volume(device, ownsDevice, sb, options);
         lock (v.Gate)
         {
@@ -220,10 +192,8 @@ public sealed partial class Volume : IDisposable
             device.ZeroBlocks(0, 2 + sb.JournalBlocks);
             device.ZeroBlocks(sb.CheckpointStart0, 1);
             device.ZeroBlocks(sb.CheckpointStart1, 1);
-            v._nextSeq = sb.JournalBaseSeq;
-            v.WriteCheckpoint();
-            // Both copies name the first checkpoint, so that one damaged copy still leaves the geometry.
-            v.WriteSuperblockCopy((long)((sb.Sequence + 1) % 2));
+            // The first checkpoint, named by both superblock copies, so that one damaged copy still leaves the geometry.
+            v._journal.Format();
         }
         return v;
     }
@@ -270,7 +240,7 @@ public sealed partial class Volume : IDisposable
         if (Directory.Exists(path)) throw new PinnedDmaException(PinnedDmaError.InvalidArgument, $"'{path}' is a directory, not a volume file (EISDIR).");
         if (!File.Exists(path)) throw new PinnedDmaException(PinnedDmaError.NotFound, $"No volume file at '{path}'.");
         long length = FileBlockDevice.GetFileLength(path);
-        var sb = ReadSuperblockFromFile(path, length);
+        var sb = VolumeGeometry.ReadFromFile(path, length);
         var device = FileBlockDevice.Open(path, sb.BlockSize, sb.BlockCount, FileMode.Open, options.TryMapSync);
         try
         {
@@ -281,35 +251,6 @@ public sealed partial class Volume : IDisposable
             device.Dispose();
             throw;
         }
-    }
-
-    private static Superblock ReadSuperblockFromFile(string path, long length)
-    {
-        using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        Span<byte> first = stackalloc byte[Superblock.Size];
-        if (length < Superblock.Size || RandomAccess.Read(h, first, 0) != Superblock.Size)
-            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"'{path}' is {length} bytes: too short to be a volume.");
-        var a = Superblock.TryRead(first, out var whyA);
-        int bs = a?.BlockSize ?? 0;
-        Superblock? b = null;
-        string? whyB = "not read";
-        Span<byte> second = stackalloc byte[Superblock.Size];
-        // The second copy sits at block 1; try the block size the first copy names, else every legal size.
-        foreach (int size in bs != 0 ? new[] { bs } : new[] { 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536 })
-        {
-            if (length < size + Superblock.Size) break;
-            RandomAccess.Read(h, second, size);
-            b = Superblock.TryRead(second, out whyB);
-            if (b is not null && b.BlockSize == size) break;
-            b = null;
-        }
-        // Only the geometry is taken from here (both copies carry the same); Mount decides which state to load.
-        var sb = (a ?? b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
-            $"'{path}' has no valid superblock (copy 0: {whyA}; copy 1: {whyB}).");
-        long want = sb.BlockCount * sb.BlockSize;
-        if (length < want)
-            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"'{path}' is {length} bytes but its superblock describes {want}: the file was truncated.");
-        return sb;
     }
 
     /// <summary>
@@ -330,20 +271,11 @@ public sealed partial class Volume : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         options ??= new VolumeOptions();
-        int bs = device.BlockSize;
-        var a = Superblock.TryRead(device.GetSpan(0, Superblock.Size), out var whyA);
-        var b = Superblock.TryRead(device.GetSpan(bs, Superblock.Size), out var whyB);
-        var geometry = (a ?? b) ?? throw new PinnedDmaException(PinnedDmaError.Corrupt,
-            $"No valid superblock (copy 0: {whyA}; copy 1: {whyB}).");
-        if (a is not null && b is not null && !a.SameGeometry(b))
-            throw new PinnedDmaException(PinnedDmaError.Corrupt, "The two superblock copies describe different geometries.");
-        if (geometry.BlockSize != bs || geometry.BlockCount > device.BlockCount)
-            throw new PinnedDmaException(PinnedDmaError.Corrupt, $"Superblock geometry ({geometry.BlockCount} x {geometry.BlockSize}) does not fit the device ({device.BlockCount} x {bs}).");
-        ulong named = Math.Max(a?.Sequence ?? 0, b?.Sequence ?? 0);
+        var geometry = VolumeGeometry.ReadFromDevice(device, out ulong named);
         var v = new Volume(device, ownsDevice, geometry, options);
         using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.volume.open");
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        lock (v.Gate) v.Recover(named, options.AllowRollback);
+        lock (v.Gate) v._journal.Recover(named, options.AllowRollback);
         string where = device is FileBlockDevice f ? f.Path : "memory";
         activity?.SetTag("pinneddma.volume.path", where);
         activity?.SetTag("pinneddma.journal.replayed", v.JournalRecordsReplayed);
@@ -402,7 +334,7 @@ public sealed partial class Volume : IDisposable
             {
                 // Every operation (pins included) checks the flag under this lock, so the snapshot holds every seal
                 // that will ever exist on this volume.
-                seals = _byId.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
+                seals = _seals.Attached().Concat(_seals.Detached()).ToList();
             }
         }
         if (seals is null)
@@ -417,7 +349,7 @@ public sealed partial class Volume : IDisposable
             {
                 try
                 {
-                    WriteCheckpoint();
+                    _journal.WriteCheckpoint();
                 }
                 finally
                 {
@@ -438,6 +370,47 @@ public sealed partial class Volume : IDisposable
         if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
     }
 
+    // ---------------------------------------------------------------- journal
+
+    /// <summary>Journal records written since the volume was opened (for tests and benchmarks).</summary>
+    public long JournalRecordsWritten { get { lock (Gate) return _journal.RecordsWritten; } }
+
+    /// <summary>Checkpoints written since the volume was opened.</summary>
+    public long CheckpointsWritten { get { lock (Gate) return _journal.CheckpointsWritten; } }
+
+    /// <summary>
+    /// Makes every completed operation durable (fsync for the whole volume): flushes data, then writes and flushes
+    /// the journal records that point at it. Blocks freed by those records become reusable.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
+    /// <see cref="PinnedDmaError.NoSpace"/>: the journal is full and the metadata does not fit the checkpoint area.
+    /// </exception>
+    public void Commit()
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            _journal.Commit();
+        }
+    }
+
+    /// <summary>Writes a checkpoint now: the journal starts over empty.</summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
+    /// <see cref="PinnedDmaError.NoSpace"/>: the metadata does not fit the checkpoint area.
+    /// </exception>
+    public void Checkpoint()
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            _journal.WriteCheckpoint();
+        }
+    }
+
     // ---------------------------------------------------------------- namespace
 
     /// <summary>Creates an empty file.</summary>
@@ -456,10 +429,10 @@ public sealed partial class Volume : IDisposable
         lock (Gate)
         {
             ThrowIfDisposed();
-            if (_byName.ContainsKey(name)) ThrowHelper.Throw(PinnedDmaError.AlreadyExists, $"File '{name}' exists.");
-            if (_byName.Count >= _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"The volume holds at most {_sb.MaxFiles} files.");
-            var inode = PrimCreate(_nextInodeId, name);
-            EndOp();
+            if (_files.ByName.ContainsKey(name)) ThrowHelper.Throw(PinnedDmaError.AlreadyExists, $"File '{name}' exists.");
+            if (_files.ByName.Count >= _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"The volume holds at most {_sb.MaxFiles} files.");
+            var inode = _journal.Create(_files.NextId, name);
+            _journal.EndOp();
             return new VolumeFile(this, inode);
         }
     }
@@ -476,7 +449,7 @@ public sealed partial class Volume : IDisposable
         lock (Gate)
         {
             ThrowIfDisposed();
-            return _byName.TryGetValue(name, out var inode)
+            return _files.ByName.TryGetValue(name, out var inode)
                 ? new VolumeFile(this, inode)
                 : ThrowHelper.Throw<VolumeFile>(PinnedDmaError.NotFound, $"No file '{name}'.");
         }
@@ -501,7 +474,7 @@ public sealed partial class Volume : IDisposable
     public bool FileExists(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
-        lock (Gate) return _byName.ContainsKey(name);
+        lock (Gate) return _files.ByName.ContainsKey(name);
     }
 
     /// <summary>
@@ -520,11 +493,11 @@ public sealed partial class Volume : IDisposable
         lock (Gate)
         {
             ThrowIfDisposed();
-            if (!_byName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
-            CheckMetadataRoom(0);
-            foreach (var s in inode.Seals.ToArray()) DetachSeal(s);
-            PrimDelete(inode);
-            EndOp();
+            if (!_files.ByName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
+            _s.Writer.CheckMetadataRoom(0);
+            foreach (var s in _seals.Of(inode)) _s.Writer.DetachSeal(s);
+            _journal.Delete(inode);
+            _journal.EndOp();
         }
     }
 

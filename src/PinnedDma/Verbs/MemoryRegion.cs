@@ -188,21 +188,12 @@ public sealed unsafe class MemoryRegion : IDisposable
         }
     }
 
-    /// <summary>An 8-byte atomic on the region; ODP regions serialise through the volume lock.</summary>
+    /// <summary>An 8-byte atomic on the region; an ODP region's is done by the volume, serialised with the file's other writes.</summary>
     internal ulong Atomic(long offset, bool compareSwap, ulong compareAdd, ulong swap)
     {
         if (_odpFile is not null)
         {
-            lock (_odpFile.Volume.Gate)
-            {
-                Span<byte> b = stackalloc byte[8];
-                ReadAt(offset, b);
-                ulong old = BitConverter.ToUInt64(b);
-                ulong next = compareSwap ? (old == compareAdd ? swap : old) : old + compareAdd;
-                BitConverter.TryWriteBytes(b, next);
-                WriteAt(offset, b);
-                return old;
-            }
+            return _odpFile.Volume.Atomic(_odpFile.Inode, _odpOffset + offset, compareSwap, compareAdd, swap);
         }
         var piece = Piece(offset, 8);
         ref ulong target = ref MemoryMarshal.AsRef<ulong>(piece);

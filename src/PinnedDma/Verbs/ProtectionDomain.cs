@@ -62,7 +62,7 @@ public sealed class ProtectionDomain : IDisposable
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="owner"/> or <paramref name="file"/> is null.</exception>
     /// <exception cref="ArgumentException">
-    /// <paramref name="file"/> is on another volume than <paramref name="owner"/>'s (a pinned region only).
+    /// <paramref name="file"/> is on another volume than <paramref name="owner"/>'s.
     /// </exception>
     /// <exception cref="ArgumentOutOfRangeException">
     /// <paramref name="access"/> has unknown flags, <paramref name="offset"/> or <paramref name="length"/> is negative
@@ -103,6 +103,7 @@ public sealed class ProtectionDomain : IDisposable
         MemoryRegion mr;
         if ((access & AccessFlags.OnDemand) != 0)
         {
+            if (file.Volume != owner.Volume) throw new ArgumentException("The file is on another volume.", nameof(file));
             if (offset + length > file.Length)
                 ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"ODP range [{offset}, +{length}) goes past EOF ({file.Length}).");
             mr = new MemoryRegion(this, file, offset, length, access);

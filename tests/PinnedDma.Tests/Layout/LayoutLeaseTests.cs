@@ -37,7 +37,7 @@ public sealed class LayoutLeaseTests : IDisposable
         if (kind == SealKind.Direct)
         {
             var map = _owner.Map(_file, 0, 4096, MapFlags.Shared | MapFlags.Direct);
-            return (_file.Inode.Seals.ToList(), map);
+            return (_v.Seals.Of(_file.Inode), map);
         }
         var pin = _owner.Pin(_file, 0, 4096, PinAccess.Write, kind == SealKind.Unbreakable ? PinOptions.Unbreakable : PinOptions.None);
         return (new List<Seal> { pin.Seal }, pin);
