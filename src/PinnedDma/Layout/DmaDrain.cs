@@ -13,6 +13,7 @@ public sealed class DmaDrain
     private const int CountMask = Closed - 1;
     private int _state;
     private ManualResetEventSlim? _drained; // created only when Close has to wait
+    private TaskCompletionSource? _drainedAsync; // created only when CloseAsync has to wait
 
     /// <summary>True once <see cref="Close"/> was called.</summary>
     public bool IsClosed => (Volatile.Read(ref _state) & Closed) != 0;
@@ -35,12 +36,25 @@ public sealed class DmaDrain
     }
 
     /// <summary>Leaves an access entered with <see cref="TryEnter"/>.</summary>
-    /// <exception cref="InvalidOperationException">No access is inside (an Exit without a TryEnter).</exception>
+    /// <exception cref="InvalidOperationException">
+    /// No access is inside (an Exit without a successful TryEnter); the drain is left as it was, so the accesses
+    /// really inside are still counted and a closed drain stays closed.
+    /// </exception>
     public void Exit()
     {
-        int s = Interlocked.Decrement(ref _state);
-        if (s == Closed) Volatile.Read(ref _drained)?.Set();
-        else if ((s & CountMask) == CountMask) throw new InvalidOperationException("DmaDrain.Exit without TryEnter.");
+        int s = Volatile.Read(ref _state);
+        while (true)
+        {
+            if ((s & CountMask) == 0) throw new InvalidOperationException("DmaDrain.Exit without a successful TryEnter.");
+            int seen = Interlocked.CompareExchange(ref _state, s - 1, s);
+            if (seen == s) break;
+            s = seen;
+        }
+        if (s - 1 == Closed)
+        {
+            Volatile.Read(ref _drained)?.Set();
+            Volatile.Read(ref _drainedAsync)?.TrySetResult();
+        }
     }
 
     /// <summary>
@@ -63,11 +77,50 @@ public sealed class DmaDrain
             if (!cut && Environment.TickCount64 >= cutAt)
             {
                 cut = true;
-                Action[] handlers;
-                lock (_stallHandlers) handlers = _stallHandlers.ToArray();
-                foreach (var h in handlers) h();
+                RunStallHandlers();
             }
         }
+    }
+
+    /// <summary>
+    /// <see cref="Close"/> without blocking a thread: closes the drain at once (every later <see cref="TryEnter"/>
+    /// fails, whatever happens to the returned task) and completes once no access is inside, running the stall
+    /// handlers after <see cref="StallGrace"/> as <see cref="Close"/> does. Idempotent; safe from several threads
+    /// and together with <see cref="Close"/>.
+    /// </summary>
+    /// <param name="cancellationToken">Ends the wait (not the close) with <see cref="OperationCanceledException"/>.</param>
+    /// <returns>A task that completes when the accesses inside have left; already completed when none was inside.</returns>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was canceled before the accesses left; the drain stays closed.</exception>
+    public ValueTask CloseAsync(CancellationToken cancellationToken = default)
+    {
+        int s = Interlocked.Or(ref _state, Closed);
+        if ((s & CountMask) == 0) return default;
+        var tcs = LazyInitializer.EnsureInitialized(ref _drainedAsync, static () => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        // An Exit that brought the count to 0 before the source existed did not see it: look again.
+        if ((Volatile.Read(ref _state) & CountMask) == 0) tcs.TrySetResult();
+        if (tcs.Task.IsCompleted) return default;
+        return WaitDrained(tcs.Task, cancellationToken);
+    }
+
+    private async ValueTask WaitDrained(Task drained, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await drained.WaitAsync(StallGrace, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+        catch (TimeoutException)
+        {
+        }
+        RunStallHandlers();
+        await drained.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private void RunStallHandlers()
+    {
+        Action[] handlers;
+        lock (_stallHandlers) handlers = _stallHandlers.ToArray();
+        foreach (var h in handlers) h();
     }
 
     /// <summary>How long <see cref="Close"/> lets an access finish on its own before it runs the stall handlers.</summary>

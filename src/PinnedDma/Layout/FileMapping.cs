@@ -207,5 +207,10 @@ internal sealed class DirectSeal : Seal
     public override Task Gone => _gone.Task;
     public override void RequestBreak(TimeSpan timeout, string reason) { }
     public override void Revoke(string reason) => End();
+    public override ValueTask RevokeAsync(string reason)
+    {
+        End();
+        return default;
+    }
     public void End() => _gone.TrySetResult();
 }

@@ -141,63 +141,158 @@ internal sealed class LayoutLease
     }
 
     /// <summary>
-    /// Carries out what the last run left pending, outside the volume lock: Wait waits for the seals to go, up to the
-    /// deadline, then fails busy; Break asks each holder (once per operation), waits up to the deadline and revokes
-    /// the seals still there (each revocation drains its in-flight DMA). The operation then runs again.
+    /// Carries out what the last run left pending, outside the volume lock, blocking the calling thread: Wait waits
+    /// for the seals to go, up to the deadline, then fails busy; Break asks each holder (once per operation), waits up
+    /// to the deadline and revokes the seals still there (each revocation drains its in-flight DMA). The operation
+    /// then runs again. <see cref="SettleAsync"/> is the same steps with awaits in place of the blocking waits.
     /// </summary>
     public static void Settle(RemapContext ctx, Microsoft.Extensions.Logging.ILogger log)
     {
-        var pending = ctx.Pending!;
-        ctx.Pending = null;
-        if (ctx.Deadline == 0) ctx.Deadline = Environment.TickCount64 + (long)ctx.Timeout.TotalMilliseconds;
-        var remaining = TimeSpan.FromMilliseconds(Math.Max(0, ctx.Deadline - Environment.TickCount64));
+        var pending = TakePending(ctx);
         var gone = pending.Select(s => s.Gone).ToArray();
         if (ctx.PendingKind == ConflictPolicyKind.Wait)
         {
-            if (!Task.WaitAll(gone, remaining))
-            {
-                Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
-                throw new PinnedDmaException(PinnedDmaError.Busy, $"{ctx.Operation}: pins still held after waiting {ctx.Timeout.TotalMilliseconds} ms.");
-            }
+            if (!Task.WaitAll(gone, MillisecondsLeft(ctx))) throw WaitRanOut(ctx);
             return;
         }
-        using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.lease.break");
-        activity?.SetTag("pinneddma.operation", ctx.Operation);
-        activity?.SetTag("pinneddma.lease.count", pending.Count);
-        long started = Stopwatch.GetTimestamp();
-        ctx.BreakRequested ??= new HashSet<Seal>();
-        foreach (var s in pending)
-            if (ctx.BreakRequested.Add(s)) s.RequestBreak(ctx.Timeout, ctx.Operation);
-        // Each holder's release is timed as it happens (the break-to-release latency), up to the deadline.
+        using var brk = new BreakRound(ctx, pending, log);
         var waiting = new List<Task>(gone);
-        int released = 0;
         while (waiting.Count > 0)
         {
-            int left = (int)Math.Max(0, ctx.Deadline - Environment.TickCount64);
-            int i = Task.WaitAny(waiting.ToArray(), left);
+            int i = Task.WaitAny(waiting.ToArray(), MillisecondsLeft(ctx));
             if (i < 0) break;
             waiting.RemoveAt(i);
-            released++;
-            double seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
-            Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Released);
-            Diagnostics.Telemetry.LeaseBreakDuration.Record(seconds, Diagnostics.Telemetry.Released);
+            brk.Released();
         }
-        int revoked = 0;
-        foreach (var s in pending)
+        foreach (var s in brk.ToRevoke())
         {
-            if (s.Gone.IsCompleted) continue;
-            s.Revoke($"lease break timed out for {ctx.Operation}");
-            revoked++;
+            s.Revoke(brk.RevokeReason);
+            brk.Revoked(s);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Settle"/> without holding a thread: the waits for the holders' release and the revocations' drains
+    /// are awaited. <paramref name="cancellationToken"/> ends the wait with <see cref="OperationCanceledException"/>
+    /// before anything is revoked; holders already asked to break stay asked (their pins stay
+    /// <see cref="PinStatus.Breaking"/>, the event was raised and <see cref="PinHandle.BreakRequested"/> completed),
+    /// since the request cannot be taken back. Once revocation has begun it runs to the end (it is bounded).
+    /// </summary>
+    public static async ValueTask SettleAsync(RemapContext ctx, Microsoft.Extensions.Logging.ILogger log, CancellationToken cancellationToken)
+    {
+        var pending = TakePending(ctx);
+        var gone = pending.Select(s => s.Gone).ToArray();
+        if (ctx.PendingKind == ConflictPolicyKind.Wait)
+        {
+            if (!await WaitUntil(Task.WhenAll(gone), ctx, cancellationToken).ConfigureAwait(false)) throw WaitRanOut(ctx);
+            return;
+        }
+        using var brk = new BreakRound(ctx, pending, log);
+        var waiting = new List<Task>(gone);
+        while (waiting.Count > 0)
+        {
+            var any = Task.WhenAny(waiting);
+            if (!await WaitUntil(any, ctx, cancellationToken).ConfigureAwait(false)) break;
+            waiting.Remove(any.Result);
+            brk.Released();
+        }
+        cancellationToken.ThrowIfCancellationRequested();
+        foreach (var s in brk.ToRevoke())
+        {
+            await s.RevokeAsync(brk.RevokeReason).ConfigureAwait(false);
+            brk.Revoked(s);
+        }
+    }
+
+    /// <summary>Awaits <paramref name="task"/> up to the operation's deadline; false when the deadline came first.</summary>
+    private static async ValueTask<bool> WaitUntil(Task task, RemapContext ctx, CancellationToken cancellationToken)
+    {
+        if (task.IsCompleted) return true;
+        try
+        {
+            await task.WaitAsync(TimeSpan.FromMilliseconds(MillisecondsLeft(ctx)), cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>The seals the last run left pending; starts the operation's deadline on its first wait.</summary>
+    private static List<Seal> TakePending(RemapContext ctx)
+    {
+        var pending = ctx.Pending!;
+        ctx.Pending = null;
+        if (ctx.Deadline == 0) ctx.Deadline = Environment.TickCount64 + (long)Math.Min(ctx.Timeout.TotalMilliseconds, int.MaxValue - 1);
+        return pending;
+    }
+
+    private static int MillisecondsLeft(RemapContext ctx) => (int)Math.Clamp(ctx.Deadline - Environment.TickCount64, 0, int.MaxValue - 1);
+
+    private static PinnedDmaException WaitRanOut(RemapContext ctx)
+    {
+        Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
+        return new PinnedDmaException(PinnedDmaError.Busy, $"{ctx.Operation}: pins still held after waiting {ctx.Timeout.TotalMilliseconds} ms.");
+    }
+
+    /// <summary>
+    /// One round of a Break, shared by <see cref="Settle"/> and <see cref="SettleAsync"/>: asks each holder (once per
+    /// operation) when created, counts and times the releases and revocations, and logs the round when disposed.
+    /// </summary>
+    private sealed class BreakRound : IDisposable
+    {
+        private readonly RemapContext _ctx;
+        private readonly List<Seal> _pending;
+        private readonly Microsoft.Extensions.Logging.ILogger _log;
+        private readonly Activity? _activity;
+        private readonly long _started = Stopwatch.GetTimestamp();
+        private int _released, _revoked;
+
+        public BreakRound(RemapContext ctx, List<Seal> pending, Microsoft.Extensions.Logging.ILogger log)
+        {
+            _ctx = ctx;
+            _pending = pending;
+            _log = log;
+            _activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.lease.break");
+            _activity?.SetTag("pinneddma.operation", ctx.Operation);
+            _activity?.SetTag("pinneddma.lease.count", pending.Count);
+            ctx.BreakRequested ??= new HashSet<Seal>();
+            foreach (var s in pending)
+                if (ctx.BreakRequested.Add(s)) s.RequestBreak(ctx.Timeout, ctx.Operation);
+        }
+
+        public string RevokeReason => $"lease break timed out for {_ctx.Operation}";
+
+        /// <summary>A holder gave its lease back (the break-to-release latency is recorded as it happens).</summary>
+        public void Released()
+        {
+            _released++;
+            Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Released);
+            Diagnostics.Telemetry.LeaseBreakDuration.Record(Stopwatch.GetElapsedTime(_started).TotalSeconds, Diagnostics.Telemetry.Released);
+        }
+
+        /// <summary>The seals still there at the deadline.</summary>
+        public IEnumerable<Seal> ToRevoke() => _pending.Where(s => !s.Gone.IsCompleted).ToList();
+
+        public void Revoked(Seal s)
+        {
+            _revoked++;
             Diagnostics.Telemetry.LeaseRevokes.Add(1);
             Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Revoked);
-            Diagnostics.Telemetry.LeaseBreakDuration.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, Diagnostics.Telemetry.Revoked);
-            Diagnostics.Log.LeaseRevoked(log, s.Inode.Id, ctx.Timeout.TotalMilliseconds);
+            Diagnostics.Telemetry.LeaseBreakDuration.Record(Stopwatch.GetElapsedTime(_started).TotalSeconds, Diagnostics.Telemetry.Revoked);
+            Diagnostics.Log.LeaseRevoked(_log, s.Inode.Id, _ctx.Timeout.TotalMilliseconds);
         }
-        activity?.SetTag("pinneddma.lease.released", released);
-        activity?.SetTag("pinneddma.lease.revoked", revoked);
-        var first = pending[0];
-        Diagnostics.Log.LeaseBreak(log, first.Inode.Id, first.FirstBlock, first.EndBlock - first.FirstBlock, ctx.Operation,
-            revoked == 0 ? $"{released} released" : $"{released} released, {revoked} revoked", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+
+        public void Dispose()
+        {
+            _activity?.SetTag("pinneddma.lease.released", _released);
+            _activity?.SetTag("pinneddma.lease.revoked", _revoked);
+            var first = _pending[0];
+            Diagnostics.Log.LeaseBreak(_log, first.Inode.Id, first.FirstBlock, first.EndBlock - first.FirstBlock, _ctx.Operation,
+                _revoked == 0 ? $"{_released} released" : $"{_released} released, {_revoked} revoked", Stopwatch.GetElapsedTime(_started).TotalMilliseconds);
+            _activity?.Dispose();
+        }
     }
 }
 

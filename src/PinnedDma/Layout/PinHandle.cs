@@ -12,7 +12,7 @@ namespace PinnedDma;
 /// <see cref="Drain"/>, so a revocation waits for in-flight DMA and then stops all access.
 /// Dispose to release; a handle that is dropped without Dispose is released by its finalizer.
 /// </summary>
-public sealed unsafe class PinHandle : IDisposable
+public sealed unsafe class PinHandle : IDisposable, IAsyncDisposable
 {
     private readonly PinSeal _seal;
     private ScatterGatherEntry[]? _sgl;
@@ -238,6 +238,18 @@ public sealed unsafe class PinHandle : IDisposable
     {
         _seal.End(PinStatus.Released, "released");
         GC.SuppressFinalize(this);
+    }
+
+    /// <summary>
+    /// Releases the pin as <see cref="Dispose"/> does, but awaits the in-flight DMA instead of blocking a thread: the
+    /// drain closes at once (no new access through the pin succeeds from here on), and the task completes once the
+    /// accesses inside have left and the range, the charge and the device reference are given back.
+    /// </summary>
+    /// <returns>A task that completes when the pin is released (at once when no DMA was in flight).</returns>
+    public ValueTask DisposeAsync()
+    {
+        GC.SuppressFinalize(this);
+        return _seal.EndAsync(PinStatus.Released, "released");
     }
 
     /// <summary>A leaked handle: release its pin off the finalizer thread.</summary>

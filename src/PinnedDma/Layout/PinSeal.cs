@@ -83,18 +83,46 @@ internal sealed class PinSeal : Seal
 
     public override void Revoke(string reason) => End(PinStatus.Revoked, reason);
 
+    public override ValueTask RevokeAsync(string reason) => EndAsync(PinStatus.Revoked, reason);
+
     /// <summary>Ends the pin: closes the drain (waits for in-flight DMA), then gives the range back to the volume.</summary>
     public void End(PinStatus how, string reason)
     {
-        if (Interlocked.Exchange(ref _ended, 1) != 0)
+        if (!Begin(how, reason))
         {
             Drain.Close();
             Gone.Wait();
             return;
         }
+        Drain.Close();
+        Finish();
+    }
+
+    /// <summary><see cref="End"/> without blocking a thread: the drain and a concurrent end are awaited.</summary>
+    public async ValueTask EndAsync(PinStatus how, string reason)
+    {
+        if (!Begin(how, reason))
+        {
+            await Drain.CloseAsync().ConfigureAwait(false);
+            await Gone.ConfigureAwait(false);
+            return;
+        }
+        await Drain.CloseAsync().ConfigureAwait(false);
+        Finish();
+    }
+
+    /// <summary>True for the one caller that ends the pin; it records how.</summary>
+    private bool Begin(PinStatus how, string reason)
+    {
+        if (Interlocked.Exchange(ref _ended, 1) != 0) return false;
         Volatile.Write(ref _status, (int)how);
         EndReason = reason;
-        Drain.Close();
+        return true;
+    }
+
+    /// <summary>After the drain closed: the range goes back to the volume, the charge and device reference are returned.</summary>
+    private void Finish()
+    {
         var volume = Owner.Volume;
         lock (volume.Gate)
         {

@@ -23,43 +23,88 @@ public sealed partial class Volume
     /// <summary>
     /// Runs <paramref name="body"/> with <paramref name="state"/> (which may be a span) under the lock until it
     /// completes without stopping on a lease conflict: a refusal is thrown, a pending Wait or Break is settled outside
-    /// the lock and the body runs again. The body's changes become one journal record.
+    /// the lock (blocking this thread) and the body runs again. The body's changes become one journal record.
     /// </summary>
     private T Mutate<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body)
         where TState : allows ref struct
     {
+        T result;
+        while (!MutateStep(ctx, state, body, out result)) LayoutLease.Settle(ctx, _log);
+        return result;
+    }
+
+    /// <summary>
+    /// <see cref="Mutate{TState, T}"/> for the async forms: the same steps, with the settling of a pending Wait or
+    /// Break awaited (<see cref="LayoutLease.SettleAsync"/>) instead of blocking. With no conflict, or under Deny or
+    /// Defer, it completes synchronously. <paramref name="cancellationToken"/> is looked at before each run of the
+    /// body and during the waits: cancellation before the body has applied the operation leaves the volume
+    /// unchanged and throws <see cref="OperationCanceledException"/>.
+    /// </summary>
+    private async ValueTask<T> MutateAsync<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body, CancellationToken cancellationToken)
+    {
         while (true)
         {
-            lock (Gate)
+            cancellationToken.ThrowIfCancellationRequested();
+            if (MutateStep(ctx, state, body, out var result)) return result;
+            await LayoutLease.SettleAsync(ctx, _log, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private ValueTask<T> MutateAsync<T>(RemapContext ctx, Func<RemapContext, T> body, CancellationToken cancellationToken) =>
+        MutateAsync(ctx, body, static (ctx, body) => body(ctx), cancellationToken);
+
+    /// <summary>An operation ready to run: its lease context and its body (validated, nothing changed yet).</summary>
+    private readonly record struct Op<T>(RemapContext Ctx, Func<RemapContext, T> Body);
+
+    private T Run<T>(Op<T> op) => Mutate(op.Ctx, op.Body);
+
+    private ValueTask<T> RunAsync<T>(Op<T> op, CancellationToken cancellationToken) => MutateAsync(op.Ctx, op.Body, cancellationToken);
+
+    /// <summary>A void async form's task: completed at once when the operation completed synchronously.</summary>
+    private static ValueTask Discard<T>(ValueTask<T> task)
+    {
+        if (task.IsCompletedSuccessfully) return default;
+        return Await(task);
+
+        static async ValueTask Await(ValueTask<T> t) => await t.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// One run of <paramref name="body"/> under the lock. True when it completed (its changes are one journal record);
+    /// false when it stopped on a pending Wait or Break, having changed nothing (settle, then run again). A refusal
+    /// (Busy) is thrown.
+    /// </summary>
+    private bool MutateStep<TState, T>(RemapContext ctx, TState state, Func<RemapContext, TState, T> body, out T result)
+        where TState : allows ref struct
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            try
             {
-                ThrowIfDisposed();
-                T result;
-                try
-                {
-                    result = body(ctx, state);
-                }
-                catch
-                {
-                    // Operations validate before they change anything; an exception after a change is a bug, and the
-                    // half-operation must not reach the journal.
-                    _txn.Clear();
-                    throw;
-                }
-                if (!ctx.Halted)
-                {
-                    EndOp();
-                    return result;
-                }
-                System.Diagnostics.Debug.Assert(_txn.Length == 0, "an operation stopped on a lease conflict after it had changed something");
-                _txn.Clear();
-                if (ctx.Refusal is { } refusal)
-                {
-                    ctx.Refusal = null;
-                    Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
-                    throw refusal;
-                }
+                result = body(ctx, state);
             }
-            LayoutLease.Settle(ctx, _log);
+            catch
+            {
+                // Operations validate before they change anything; an exception after a change is a bug, and the
+                // half-operation must not reach the journal.
+                _journal.DropOp();
+                throw;
+            }
+            if (!ctx.Halted)
+            {
+                _journal.EndOp();
+                return true;
+            }
+            System.Diagnostics.Debug.Assert(!_journal.HasOpenOp, "an operation stopped on a lease conflict after it had changed something");
+            _journal.DropOp();
+            if (ctx.Refusal is { } refusal)
+            {
+                ctx.Refusal = null;
+                Diagnostics.Telemetry.LeaseBreaks.Add(1, Diagnostics.Telemetry.Denied);
+                throw refusal;
+            }
+            return false;
         }
     }
 
@@ -85,7 +130,7 @@ public sealed partial class Volume
     {
         var found = new List<(Inode, Extent)>();
         long end = start + count;
-        foreach (var inode in _byId.Values)
+        foreach (var inode in _files.ById.Values)
             foreach (var e in inode.Map.Extents)
                 if (e.DeviceBlock < end && e.DeviceEnd > start)
                 {
@@ -100,7 +145,7 @@ public sealed partial class Volume
     {
         var l = new List<Seal>();
         long end = start + count;
-        foreach (var inode in _byId.Values)
+        foreach (var inode in _files.ById.Values)
             foreach (var s in inode.Seals)
             {
                 if (except is not null && except.Contains(s)) continue;
@@ -166,7 +211,7 @@ public sealed partial class Volume
     private void EnsureSpace(long blocks)
     {
         if (blocks <= _alloc.FreeBlocks) return;
-        if (_alloc.BusyBlocks > 0) CommitLocked();
+        if (_alloc.BusyBlocks > 0) _journal.Commit();
         if (blocks > _alloc.FreeBlocks)
             ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Volume full: the operation needs {blocks} blocks, {_alloc.FreeBlocks} are free.");
     }
@@ -174,14 +219,14 @@ public sealed partial class Volume
     private long ExtentCount()
     {
         long n = 0;
-        foreach (var i in _byId.Values) n += i.Map.Count;
+        foreach (var i in _files.ById.Values) n += i.Map.Count;
         return n;
     }
 
     /// <summary>Refuses an operation that could push the metadata past what a checkpoint can hold.</summary>
     private void CheckMetadataRoom(long newExtents)
     {
-        long max = MaxExtentsFor(_sb.BlockCount) - 256;
+        long max = MetadataJournal.MaxExtentsFor(_sb.BlockCount) - 256;
         if (ExtentCount() + newExtents > max)
             ThrowHelper.Throw(PinnedDmaError.NoSpace, $"Metadata full: the volume tracks at most {max} extents.");
     }

@@ -54,9 +54,9 @@ public sealed partial class Volume
             var problems = new List<string>();
             var refs = new int[_sb.BlockCount];
             long extents = 0;
-            foreach (var inode in _byId.Values)
+            foreach (var inode in _files.ById.Values)
             {
-                if (!_byName.TryGetValue(inode.Name, out var named) || named != inode)
+                if (!_files.ByName.TryGetValue(inode.Name, out var named) || named != inode)
                     problems.Add($"inode {inode.Id} '{inode.Name}' is not reachable by name");
                 if (inode.Size < 0) problems.Add($"'{inode.Name}' has negative size");
                 long prevEnd = -1;
@@ -99,8 +99,8 @@ public sealed partial class Volume
                 if (refs[b] > 1) shared++;
             }
             if (free != _alloc.FreeBlocks) problems.Add($"free count {_alloc.FreeBlocks}, but {free} blocks are free");
-            if (_byName.Count > _sb.MaxFiles) problems.Add($"{_byName.Count} files exceed the limit {_sb.MaxFiles}");
-            return new FsckReport(problems, _byName.Count, extents, used, free, shared);
+            if (_files.ByName.Count > _sb.MaxFiles) problems.Add($"{_files.ByName.Count} files exceed the limit {_sb.MaxFiles}");
+            return new FsckReport(problems, _files.ByName.Count, extents, used, free, shared);
         }
     }
 }

@@ -143,8 +143,8 @@ public sealed partial class Volume
                 var r = runs[ri];
                 long n = Math.Min(p.Count - done, r.Count - rOff);
                 _device.CopyBlocks(p.DeviceBlock + done, r.Start + rOff, n);
-                PrimUnmap(inode, p.FileBlock + done, n);
-                PrimMap(inode, new Extent(p.FileBlock + done, r.Start + rOff, n, gen));
+                _journal.Unmap(inode, p.FileBlock + done, n);
+                _journal.Map(inode, new Extent(p.FileBlock + done, r.Start + rOff, n, gen));
                 done += n;
                 rOff += n;
                 if (rOff == r.Count) { ri++; rOff = 0; }
@@ -224,7 +224,7 @@ public sealed partial class Volume
                     if (from <= blockStart && to >= blockEnd) continue;
                     _device.ZeroBlocks(db + k, 1);
                 }
-                PrimMap(inode, new Extent(fb, db, n, gen));
+                _journal.Map(inode, new Extent(fb, db, n, gen));
                 fb += n;
                 rOff += n;
                 if (rOff == r.Count) { ri++; rOff = 0; }
@@ -276,39 +276,54 @@ public sealed partial class Volume
     {
         CheckFileRange(offset, data.Length);
         if (data.IsEmpty) return;
+        Mutate(new RemapContext("write", policy), data, (ctx, data) => WriteBody(ctx, inode, offset, data, sync));
+    }
+
+    internal ValueTask WriteAsync(Inode inode, long offset, ReadOnlyMemory<byte> data, ConflictPolicy? policy, CancellationToken cancellationToken)
+    {
+        CheckFileRange(offset, data.Length);
+        if (data.IsEmpty) return default;
+        return Discard(MutateAsync(new RemapContext("write", policy), data,
+            (ctx, data) => WriteBody(ctx, inode, offset, data.Span, sync: false), cancellationToken));
+    }
+
+    private int WriteBody(RemapContext ctx, Inode inode, long offset, ReadOnlySpan<byte> data, bool sync)
+    {
         var (first, end) = BlockSpan(offset, data.Length);
-        Mutate(new RemapContext("write", policy), data, (ctx, data) =>
+        Live(inode);
+        var conflicts = new List<Seal>();
+        long need = PlanWrite(inode, first, end, WriteMode.Data, conflicts);
+        if (Check(ctx, conflicts, deferrable: false).Halts()) return 0;
+        EnsureSpace(need);
+        CheckMetadataRoom(need > 0 ? 2 + need : 0);
+        ulong before = _alloc.NextGeneration;
+        ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
+        if (offset + data.Length > inode.Size) _journal.SetSize(inode, offset + data.Length);
+        if (sync && _alloc.NextGeneration != before)
         {
-            Live(inode);
-            var conflicts = new List<Seal>();
-            long need = PlanWrite(inode, first, end, WriteMode.Data, conflicts);
-            if (Check(ctx, conflicts, deferrable: false).Halts()) return 0;
-            EnsureSpace(need);
-            CheckMetadataRoom(need > 0 ? 2 + need : 0);
-            ulong before = _alloc.NextGeneration;
-            ExecWrite(inode, offset, data.Length, data, WriteMode.Data);
-            if (offset + data.Length > inode.Size) PrimSetSize(inode, offset + data.Length);
-            if (sync && _alloc.NextGeneration != before)
-            {
-                // The write allocated (MAP_SYNC): its metadata is durable before it returns.
-                EndOp();
-                CommitLocked();
-            }
-            return 0;
-        });
+            // The write allocated (MAP_SYNC): its metadata is durable before it returns.
+            _journal.EndOp();
+            _journal.Commit();
+        }
+        return 0;
     }
 
     // ---------------------------------------------------------------- space operations
 
-    internal void Truncate(Inode inode, long length, ConflictPolicy? policy)
+    internal void Truncate(Inode inode, long length, ConflictPolicy? policy) => Run(TruncateOp(inode, length, policy));
+
+    internal ValueTask TruncateAsync(Inode inode, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(TruncateOp(inode, length, policy), cancellationToken));
+
+    private Op<int> TruncateOp(Inode inode, long length, ConflictPolicy? policy)
     {
         CheckFileRange(length, 0);
-        Mutate(new RemapContext("truncate", policy), ctx =>
+        return new(new RemapContext("truncate", policy), ctx =>
         {
             Live(inode);
             if (length >= inode.Size)
             {
-                PrimSetSize(inode, length);
+                _journal.SetSize(inode, length);
                 return 0;
             }
             int shift = BlockShift;
@@ -329,7 +344,7 @@ public sealed partial class Volume
             if (Check(ctx, tailConflicts, deferrable: false).Halts()) return 0;
             EnsureSpace(need);
             if (verdict == ConflictResolution.Detach) foreach (var s in conflicts) DetachSeal(s);
-            PrimUnmap(inode, keepBlocks, unmapEnd - keepBlocks);
+            _journal.Unmap(inode, keepBlocks, unmapEnd - keepBlocks);
             // The bytes past the new EOF in its last block must read as zeros if the file grows again. A private
             // block is zeroed in place, which destroys bytes that the durable (old, longer) size still covers: so
             // the size change is committed first, and only then are they zeroed (a crash in between leaves them to
@@ -337,11 +352,11 @@ public sealed partial class Volume
             bool zeroInPlace = tail != 0 && inode.Map.TryLookup(length >> shift, out var last) &&
                                !_alloc.IsShared(last.DeviceBlock + (length >> shift) - last.FileBlock);
             if (tail != 0 && !zeroInPlace) ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
-            PrimSetSize(inode, length);
+            _journal.SetSize(inode, length);
             if (zeroInPlace)
             {
-                EndOp();
-                CommitLocked();
+                _journal.EndOp();
+                _journal.Commit();
                 ExecWrite(inode, length, BlockSize - tail, default, WriteMode.Zeros);
             }
             return 0;
@@ -349,20 +364,26 @@ public sealed partial class Volume
     }
 
     internal void PunchHole(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true);
+        Run(Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true));
+
+    internal ValueTask PunchHoleAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(Deallocate(inode, offset, length, policy, zeroRange: false, keepSize: true), cancellationToken));
 
     internal void ZeroRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy) =>
-        Deallocate(inode, offset, length, policy, zeroRange: true, keepSize);
+        Run(Deallocate(inode, offset, length, policy, zeroRange: true, keepSize));
+
+    internal ValueTask ZeroRangeAsync(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(Deallocate(inode, offset, length, policy, zeroRange: true, keepSize), cancellationToken));
 
     /// <summary>
     /// Punch hole and zero range: whole blocks are deallocated and partial edge blocks zeroed. A zero range over a
     /// sealed block writes zeros in place instead, so it never conflicts with the file's own pins.
     /// </summary>
-    private void Deallocate(Inode inode, long offset, long length, ConflictPolicy? policy, bool zeroRange, bool keepSize)
+    private Op<int> Deallocate(Inode inode, long offset, long length, ConflictPolicy? policy, bool zeroRange, bool keepSize)
     {
         CheckFileRange(offset, length);
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
-        Mutate(new RemapContext(zeroRange ? "zero range" : "punch hole", policy), ctx =>
+        return new(new RemapContext(zeroRange ? "zero range" : "punch hole", policy), ctx =>
         {
             Live(inode);
             int shift = BlockShift;
@@ -416,10 +437,10 @@ public sealed partial class Volume
             EnsureSpace(need);
             CheckMetadataRoom(4);
             if (verdict == ConflictResolution.Detach) foreach (var s in conflicts) DetachSeal(s);
-            foreach (var (a, b) in dealloc) PrimUnmap(inode, a, b - a);
+            foreach (var (a, b) in dealloc) _journal.Unmap(inode, a, b - a);
             foreach (var (a, b) in inPlace) ExecWrite(inode, a << shift, (b - a) << shift, default, WriteMode.Zeros);
             foreach (var (a, b) in edges) ExecWrite(inode, a, b - a, default, WriteMode.Zeros);
-            if (!keepSize && end > inode.Size) PrimSetSize(inode, end);
+            if (!keepSize && end > inode.Size) _journal.SetSize(inode, end);
             return 0;
         });
     }
@@ -436,29 +457,35 @@ public sealed partial class Volume
             EnsureSpace(need);
             CheckMetadataRoom(2 + need);
             FillHoles(inode, first, end, 0, 0);
-            if (!keepSize && offset + length > inode.Size) PrimSetSize(inode, offset + length);
+            if (!keepSize && offset + length > inode.Size) _journal.SetSize(inode, offset + length);
             return 0;
         });
     }
 
     internal void CollapseRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        ShiftRange(inode, offset, length, policy, collapse: true);
+        Run(ShiftRange(inode, offset, length, policy, collapse: true));
+
+    internal ValueTask CollapseRangeAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(ShiftRange(inode, offset, length, policy, collapse: true), cancellationToken));
 
     internal void InsertRange(Inode inode, long offset, long length, ConflictPolicy? policy) =>
-        ShiftRange(inode, offset, length, policy, collapse: false);
+        Run(ShiftRange(inode, offset, length, policy, collapse: false));
+
+    internal ValueTask InsertRangeAsync(Inode inode, long offset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(ShiftRange(inode, offset, length, policy, collapse: false), cancellationToken));
 
     /// <summary>
     /// Collapse range (remove a block-aligned range, shift the rest down) or insert range (shift up, leaving a hole).
     /// Every pin at or after the offset would move, so any such pin conflicts, and Defer cannot help.
     /// </summary>
-    private void ShiftRange(Inode inode, long offset, long length, ConflictPolicy? policy, bool collapse)
+    private Op<int> ShiftRange(Inode inode, long offset, long length, ConflictPolicy? policy, bool collapse)
     {
         string name = collapse ? "collapse range" : "insert range";
         CheckFileRange(offset, length);
         CheckAligned(offset, "offset");
         CheckAligned(length, "length");
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, $"The {name} length must not be zero.");
-        Mutate(new RemapContext(name, policy), ctx =>
+        return new(new RemapContext(name, policy), ctx =>
         {
             Live(inode);
             if (collapse && offset + length >= inode.Size)
@@ -472,19 +499,19 @@ public sealed partial class Volume
             CheckMetadataRoom(2);
             if (collapse)
             {
-                PrimUnmap(inode, first, count);
-                PrimShift(inode, first + count, -count);
+                _journal.Unmap(inode, first, count);
+                _journal.Shift(inode, first + count, -count);
             }
             else
             {
-                PrimShift(inode, first, count);
+                _journal.Shift(inode, first, count);
             }
-            PrimSetSize(inode, collapse ? inode.Size - length : inode.Size + length);
+            _journal.SetSize(inode, collapse ? inode.Size - length : inode.Size + length);
             // Shifting moves device blocks to other file offsets without copying them, and later writes go into
             // those blocks in place. Were the shift not durable, a crash would put such writes back at the blocks'
             // old offsets, a state that never existed; so a collapse or insert commits before it returns.
-            EndOp();
-            CommitLocked();
+            _journal.EndOp();
+            _journal.Commit();
             return 0;
         });
     }
@@ -529,11 +556,17 @@ public sealed partial class Volume
         return blocks;
     }
 
-    internal void CloneRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
+    internal void CloneRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy) =>
+        Run(CloneRangeOp(src, srcOffset, dst, dstOffset, length, policy));
+
+    internal ValueTask CloneRangeAsync(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(CloneRangeOp(src, srcOffset, dst, dstOffset, length, policy), cancellationToken));
+
+    private Op<int> CloneRangeOp(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
     {
         CheckFileRange(srcOffset, length);
         CheckFileRange(dstOffset, length);
-        Mutate(new RemapContext("clone range", policy), ctx =>
+        return new(new RemapContext("clone range", policy), ctx =>
         {
             Live(src);
             Live(dst);
@@ -548,16 +581,22 @@ public sealed partial class Volume
             }
             long blocks = RemapBlocks(src, srcOffset, dst, dstOffset, length, dedupe: false);
             if (!ShareBlocks(ctx, src, srcOffset >> BlockShift, dst, dstOffset >> BlockShift, blocks)) return 0;
-            if (dstOffset + length > dst.Size) PrimSetSize(dst, dstOffset + length);
+            if (dstOffset + length > dst.Size) _journal.SetSize(dst, dstOffset + length);
             return 0;
         });
     }
 
-    internal long DedupeRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
+    internal long DedupeRange(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy) =>
+        Run(DedupeRangeOp(src, srcOffset, dst, dstOffset, length, policy));
+
+    internal ValueTask<long> DedupeRangeAsync(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        RunAsync(DedupeRangeOp(src, srcOffset, dst, dstOffset, length, policy), cancellationToken);
+
+    private Op<long> DedupeRangeOp(Inode src, long srcOffset, Inode dst, long dstOffset, long length, ConflictPolicy? policy)
     {
         CheckFileRange(srcOffset, length);
         CheckFileRange(dstOffset, length);
-        return Mutate(new RemapContext("dedupe range", policy), ctx =>
+        return new(new RemapContext("dedupe range", policy), ctx =>
         {
             Live(src);
             Live(dst);
@@ -629,14 +668,14 @@ public sealed partial class Volume
             long ignored = 0;
             pieces = SourcePieces(src, sFirst, blocks, ref ignored);
         }
-        PrimUnmap(dst, dFirst, blocks);
+        _journal.Unmap(dst, dFirst, blocks);
         foreach (var (p, copy) in pieces)
         {
             long fb = p.FileBlock - sFirst + dFirst;
             if (!copy)
             {
                 _alloc.AddRef(p.DeviceBlock, p.Count);
-                PrimMap(dst, p with { FileBlock = fb });
+                _journal.Map(dst, p with { FileBlock = fb });
                 continue;
             }
             var runs = new List<BlockRun>();
@@ -645,7 +684,7 @@ public sealed partial class Volume
             foreach (var r in runs)
             {
                 _device.CopyBlocks(p.DeviceBlock + done, r.Start, r.Count);
-                PrimMap(dst, new Extent(fb + done, r.Start, r.Count, gen));
+                _journal.Map(dst, new Extent(fb + done, r.Start, r.Count, gen));
                 done += r.Count;
             }
         }
@@ -672,11 +711,17 @@ public sealed partial class Volume
         return pieces;
     }
 
-    internal void UnshareRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy)
+    internal void UnshareRange(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy) =>
+        Run(UnshareRangeOp(inode, offset, length, keepSize, policy));
+
+    internal ValueTask UnshareRangeAsync(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy, CancellationToken cancellationToken) =>
+        Discard(RunAsync(UnshareRangeOp(inode, offset, length, keepSize, policy), cancellationToken));
+
+    private Op<int> UnshareRangeOp(Inode inode, long offset, long length, bool keepSize, ConflictPolicy? policy)
     {
         CheckFileRange(offset, length);
         if (length == 0) ThrowHelper.Throw(PinnedDmaError.InvalidArgument, "fallocate needs a non-zero length (EINVAL).");
-        Mutate(new RemapContext("unshare range", policy), ctx =>
+        return new(new RemapContext("unshare range", policy), ctx =>
         {
             Live(inode);
             long end = Math.Min(offset + length, inode.Size);
@@ -684,7 +729,7 @@ public sealed partial class Volume
             bool grow = !keepSize && offset + length > inode.Size;
             if (end <= offset)
             {
-                if (grow) PrimSetSize(inode, offset + length);
+                if (grow) _journal.SetSize(inode, offset + length);
                 return 0;
             }
             var (first, stop) = BlockSpan(offset, end - offset);
@@ -702,7 +747,7 @@ public sealed partial class Volume
                 if (sealedByWriter) MoveOtherSharers(inode, a, b);
                 else RelocateRange(inode, a, b - a);
             }
-            if (grow) PrimSetSize(inode, offset + length);
+            if (grow) _journal.SetSize(inode, offset + length);
             return 0;
         });
     }
@@ -724,14 +769,14 @@ public sealed partial class Volume
         return Mutate(new RemapContext("compact", null), _ =>
         {
             var sealedRuns = new List<BlockRun>();
-            foreach (var inode in _byId.Values)
+            foreach (var inode in _files.ById.Values)
                 foreach (var s in inode.Seals)
                     foreach (var e in s.Frozen) sealedRuns.Add(new BlockRun(e.DeviceBlock, e.Count));
             foreach (var s in _detached)
                 foreach (var e in s.Frozen) sealedRuns.Add(new BlockRun(e.DeviceBlock, e.Count));
             // Every file-referenced device run, highest first.
             var refs = new SortedSet<long>();
-            foreach (var inode in _byId.Values)
+            foreach (var inode in _files.ById.Values)
                 foreach (var e in inode.Map.Extents)
                     for (long b = e.DeviceBlock; b < e.DeviceEnd; b++) refs.Add(b);
             long moved = 0;
@@ -751,17 +796,17 @@ public sealed partial class Volume
                 _device.CopyBlocks(lo, target.Start, count);
                 foreach (var (inode, piece) in FindMappings(lo, count))
                 {
-                    PrimUnmap(inode, piece.FileBlock, piece.Count);
+                    _journal.Unmap(inode, piece.FileBlock, piece.Count);
                     if (piece.Count > 0)
                     {
                         if (piece.DeviceBlock - lo + piece.Count > count) throw new InvalidOperationException("compaction piece outside run");
                         // The new run has one reference from the allocation; sharers add theirs.
-                        PrimMap(inode, new Extent(piece.FileBlock, target.Start + (piece.DeviceBlock - lo), piece.Count, gen));
+                        _journal.Map(inode, new Extent(piece.FileBlock, target.Start + (piece.DeviceBlock - lo), piece.Count, gen));
                     }
                 }
                 FixRunReferences(target, count);
                 moved += count;
-                EndOp();
+                _journal.EndOp();
             }
             return moved;
         });

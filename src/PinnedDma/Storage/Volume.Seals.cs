@@ -35,7 +35,7 @@ public sealed partial class Volume
             var (first, end) = BlockSpan(offset, length);
             // A block whose sharing ended in an uncommitted operation would be copied (a crash could bring the old
             // sharer back); committing first makes it private for good, so the pin keeps the block the user sees.
-            if (RecentlyUnshared(inode, first, end)) CommitLocked();
+            if (RecentlyUnshared(inode, first, end)) _journal.Commit();
             if (requirePrivate)
             {
                 if (!inode.Map.IsFullyMapped(first, end - first))
@@ -114,7 +114,7 @@ public sealed partial class Volume
         lock (Gate)
         {
             var problems = new List<string>();
-            foreach (var inode in _byId.Values)
+            foreach (var inode in _files.ById.Values)
                 foreach (var s in inode.Seals)
                 {
                     var now = inode.Map.GetRange(s.FirstBlock, s.BlockCount);

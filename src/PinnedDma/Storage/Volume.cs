@@ -20,10 +20,9 @@ public sealed partial class Volume : IDisposable
     private readonly bool _ownsDevice;
     private readonly Superblock _sb;
     private readonly BlockAllocator _alloc;
-    private readonly Dictionary<string, Inode> _byName = new(StringComparer.Ordinal);
-    private readonly Dictionary<long, Inode> _byId = new();
+    private readonly InodeTable _files = new();
+    private readonly MetadataJournal _journal;
     private readonly bool _durable;
-    private long _nextInodeId = 1;
     private int _disposed;
 
     private Volume(BlockDevice device, bool ownsDevice, Superblock sb, VolumeOptions options)
@@ -35,13 +34,13 @@ public sealed partial class Volume : IDisposable
         _log = Diagnostics.Log.For(options.LoggerFactory, Diagnostics.Log.VolumeCategory);
         DefaultConflictPolicy = options.DefaultConflictPolicy;
         _alloc = new BlockAllocator(sb.DataStart, sb.BlockCount);
-        _journalCapacity = sb.JournalBlocks * sb.BlockSize;
+        _journal = new MetadataJournal(device, sb, _alloc, _files, _durable, MaxFileSize >> device.BlockShift);
     }
 
     private readonly Microsoft.Extensions.Logging.ILogger _log;
 
     /// <summary>Journal records applied by the last recovery (open or mount).</summary>
-    internal int JournalRecordsReplayed { get; private set; }
+    internal int JournalRecordsReplayed => _journal.RecordsReplayed;
 
     /// <summary>The device under the volume.</summary>
     public BlockDevice Device => _device;
@@ -72,14 +71,14 @@ public sealed partial class Volume : IDisposable
     /// <summary>Names of the live files, sorted.</summary>
     public IReadOnlyList<string> FileNames
     {
-        get { lock (Gate) return _byName.Keys.Order(StringComparer.Ordinal).ToArray(); }
+        get { lock (Gate) return _files.ByName.Keys.Order(StringComparer.Ordinal).ToArray(); }
     }
 
     /// <summary>
     /// Why recovery opened the volume at an older state than the newest one on disk (and what it dropped), or null when
     /// it recovered the newest state exactly. Only <see cref="VolumeOptions.AllowRollback"/> can make it non-null.
     /// </summary>
-    public string? RollbackReason { get; private set; }
+    public string? RollbackReason => _journal.RollbackReason;
 
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
@@ -175,7 +174,7 @@ public sealed partial class Volume : IDisposable
         int maxFiles = options.MaxFiles > 0 ? options.MaxFiles : (int)Math.Clamp(bc / 16, 16, 1024);
         long journal = options.JournalBlocks > 0 ? options.JournalBlocks : Math.Clamp(bc / 32, 16, 8192);
         // A checkpoint holds every file and extent; size it for the extent limit (see MaxExtents).
-        long ckptBytes = 64 + (long)maxFiles * (8 + 8 + 2 + 255 + 4) + MaxExtentsFor(bc) * ExtentRecordBytes;
+        long ckptBytes = 64 + (long)maxFiles * (8 + 8 + 2 + 255 + 4) + MetadataJournal.MaxExtentsFor(bc) * MetadataJournal.ExtentRecordBytes;
         long ckpt = (ckptBytes + bs - 1) / bs;
         var sb = new Superblock
         {
@@ -220,10 +219,8 @@ public sealed partial class Volume : IDisposable
             device.ZeroBlocks(0, 2 + sb.JournalBlocks);
             device.ZeroBlocks(sb.CheckpointStart0, 1);
             device.ZeroBlocks(sb.CheckpointStart1, 1);
-            v._nextSeq = sb.JournalBaseSeq;
-            v.WriteCheckpoint();
-            // Both copies name the first checkpoint, so that one damaged copy still leaves the geometry.
-            v.WriteSuperblockCopy((long)((sb.Sequence + 1) % 2));
+            // The first checkpoint, named by both superblock copies, so that one damaged copy still leaves the geometry.
+            v._journal.Format();
         }
         return v;
     }
@@ -343,7 +340,7 @@ public sealed partial class Volume : IDisposable
         var v = new Volume(device, ownsDevice, geometry, options);
         using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.volume.open");
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        lock (v.Gate) v.Recover(named, options.AllowRollback);
+        lock (v.Gate) v._journal.Recover(named, options.AllowRollback);
         string where = device is FileBlockDevice f ? f.Path : "memory";
         activity?.SetTag("pinneddma.volume.path", where);
         activity?.SetTag("pinneddma.journal.replayed", v.JournalRecordsReplayed);
@@ -402,7 +399,7 @@ public sealed partial class Volume : IDisposable
             {
                 // Every operation (pins included) checks the flag under this lock, so the snapshot holds every seal
                 // that will ever exist on this volume.
-                seals = _byId.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
+                seals = _files.ById.Values.SelectMany(i => i.Seals).Concat(_detached).ToList();
             }
         }
         if (seals is null)
@@ -417,7 +414,7 @@ public sealed partial class Volume : IDisposable
             {
                 try
                 {
-                    WriteCheckpoint();
+                    _journal.WriteCheckpoint();
                 }
                 finally
                 {
@@ -438,6 +435,47 @@ public sealed partial class Volume : IDisposable
         if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
     }
 
+    // ---------------------------------------------------------------- journal
+
+    /// <summary>Journal records written since the volume was opened (for tests and benchmarks).</summary>
+    public long JournalRecordsWritten { get { lock (Gate) return _journal.RecordsWritten; } }
+
+    /// <summary>Checkpoints written since the volume was opened.</summary>
+    public long CheckpointsWritten { get { lock (Gate) return _journal.CheckpointsWritten; } }
+
+    /// <summary>
+    /// Makes every completed operation durable (fsync for the whole volume): flushes data, then writes and flushes
+    /// the journal records that point at it. Blocks freed by those records become reusable.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
+    /// <see cref="PinnedDmaError.NoSpace"/>: the journal is full and the metadata does not fit the checkpoint area.
+    /// </exception>
+    public void Commit()
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            _journal.Commit();
+        }
+    }
+
+    /// <summary>Writes a checkpoint now: the journal starts over empty.</summary>
+    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
+    /// <exception cref="PinnedDmaException">
+    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
+    /// <see cref="PinnedDmaError.NoSpace"/>: the metadata does not fit the checkpoint area.
+    /// </exception>
+    public void Checkpoint()
+    {
+        lock (Gate)
+        {
+            ThrowIfDisposed();
+            _journal.WriteCheckpoint();
+        }
+    }
+
     // ---------------------------------------------------------------- namespace
 
     /// <summary>Creates an empty file.</summary>
@@ -456,10 +494,10 @@ public sealed partial class Volume : IDisposable
         lock (Gate)
         {
             ThrowIfDisposed();
-            if (_byName.ContainsKey(name)) ThrowHelper.Throw(PinnedDmaError.AlreadyExists, $"File '{name}' exists.");
-            if (_byName.Count >= _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"The volume holds at most {_sb.MaxFiles} files.");
-            var inode = PrimCreate(_nextInodeId, name);
-            EndOp();
+            if (_files.ByName.ContainsKey(name)) ThrowHelper.Throw(PinnedDmaError.AlreadyExists, $"File '{name}' exists.");
+            if (_files.ByName.Count >= _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.NoSpace, $"The volume holds at most {_sb.MaxFiles} files.");
+            var inode = _journal.Create(_files.NextId, name);
+            _journal.EndOp();
             return new VolumeFile(this, inode);
         }
     }
@@ -476,7 +514,7 @@ public sealed partial class Volume : IDisposable
         lock (Gate)
         {
             ThrowIfDisposed();
-            return _byName.TryGetValue(name, out var inode)
+            return _files.ByName.TryGetValue(name, out var inode)
                 ? new VolumeFile(this, inode)
                 : ThrowHelper.Throw<VolumeFile>(PinnedDmaError.NotFound, $"No file '{name}'.");
         }
@@ -501,7 +539,7 @@ public sealed partial class Volume : IDisposable
     public bool FileExists(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
-        lock (Gate) return _byName.ContainsKey(name);
+        lock (Gate) return _files.ByName.ContainsKey(name);
     }
 
     /// <summary>
@@ -520,11 +558,11 @@ public sealed partial class Volume : IDisposable
         lock (Gate)
         {
             ThrowIfDisposed();
-            if (!_byName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
+            if (!_files.ByName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
             CheckMetadataRoom(0);
             foreach (var s in inode.Seals.ToArray()) DetachSeal(s);
-            PrimDelete(inode);
-            EndOp();
+            _journal.Delete(inode);
+            _journal.EndOp();
         }
     }
 

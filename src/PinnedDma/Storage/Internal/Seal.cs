@@ -45,4 +45,7 @@ internal abstract class Seal
     /// returns once no access through the seal can touch the blocks any more.
     /// </summary>
     public abstract void Revoke(string reason);
+
+    /// <summary><see cref="Revoke"/> without blocking a thread while the in-flight DMA drains.</summary>
+    public abstract ValueTask RevokeAsync(string reason);
 }

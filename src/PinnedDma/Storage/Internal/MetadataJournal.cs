@@ -1,8 +1,7 @@
 using System.Buffers.Binary;
 using PinnedDma.Internal;
-using PinnedDma.Storage.Internal;
 
-namespace PinnedDma.Storage;
+namespace PinnedDma.Storage.Internal;
 
 // The write-ahead metadata journal. Every metadata change is one of six primitives (create, delete, set size, map,
 // unmap, shift); an operation's primitives form one record, so recovery replays whole operations or none. Records
@@ -18,14 +17,45 @@ namespace PinnedDma.Storage;
 // when the superblock copy naming it is damaged (recovery goes forward to it), and a superblock naming a newer
 // checkpoint than any intact one means that checkpoint is damaged (refused). VolumeOptions.AllowRollback is the
 // explicit repair for both refusals.
-public sealed partial class Volume
+//
+// Every metadata change goes through the six primitives here (Create ... Shift): each applies the change to the
+// in-memory metadata (the inode table, the extent maps, the allocator's references) and, outside replay, appends it
+// to the current operation's record. The volume calls EndOp at the end of an operation and holds its lock (Gate)
+// around every call; this type has no lock of its own.
+internal sealed class MetadataJournal
 {
+    private readonly BlockDevice _device;
+    private readonly Superblock _sb;
+    private readonly BlockAllocator _alloc;
+    private readonly InodeTable _files;
+    private readonly bool _durable;
+    private readonly long _maxFileBlocks;
+
+    public MetadataJournal(BlockDevice device, Superblock sb, BlockAllocator alloc, InodeTable files, bool durable, long maxFileBlocks)
+    {
+        _device = device;
+        _sb = sb;
+        _alloc = alloc;
+        _files = files;
+        _durable = durable;
+        _maxFileBlocks = maxFileBlocks;
+        _journalCapacity = sb.JournalBlocks * sb.BlockSize;
+    }
+
+    /// <summary>Formats: an empty journal and a first checkpoint, named by both superblock copies.</summary>
+    public void Format()
+    {
+        _nextSeq = _sb.JournalBaseSeq;
+        WriteCheckpoint();
+        WriteSuperblockCopy((long)((_sb.Sequence + 1) % 2));
+    }
+
     private const uint RecordMagic = 0x524A4450; // "PDJR"
     private const uint EndMagic = 0x454A4450; // "PDJE": the end of one commit's records
     private const ulong CheckpointMagic = 0x54504B43414D4450; // "PDMACKPT"
     private const int RecordHeader = 32;
     private const int CheckpointHeader = 48;
-    internal const int ExtentRecordBytes = 32;
+    public const int ExtentRecordBytes = 32;
 
     private enum Prim : byte { Create = 1, Delete = 2, SetSize = 3, Map = 4, Unmap = 5, Shift = 6 }
 
@@ -37,29 +67,41 @@ public sealed partial class Volume
     private ulong _nextSeq;
     private bool _replaying;
 
-    /// <summary>Journal records written since the volume was opened (for tests and benchmarks).</summary>
-    public long JournalRecordsWritten { get; private set; }
+    /// <summary>Journal records written since the volume was opened.</summary>
+    public long RecordsWritten { get; private set; }
 
     /// <summary>Checkpoints written since the volume was opened.</summary>
     public long CheckpointsWritten { get; private set; }
 
-    internal static long MaxExtentsFor(long blockCount) => 2 * blockCount + 512;
+    /// <summary>Journal records applied by the last recovery.</summary>
+    public int RecordsReplayed { get; private set; }
+
+    /// <summary>Why recovery took an older state than the newest on disk (only with AllowRollback), else null.</summary>
+    public string? RollbackReason { get; private set; }
+
+    /// <summary>An operation has recorded primitives not yet ended (<see cref="EndOp"/>) or dropped (<see cref="DropOp"/>).</summary>
+    public bool HasOpenOp => _txn.Length != 0;
+
+    /// <summary>Drops the primitives of an operation that must not reach the journal (it stopped, or failed).</summary>
+    public void DropOp() => _txn.Clear();
+
+    public static long MaxExtentsFor(long blockCount) => 2 * blockCount + 512;
 
     // ---------------------------------------------------------------- primitives (shared by operations and replay)
 
-    private Inode PrimCreate(long id, string name)
+    public Inode Create(long id, string name)
     {
-        if (_byId.ContainsKey(id) || _byName.ContainsKey(name))
+        if (_files.ById.ContainsKey(id) || _files.ByName.ContainsKey(name))
             ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal creates inode {id} '{name}' twice.");
         var inode = new Inode(id, name);
-        _byId.Add(id, inode);
-        _byName.Add(name, inode);
-        if (id >= _nextInodeId) _nextInodeId = id + 1;
+        _files.ById.Add(id, inode);
+        _files.ByName.Add(name, inode);
+        if (id >= _files.NextId) _files.NextId = id + 1;
         if (!_replaying) { _txn.U8((byte)Prim.Create); _txn.I64(id); _txn.Str(name); }
         return inode;
     }
 
-    private void PrimDelete(Inode inode)
+    public void Delete(Inode inode)
     {
         if (!_replaying)
         {
@@ -68,12 +110,12 @@ public sealed partial class Volume
             foreach (var e in removed) _alloc.Release(e.DeviceBlock, e.Count);
             _txn.U8((byte)Prim.Delete); _txn.I64(inode.Id);
         }
-        _byName.Remove(inode.Name);
-        _byId.Remove(inode.Id);
+        _files.ByName.Remove(inode.Name);
+        _files.ById.Remove(inode.Id);
         inode.Deleted = true;
     }
 
-    private void PrimSetSize(Inode inode, long size)
+    public void SetSize(Inode inode, long size)
     {
         if (inode.Size == size) return;
         inode.Size = size;
@@ -81,7 +123,7 @@ public sealed partial class Volume
     }
 
     /// <summary>Maps a hole. The caller has already given the device blocks their reference.</summary>
-    private void PrimMap(Inode inode, Extent e)
+    public void Map(Inode inode, Extent e)
     {
         inode.Map.Insert(e);
         if (!_replaying)
@@ -91,7 +133,7 @@ public sealed partial class Volume
     }
 
     /// <summary>Unmaps a range and drops the references its blocks held.</summary>
-    private void PrimUnmap(Inode inode, long first, long count, List<Extent>? removedOut = null)
+    public void Unmap(Inode inode, long first, long count, List<Extent>? removedOut = null)
     {
         var removed = removedOut ?? new List<Extent>();
         int before = removed.Count;
@@ -104,14 +146,14 @@ public sealed partial class Volume
         }
     }
 
-    private void PrimShift(Inode inode, long from, long delta)
+    public void Shift(Inode inode, long from, long delta)
     {
         inode.Map.Shift(from, delta); // splits an extent straddling 'from' first, in operations and replay alike
         if (!_replaying) { _txn.U8((byte)Prim.Shift); _txn.I64(inode.Id); _txn.I64(from); _txn.I64(delta); }
     }
 
     /// <summary>Ends the current operation: its primitives become one pending record.</summary>
-    private void EndOp()
+    public void EndOp()
     {
         if (_txn.Length == 0) return;
         _pending.U32((uint)_txn.Length);
@@ -119,30 +161,13 @@ public sealed partial class Volume
         _pendingRecords++;
         _txn.Clear();
         // Bound what a crash can lose and what busy blocks can hold back.
-        if (_pending.Length > _journalCapacity / 4 || _alloc.BusyBlocks > DataBlocks / 4) CommitLocked();
+        if (_pending.Length > _journalCapacity / 4 || _alloc.BusyBlocks > (_sb.BlockCount - _sb.DataStart) / 4) Commit();
     }
 
     // ---------------------------------------------------------------- commit and checkpoint
 
-    /// <summary>
-    /// Makes every completed operation durable (fsync for the whole volume): flushes data, then writes and flushes
-    /// the journal records that point at it. Blocks freed by those records become reusable.
-    /// </summary>
-    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
-    /// <exception cref="PinnedDmaException">
-    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
-    /// <see cref="PinnedDmaError.NoSpace"/>: the journal is full and the metadata does not fit the checkpoint area.
-    /// </exception>
+    /// <summary>Makes the ended operations durable: data flushed first, then their records and an end marker (or a checkpoint when the journal is full).</summary>
     public void Commit()
-    {
-        lock (Gate)
-        {
-            ThrowIfDisposed();
-            CommitLocked();
-        }
-    }
-
-    internal void CommitLocked()
     {
         if (_pendingRecords == 0)
         {
@@ -171,7 +196,7 @@ public sealed partial class Volume
             int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(p[off..]);
             WriteJournalEntry(baseOffset, RecordMagic, p.Slice(off + 4, len));
             _nextSeq++;
-            JournalRecordsWritten++;
+            RecordsWritten++;
             off += 4 + len;
         }
         // The end marker names the next sequence without using it: a damaged record followed by this marker is
@@ -217,32 +242,17 @@ public sealed partial class Volume
         if (t0 != 0) Diagnostics.Telemetry.FsyncDuration.Record(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
     }
 
-    /// <summary>Writes a checkpoint now: the journal starts over empty.</summary>
-    /// <exception cref="ObjectDisposedException">The volume is disposed.</exception>
-    /// <exception cref="PinnedDmaException">
-    /// The last durable state stands. <see cref="PinnedDmaError.IoError"/>: flushing the device (<c>msync</c>) failed;
-    /// <see cref="PinnedDmaError.NoSpace"/>: the metadata does not fit the checkpoint area.
-    /// </exception>
-    public void Checkpoint()
-    {
-        lock (Gate)
-        {
-            ThrowIfDisposed();
-            WriteCheckpoint();
-        }
-    }
-
     /// <summary>
     /// Writes the whole metadata to the inactive checkpoint slot, then a superblock copy naming it; the journal starts
     /// over. Data is flushed first (ordered mode, as for a commit).
     /// </summary>
-    private void WriteCheckpoint()
+    public void WriteCheckpoint()
     {
         if (_durable) FlushData();
         var w = new MetadataWriter(4096);
-        w.I64(_nextInodeId);
+        w.I64(_files.NextId);
         w.U64(_alloc.NextGeneration);
-        var files = _byName.Values.OrderBy(i => i.Id).ToList();
+        var files = _files.ByName.Values.OrderBy(i => i.Id).ToList();
         w.U32((uint)files.Count);
         foreach (var f in files)
         {
@@ -288,7 +298,7 @@ public sealed partial class Volume
         CheckpointsWritten++;
     }
 
-    private void WriteSuperblockCopy(long copy)
+    public void WriteSuperblockCopy(long copy)
     {
         long sbAt = copy * _sb.BlockSize;
         _sb.Write(_device.GetSpan(sbAt, Superblock.Size));
@@ -310,7 +320,7 @@ public sealed partial class Volume
 
     // ---------------------------------------------------------------- recovery
 
-    private void Recover(ulong namedSequence, bool allowRollback)
+    public void Recover(ulong namedSequence, bool allowRollback)
     {
         _replaying = true;
         try
@@ -325,13 +335,13 @@ public sealed partial class Volume
         }
         _alloc.Reset();
         ulong nextGen = _alloc.NextGeneration;
-        foreach (var inode in _byId.Values)
+        foreach (var inode in _files.ById.Values)
         {
             if (inode.Size < 0) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"File '{inode.Name}' has a negative size.");
             foreach (var e in inode.Map.Extents) _alloc.Claim(e.DeviceBlock, e.Count, e.Generation);
         }
         if (_alloc.NextGeneration < nextGen) _alloc.NextGeneration = nextGen;
-        foreach (var inode in _byId.Values) ZeroPastEof(inode);
+        foreach (var inode in _files.ById.Values) ZeroPastEof(inode);
         // A repair is made durable at once: the new checkpoint and journal base replace the damaged newer state, so
         // that the next open finds an intact newest state.
         if (RollbackReason is not null) WriteCheckpoint();
@@ -388,16 +398,16 @@ public sealed partial class Volume
     /// </summary>
     private void ZeroPastEof(Inode inode)
     {
-        int shift = BlockShift;
+        int shift = _device.BlockShift;
         long eofBlock = inode.Size >> shift;
-        long tail = inode.Size & (BlockSize - 1);
-        if (eofBlock >= MaxFileBlocks) return;
-        foreach (var e in inode.Map.GetRange(eofBlock, MaxFileBlocks - eofBlock))
+        long tail = inode.Size & (_sb.BlockSize - 1);
+        if (eofBlock >= _maxFileBlocks) return;
+        foreach (var e in inode.Map.GetRange(eofBlock, _maxFileBlocks - eofBlock))
         {
             long db = e.DeviceBlock, n = e.Count;
             if (e.FileBlock == eofBlock && tail != 0)
             {
-                _device.GetSpan((db << shift) + tail, (int)(BlockSize - tail)).Clear();
+                _device.GetSpan((db << shift) + tail, (int)(_sb.BlockSize - tail)).Clear();
                 db++;
                 n--;
             }
@@ -410,7 +420,7 @@ public sealed partial class Volume
         long at = _sb.CheckpointStart(_sb.ActiveCheckpoint) * _sb.BlockSize;
         var body = _device.GetSpan(at + CheckpointHeader, (int)_sb.CheckpointLength);
         var r = new MetadataReader(body, "checkpoint");
-        _nextInodeId = r.NonNegative("next inode");
+        _files.NextId = r.NonNegative("next inode");
         _alloc.NextGeneration = r.U64();
         uint files = r.U32();
         if (files > _sb.MaxFiles) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Checkpoint lists {files} files; the volume holds at most {_sb.MaxFiles}.");
@@ -419,7 +429,7 @@ public sealed partial class Volume
             long id = r.NonNegative("inode");
             long size = r.NonNegative("size");
             string name = r.Str();
-            var inode = PrimCreate(id, name);
+            var inode = Create(id, name);
             inode.Size = size;
             uint n = r.U32();
             for (uint k = 0; k < n; k++)
@@ -430,11 +440,11 @@ public sealed partial class Volume
 
     private void MapChecked(Inode inode, long fb, long db, long count, ulong gen)
     {
-        if (count <= 0 || db < _sb.DataStart || db + count > _sb.BlockCount || fb > MaxFileBlocks - count)
+        if (count <= 0 || db < _sb.DataStart || db + count > _sb.BlockCount || fb > _maxFileBlocks - count)
             ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Extent [{fb}, +{count}) -> {db} of '{inode.Name}' is out of bounds.");
         if (!inode.Map.IsHole(fb, count))
             ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Extent at file block {fb} of '{inode.Name}' overlaps another.");
-        PrimMap(inode, new Extent(fb, db, count, gen));
+        Map(inode, new Extent(fb, db, count, gen));
     }
 
     private enum Entry { Record, End, Bad }
@@ -478,7 +488,7 @@ public sealed partial class Volume
             if (kind == Entry.Record)
             {
                 ApplyRecord(payload, seq);
-                JournalRecordsReplayed++;
+                RecordsReplayed++;
                 pos += RecordHeader + Align8(payload.Length);
                 seq++;
                 continue;
@@ -518,29 +528,29 @@ public sealed partial class Volume
             long id = r.NonNegative("inode");
             if (op == Prim.Create)
             {
-                PrimCreate(id, r.Str());
+                Create(id, r.Str());
                 continue;
             }
-            if (!_byId.TryGetValue(id, out var inode))
+            if (!_files.ById.TryGetValue(id, out var inode))
                 ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq} names unknown inode {id}.");
             switch (op)
             {
-                case Prim.Delete: PrimDelete(inode); break;
-                case Prim.SetSize: PrimSetSize(inode, r.NonNegative("size")); break;
+                case Prim.Delete: Delete(inode); break;
+                case Prim.SetSize: SetSize(inode, r.NonNegative("size")); break;
                 case Prim.Map: MapChecked(inode, r.NonNegative("file block"), r.NonNegative("device block"), r.NonNegative("count"), r.U64()); break;
                 case Prim.Unmap:
                     {
                         long first = r.NonNegative("file block"), count = r.NonNegative("count");
-                        if (first > MaxFileBlocks - count) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq}: unmap out of range.");
-                        PrimUnmap(inode, first, count);
+                        if (first > _maxFileBlocks - count) ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq}: unmap out of range.");
+                        Unmap(inode, first, count);
                         break;
                     }
                 case Prim.Shift:
                     {
                         long from = r.NonNegative("file block"), delta = r.I64();
-                        if (Math.Abs(delta) > MaxFileBlocks || from + delta < 0 || !inode.Map.CanShift(from, delta))
+                        if (Math.Abs(delta) > _maxFileBlocks || from + delta < 0 || !inode.Map.CanShift(from, delta))
                             ThrowHelper.Throw(PinnedDmaError.Corrupt, $"Journal record {seq}: impossible shift.");
-                        PrimShift(inode, from, delta);
+                        Shift(inode, from, delta);
                         break;
                     }
                 default:
