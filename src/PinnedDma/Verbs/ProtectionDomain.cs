@@ -116,10 +116,13 @@ public sealed class ProtectionDomain : IDisposable
     }
 
     /// <summary>Registers a fresh page-aligned native buffer of <paramref name="length"/> bytes (pinned by construction).</summary>
-    /// <param name="length">Bytes (positive).</param>
+    /// <param name="length">Bytes: 1 to 1 GiB.</param>
     /// <param name="access">Local and remote access (remote write and atomic need local write); not OnDemand.</param>
     /// <returns>The region; <see cref="MemoryRegion.GetBufferSpan"/> gives its bytes.</returns>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is not positive, or <paramref name="access"/> has unknown flags.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="length"/> is not from 1 to 1 GiB (the buffer is allocated and zeroed at once: a careless
+    /// <see cref="int.MaxValue"/> would commit 2 GiB), or <paramref name="access"/> has unknown flags.
+    /// </exception>
     /// <exception cref="ObjectDisposedException">The protection domain is disposed.</exception>
     /// <exception cref="PinnedDmaException">
     /// <see cref="PinnedDmaError.InvalidArgument"/>: <see cref="AccessFlags.RemoteWrite"/> or
@@ -130,6 +133,7 @@ public sealed class ProtectionDomain : IDisposable
     {
         ThrowIfDisposed();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, MaxBufferLength);
         CheckAccess(access, isFile: false);
         return Publish(new MemoryRegion(this, length, access));
     }
@@ -183,6 +187,9 @@ public sealed class ProtectionDomain : IDisposable
         if (!mr.IsValid && mr.IsDisposed) Device.Keys.Remove(mr);
         return mr;
     }
+
+    /// <summary>The largest buffer region.</summary>
+    internal const int MaxBufferLength = 1 << 30;
 
     /// <summary>The most work requests a send or receive queue holds (max_qp_wr).</summary>
     internal const int MaxQueueDepth = 1 << 16;

@@ -114,6 +114,9 @@ public sealed class CarelessCallerTests
         Assert.Throws<ArgumentOutOfRangeException>(() => pd.RegisterFile(owner, file, 0, 4096, (AccessFlags)0x4000));
         Assert.Throws<ArgumentOutOfRangeException>(() => pd.RegisterBuffer(0, rw));
         Assert.Throws<ArgumentOutOfRangeException>(() => pd.RegisterBuffer(-4096, rw));
+        // The old code allocated and zeroed whatever it was asked for: 2 GiB of committed memory here.
+        Assert.Throws<ArgumentOutOfRangeException>(() => pd.RegisterBuffer(int.MaxValue, rw));
+        Assert.Throws<ArgumentOutOfRangeException>(() => pd.RegisterBuffer((1 << 30) + 1, rw));
         Assert.Equal(PinnedDmaError.InvalidArgument, Assert.Throws<PinnedDmaException>(() => pd.RegisterBuffer(4096, AccessFlags.RemoteWrite)).Error);
         Assert.Equal(0, owner.LockedBytes);
     }
