@@ -219,4 +219,73 @@ public sealed class CarelessCallerTests
             rig.Dispose();
         }
     }
+
+    /// <summary>
+    /// A LeaseBreaking handler (the one callback verbs raise) that disposes the whole device, pinned and ODP regions
+    /// both in use by a thread posting RDMA writes: the truncate that asked finishes, the poster stops on
+    /// ObjectDisposedException, nothing hangs, and the volume's seals are consistent.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task DisposingTheDeviceFromALeaseBreakHandlerWhilePosting(bool odpToo)
+    {
+        var rig = new VerbsRig(maxSendWr: 64, cqCapacity: 4096, name: "careless");
+        try
+        {
+            var src = rig.Pd.RegisterBuffer(4096, AccessFlags.LocalWrite);
+            var f = rig.NewFile("target", 64 * 1024);
+            var pinned = rig.Pd.RegisterFile(rig.Owner, f, 0, 64 * 1024, VerbsRig.All);
+            var odp = odpToo ? rig.Pd.RegisterFile(rig.Owner, f, 0, 64 * 1024, VerbsRig.All | AccessFlags.OnDemand) : null;
+            pinned.LeaseBreaking += (_, _) => rig.Device.Dispose();
+            using var started = new ManualResetEventSlim();
+            Exception? unexpected = null;
+            var poster = new Thread(() =>
+            {
+                var wr = new SendWorkRequest { Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new(src.Address, 64, src.LKey) };
+                var wcs = new WorkCompletion[64];
+                long deadline = Environment.TickCount64 + (long)Bound.TotalMilliseconds;
+                for (ulong i = 0; Environment.TickCount64 < deadline; i++)
+                {
+                    try
+                    {
+                        var target = odp is not null && i % 2 == 1 ? odp : pinned;
+                        wr.WrId = i;
+                        wr.RKey = target.RKey;
+                        wr.RemoteAddress = target.Address + (i % 512) * 64;
+                        rig.A.PostSend(in wr);
+                        rig.CqA.Poll(wcs);
+                        rig.CqB.Poll(wcs);
+                        started.Set();
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        return;
+                    }
+                    catch (PinnedDmaException e) when (e.Error == PinnedDmaError.NoSpace)
+                    {
+                        Thread.Yield();
+                    }
+                    catch (Exception e)
+                    {
+                        unexpected = e;
+                        return;
+                    }
+                }
+                unexpected = new TimeoutException("the poster never saw the dispose");
+            }) { IsBackground = true };
+            poster.Start();
+            Assert.True(started.Wait(Bound));
+            await Task.Run(() => f.Truncate(4096, ConflictPolicy.Break(TimeSpan.FromSeconds(5)))).WaitAsync(Bound);
+            Assert.True(poster.Join(Bound), "the poster hangs");
+            Assert.Null(unexpected);
+            Assert.False(pinned.IsValid);
+            Assert.Equal(4096, f.Length);
+            Assert.Empty(rig.Volume.CheckSealInvariants());
+        }
+        finally
+        {
+            rig.Dispose();
+        }
+    }
 }
