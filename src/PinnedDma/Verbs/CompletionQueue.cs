@@ -121,8 +121,7 @@ public sealed class CompletionQueue : IDisposable
     /// <param name="into">Where the completions go, oldest first.</param>
     /// <param name="timeout">
     /// How long to wait for the first one: <see cref="Timeout.InfiniteTimeSpan"/> (-1 ms) waits until one comes (or
-    /// the CQ is disposed), zero or any other negative value polls once, and a timeout too long to count in
-    /// milliseconds waits indefinitely too.
+    /// the CQ is disposed), zero or any other negative value polls once.
     /// </param>
     /// <returns>
     /// How many completions were moved; 0 when none came within <paramref name="timeout"/> (and at once when
@@ -134,7 +133,7 @@ public sealed class CompletionQueue : IDisposable
     /// </exception>
     public int Poll(Span<WorkCompletion> into, TimeSpan timeout)
     {
-        bool infinite = timeout == Timeout.InfiniteTimeSpan || timeout.TotalMilliseconds >= long.MaxValue / 4;
+        bool infinite = timeout == Timeout.InfiniteTimeSpan; // TimeSpan.MaxValue in ms still fits a long deadline
         long deadline = infinite ? long.MaxValue : Environment.TickCount64 + Math.Max(0, (long)timeout.TotalMilliseconds);
         var spin = new SpinWait();
         while (true)
