@@ -108,7 +108,9 @@ public sealed unsafe class MemoryRegion : IDisposable
     /// <param name="access">The new access rights; <see cref="AccessFlags.OnDemand"/> must stay as it is.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="access"/> has unknown flags.</exception>
     /// <exception cref="ArgumentException"><paramref name="access"/> adds or drops <see cref="AccessFlags.OnDemand"/>.</exception>
-    /// <exception cref="ObjectDisposedException">A file region's volume is disposed (while gaining write access).</exception>
+    /// <exception cref="ObjectDisposedException">
+    /// The region is disposed (deregistered), or a file region's volume is disposed (while gaining write access).
+    /// </exception>
     /// <exception cref="PinnedDmaException">
     /// The access stays as it was. <see cref="PinnedDmaError.InvalidArgument"/>: <see cref="AccessFlags.RemoteWrite"/>
     /// or <see cref="AccessFlags.RemoteAtomic"/> without <see cref="AccessFlags.LocalWrite"/>, or
@@ -119,6 +121,7 @@ public sealed unsafe class MemoryRegion : IDisposable
     /// </exception>
     public void ReRegister(AccessFlags access)
     {
+        if (Volatile.Read(ref _disposed) != 0) ThrowHelper.ThrowObjectDisposed(this);
         ProtectionDomain.CheckAccess(access, isFile: _pin is not null || _odpFile is not null);
         if ((access & AccessFlags.OnDemand) != (Access & AccessFlags.OnDemand))
             throw new ArgumentException("OnDemand cannot be changed by re-registration.", nameof(access));

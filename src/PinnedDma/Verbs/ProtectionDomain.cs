@@ -117,10 +117,13 @@ public sealed class ProtectionDomain : IDisposable
     }
 
     /// <summary>Registers a fresh page-aligned native buffer of <paramref name="length"/> bytes (pinned by construction).</summary>
-    /// <param name="length">Bytes (positive).</param>
+    /// <param name="length">Bytes: 1 to 1 GiB.</param>
     /// <param name="access">Local and remote access (remote write and atomic need local write); not OnDemand.</param>
     /// <returns>The region; <see cref="MemoryRegion.GetBufferSpan"/> gives its bytes.</returns>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is not positive, or <paramref name="access"/> has unknown flags.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="length"/> is not from 1 to 1 GiB (the buffer is allocated and zeroed at once: a careless
+    /// <see cref="int.MaxValue"/> would commit 2 GiB), or <paramref name="access"/> has unknown flags.
+    /// </exception>
     /// <exception cref="ObjectDisposedException">The protection domain is disposed.</exception>
     /// <exception cref="PinnedDmaException">
     /// <see cref="PinnedDmaError.InvalidArgument"/>: <see cref="AccessFlags.RemoteWrite"/> or
@@ -131,6 +134,7 @@ public sealed class ProtectionDomain : IDisposable
     {
         ThrowIfDisposed();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, MaxBufferLength);
         CheckAccess(access, isFile: false);
         return Publish(new MemoryRegion(this, length, access));
     }
@@ -142,12 +146,26 @@ public sealed class ProtectionDomain : IDisposable
     /// <paramref name="options"/> is null, or its <see cref="QueuePairOptions.SendCq"/> or
     /// <see cref="QueuePairOptions.RecvCq"/> is null.
     /// </exception>
-    /// <exception cref="ArgumentOutOfRangeException"><see cref="QueuePairOptions.MaxSendWr"/> or <see cref="QueuePairOptions.MaxRecvWr"/> is not positive.</exception>
+    /// <exception cref="ArgumentException">A completion queue belongs to another device (ibv_create_qp: EINVAL).</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <see cref="QueuePairOptions.MaxSendWr"/> or <see cref="QueuePairOptions.MaxRecvWr"/> is not from 1 to
+    /// 65536 (the device's max_qp_wr).
+    /// </exception>
     /// <exception cref="ObjectDisposedException">The protection domain or one of the completion queues is disposed.</exception>
     public QueuePair CreateQueuePair(QueuePairOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         ThrowIfDisposed();
+        if (options.SendCq is null) throw new ArgumentNullException(nameof(options), "QueuePairOptions.SendCq is required.");
+        if (options.RecvCq is null) throw new ArgumentNullException(nameof(options), "QueuePairOptions.RecvCq is required.");
+        // A queue pair completes into CQs of its own device only: another device's CQ goes when that device goes.
+        if (options.SendCq.Device is { } sd && sd != Device)
+            throw new ArgumentException($"The send CQ belongs to device {sd.Name}, not {Device.Name}.", nameof(options));
+        if (options.RecvCq.Device is { } rd && rd != Device)
+            throw new ArgumentException($"The receive CQ belongs to device {rd.Name}, not {Device.Name}.", nameof(options));
+        // Checked before the queues are allocated: a careless int.MaxValue must not become a multi-gigabyte array.
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.MaxSendWr, MaxQueueDepth, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.MaxRecvWr, MaxQueueDepth, nameof(options));
         var qp = new QueuePair(this, options);
         if (!TryAdopt(qp, null))
         {
@@ -170,6 +188,12 @@ public sealed class ProtectionDomain : IDisposable
         if (!mr.IsValid && mr.IsDisposed) Device.Keys.Remove(mr);
         return mr;
     }
+
+    /// <summary>The largest buffer region.</summary>
+    internal const int MaxBufferLength = 1 << 30;
+
+    /// <summary>The most work requests a send or receive queue holds (max_qp_wr).</summary>
+    internal const int MaxQueueDepth = 1 << 16;
 
     internal static void CheckAccess(AccessFlags access, bool isFile)
     {

@@ -23,8 +23,12 @@ public sealed class RdmaDevice : IDisposable
     private int _disposed; // written under _sync
 
     /// <summary>Opens a soft device.</summary>
+    /// <param name="name">The device's name (its DMA engine thread and its telemetry carry it).</param>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is empty or only white space.</exception>
     public RdmaDevice(string name = "soft0")
     {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
         Name = name;
         Engine = new DmaEngine(name);
     }
@@ -41,6 +45,7 @@ public sealed class RdmaDevice : IDisposable
     /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public ProtectionDomain AllocatePd()
     {
+        ThrowIfDisposed();
         var pd = new ProtectionDomain(this);
         lock (_sync)
         {
@@ -57,6 +62,7 @@ public sealed class RdmaDevice : IDisposable
     /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
     public CompletionQueue CreateCompletionQueue(int capacity)
     {
+        ThrowIfDisposed();
         var cq = new CompletionQueue(capacity, this);
         lock (_sync)
         {
