@@ -131,7 +131,9 @@ internal sealed class TsharkCapture : IDisposable
     /// <summary>Runs tshark over the capture file with extra arguments.</summary>
     public string Read(params string[] args)
     {
-        (int rc, string stdout, string err) = Run(Tshark, new[] { "-r", File, "-n" }.Concat(args), StepTimeout);
+        // MPA is found by a heuristic (the request frame's key); without heuristics first, an ephemeral port that
+        // happens to be registered for another protocol (44322 is PCP's pmproxy) hands the stream to that dissector.
+        (int rc, string stdout, string err) = Run(Tshark, new[] { "-r", File, "-n", "-o", "tcp.try_heuristic_first:TRUE" }.Concat(args), StepTimeout);
         Assert.True(rc == 0, $"tshark -r failed ({rc}): {err}");
         return stdout;
     }
