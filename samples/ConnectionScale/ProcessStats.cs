@@ -6,8 +6,13 @@ namespace PinnedDma.Samples.ConnectionScale;
 /// <summary>The process's thread count and resident set, read from /proc/self/status.</summary>
 /// <param name="Threads">The <c>Threads:</c> line: every thread of the process, runtime and native.</param>
 /// <param name="RssKiB">The <c>VmRSS:</c> line in KiB.</param>
-public readonly record struct ProcessStats(int Threads, long RssKiB)
+/// <param name="PoolThreads">Of <paramref name="Threads"/>, the runtime thread pool's workers (<see cref="ThreadPool.ThreadCount"/>):
+/// the pool grows under load and retires idle workers on its own, so a leak check counts the threads outside it.</param>
+public readonly record struct ProcessStats(int Threads, long RssKiB, int PoolThreads = 0)
 {
+    /// <summary>Threads outside the runtime's thread pool: the ones a transport owns (and could leak).</summary>
+    public int DedicatedThreads => Threads - PoolThreads;
+
     /// <summary>Reads the current figures.</summary>
     public static ProcessStats Read()
     {
@@ -18,7 +23,7 @@ public readonly record struct ProcessStats(int Threads, long RssKiB)
             if (line.StartsWith("Threads:", StringComparison.Ordinal)) threads = int.Parse(line.AsSpan(8).Trim(), CultureInfo.InvariantCulture);
             else if (line.StartsWith("VmRSS:", StringComparison.Ordinal)) rss = long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim(), CultureInfo.InvariantCulture);
         }
-        return new ProcessStats(threads, rss);
+        return new ProcessStats(threads, rss, ThreadPool.ThreadCount);
     }
 
     /// <summary>

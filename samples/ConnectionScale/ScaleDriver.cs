@@ -36,9 +36,9 @@ public static class ScaleDriver
             var serverLoad = server.Stats().Peak;
             int verified = server.Verify(options.Ops);
             client.Dispose();
-            var clientAfter = WaitForThreads(ProcessStats.Read, clientStart.Threads);
+            var clientAfter = WaitForThreads(ProcessStats.Read, clientStart);
             int closedByPeer = server.Drop();
-            var serverAfter = WaitForThreads(() => server.Stats().Now, server.Start.Threads);
+            var serverAfter = WaitForThreads(() => server.Stats().Now, server.Start);
             result = new ScaleResult
             {
                 Options = options,
@@ -85,12 +85,15 @@ public static class ScaleDriver
         return last;
     }
 
-    /// <summary>Waits (at most 15 s) for the thread count to come back within <see cref="ScaleOptions.LeakMargin"/> of <paramref name="start"/>.</summary>
-    private static ProcessStats WaitForThreads(Func<ProcessStats> read, int start)
+    /// <summary>
+    /// Waits (at most 15 s) for the threads outside the runtime's pool to come back within
+    /// <see cref="ScaleOptions.LeakMargin"/> of <paramref name="start"/>'s.
+    /// </summary>
+    private static ProcessStats WaitForThreads(Func<ProcessStats> read, ProcessStats start)
     {
         var clock = Stopwatch.StartNew();
         var now = read();
-        while (now.Threads > start + ScaleOptions.LeakMargin && clock.Elapsed < TimeSpan.FromSeconds(15))
+        while (now.DedicatedThreads > start.DedicatedThreads + ScaleOptions.LeakMargin && clock.Elapsed < TimeSpan.FromSeconds(15))
         {
             Thread.Sleep(100);
             now = read();

@@ -22,7 +22,7 @@ public sealed record ScaleOptions
     /// <summary>Connections being set up at once by the client (the server admits this many per source).</summary>
     public int ConnectWindow { get; init; } = 32;
 
-    /// <summary>Threads above the starting count a process may still hold after every connection closed.</summary>
+    /// <summary>Threads outside the runtime's pool a process may hold above its starting count after every connection closed.</summary>
     public const int LeakMargin = 32;
 
     /// <summary>Options both iWARP ends use: setup bounded but generous (1,000 handshakes on two cores).</summary>
@@ -111,6 +111,7 @@ public sealed record ScaleResult
     {
         var ci = CultureInfo.InvariantCulture;
         sb.Append(ci, $" {who}_threads_start={f.Start.Threads} {who}_threads_idle={f.Idle.Threads} {who}_threads_load={f.Load.Threads} {who}_threads_after={f.After.Threads}");
+        sb.Append(ci, $" {who}_pool_threads_start={f.Start.PoolThreads} {who}_pool_threads_idle={f.Idle.PoolThreads} {who}_pool_threads_after={f.After.PoolThreads}");
         sb.Append(ci, $" {who}_rss_kb_start={f.Start.RssKiB} {who}_rss_kb_idle={f.Idle.RssKiB} {who}_rss_kb_load={f.Load.RssKiB} {who}_rss_kb_after={f.After.RssKiB}");
     }
 

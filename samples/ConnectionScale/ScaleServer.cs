@@ -45,7 +45,7 @@ public abstract class ScaleServer : IDisposable
     {
         using var sampler = new PeakSampler();
         var start = ProcessStats.Read();
-        output.WriteLine($"listening port={Port} threads={start.Threads} rss_kb={start.RssKiB}");
+        output.WriteLine($"listening port={Port} threads={start.Threads} rss_kb={start.RssKiB} pool_threads={start.PoolThreads}");
         output.Flush();
         while (input.ReadLine() is { } line)
         {
@@ -56,7 +56,7 @@ public abstract class ScaleServer : IDisposable
                 case "stats":
                     var now = ProcessStats.Read();
                     var peak = sampler.Peak;
-                    output.WriteLine($"stats threads={now.Threads} rss_kb={now.RssKiB} peak_threads={peak.Threads} peak_rss_kb={peak.RssKiB} connections={Volatile.Read(ref _accepted)}");
+                    output.WriteLine($"stats threads={now.Threads} rss_kb={now.RssKiB} pool_threads={now.PoolThreads} peak_threads={peak.Threads} peak_rss_kb={peak.RssKiB} connections={Volatile.Read(ref _accepted)}");
                     break;
                 case "peak-reset":
                     sampler.Reset();

@@ -22,7 +22,7 @@ internal sealed class ServerProcess : IDisposable
         _process = Process.Start(psi) ?? throw new InvalidOperationException("could not start the server process");
         var hello = Values(Expect("listening"));
         Port = int.Parse(hello["port"], CultureInfo.InvariantCulture);
-        Start = new ProcessStats(int.Parse(hello["threads"], CultureInfo.InvariantCulture), long.Parse(hello["rss_kb"], CultureInfo.InvariantCulture));
+        Start = new ProcessStats(Int(hello["threads"]), long.Parse(hello["rss_kb"], CultureInfo.InvariantCulture), Int(hello["pool_threads"]));
     }
 
     public int Port { get; }
@@ -33,7 +33,7 @@ internal sealed class ServerProcess : IDisposable
     public (ProcessStats Now, ProcessStats Peak, int Connections) Stats()
     {
         var v = Values(Command("stats", "stats"));
-        return (new ProcessStats(Int(v["threads"]), long.Parse(v["rss_kb"], CultureInfo.InvariantCulture)),
+        return (new ProcessStats(Int(v["threads"]), long.Parse(v["rss_kb"], CultureInfo.InvariantCulture), Int(v["pool_threads"])),
             new ProcessStats(Int(v["peak_threads"]), long.Parse(v["peak_rss_kb"], CultureInfo.InvariantCulture)), Int(v["connections"]));
     }
 
