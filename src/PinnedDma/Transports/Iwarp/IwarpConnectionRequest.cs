@@ -49,9 +49,7 @@ public sealed class IwarpConnectionRequest
     /// <exception cref="ObjectDisposedException"><paramref name="qp"/> is disposed.</exception>
     /// <exception cref="InvalidOperationException">The request was already accepted or rejected.</exception>
     /// <exception cref="ArgumentException">
-    /// <paramref name="privateData"/> is too long for an MPA frame (or, as <see cref="ArgumentOutOfRangeException"/>,
-    /// the listener's <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> is over 16383 with MPA
-    /// revision 2); the request counts as decided.
+    /// <paramref name="privateData"/> is too long for an MPA frame; the request stays undecided.
     /// </exception>
     /// <exception cref="PinnedDmaException">
     /// <see cref="PinnedDmaError.InvalidArgument"/>: <paramref name="qp"/> is not in Reset or Init (checked first: the
@@ -114,9 +112,7 @@ public sealed class IwarpConnectionRequest
     /// <param name="privateData">Private data for the reject reply (at most 512 bytes, 508 with MPA revision 2).</param>
     /// <exception cref="InvalidOperationException">The request was already accepted or rejected.</exception>
     /// <exception cref="ArgumentException">
-    /// <paramref name="privateData"/> is too long for an MPA frame (or, as <see cref="ArgumentOutOfRangeException"/>,
-    /// the listener's <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> is over 16383 with MPA
-    /// revision 2); the request counts as decided.
+    /// <paramref name="privateData"/> is too long for an MPA frame; the request stays undecided.
     /// </exception>
     public void Reject(ReadOnlySpan<byte> privateData = default)
     {

@@ -42,12 +42,12 @@ public static class IwarpConnector
     /// <exception cref="ArgumentNullException"><paramref name="qp"/> or <paramref name="endpoint"/> is null (thrown at once).</exception>
     /// <exception cref="ArgumentOutOfRangeException">
     /// An option is out of range (thrown at once): <see cref="IwarpOptions.MpaRevision"/>,
-    /// <see cref="IwarpOptions.MaxFpduSize"/>, <see cref="IwarpOptions.RtrTypes"/>, a timeout or a limit. In the task:
-    /// <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> over 16383 with MPA revision 2.
+    /// <see cref="IwarpOptions.MaxFpduSize"/>, <see cref="IwarpOptions.RtrTypes"/>, <see cref="IwarpOptions.Ird"/> or
+    /// <see cref="IwarpOptions.Ord"/> over 16383 with MPA revision 2, a timeout or a limit.
     /// </exception>
     /// <exception cref="ArgumentException">
-    /// <see cref="IwarpOptions.PeerToPeer"/> without MPA revision 2 (thrown at once); in the task:
-    /// <paramref name="privateData"/> is too long for an MPA frame.
+    /// Thrown at once, before any socket is opened: <see cref="IwarpOptions.PeerToPeer"/> without MPA revision 2, or
+    /// <paramref name="privateData"/> too long for an MPA frame.
     /// </exception>
     /// <exception cref="ObjectDisposedException"><paramref name="qp"/> is disposed (thrown at once, or in the task if it is disposed meanwhile).</exception>
     /// <exception cref="PinnedDmaException">
@@ -86,6 +86,9 @@ public static class IwarpConnector
         ArgumentNullException.ThrowIfNull(endpoint);
         options ??= new IwarpOptions();
         options.Validate();
+        // The request must be buildable before anything connects: too much private data fails here, not after a TCP
+        // connect the listener would see.
+        MpaNegotiation.BuildRequest(options.ToMpa(privateData)).Validate();
         qp.CheckConnectable(); // before any side effect (no socket, no state change)
         // Blocking calls on a thread of its own: the socket never joins the runtime's socket event loop (see IwarpListener).
         return Task.Factory.StartNew(() => Connect(qp, endpoint, privateData, options, cancellationToken), cancellationToken,

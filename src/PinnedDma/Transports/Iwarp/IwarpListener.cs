@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using PinnedDma.Interop;
 using PinnedDma.Transports.Iwarp.Internal;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp;
 
@@ -40,7 +39,8 @@ public sealed class IwarpListener : IDisposable
     /// <exception cref="ArgumentNullException"><paramref name="endpoint"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException">
     /// An option is out of range: <see cref="IwarpOptions.MpaRevision"/>, <see cref="IwarpOptions.MaxFpduSize"/>,
-    /// <see cref="IwarpOptions.RtrTypes"/>, a timeout or a limit.
+    /// <see cref="IwarpOptions.RtrTypes"/>, <see cref="IwarpOptions.Ird"/> or <see cref="IwarpOptions.Ord"/> over 16383
+    /// with MPA revision 2, a timeout or a limit.
     /// </exception>
     /// <exception cref="ArgumentException"><see cref="IwarpOptions.PeerToPeer"/> without MPA revision 2.</exception>
     /// <exception cref="System.Net.Sockets.SocketException">The endpoint cannot be bound (in use, not a local address).</exception>

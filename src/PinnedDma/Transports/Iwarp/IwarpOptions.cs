@@ -1,5 +1,4 @@
 using PinnedDma.Transports.Iwarp.Internal;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp;
 
@@ -25,14 +24,15 @@ public sealed class IwarpOptions
     /// <summary>
     /// Inbound RDMA Read depth advertised in revision 2 and enforced: a peer with more Read Requests outstanding is
     /// ended with a Terminate. Revision 1 advertises nothing; the responder then accepts up to 128 (or this, if larger).
-    /// Default 16.
+    /// Default 16; with MPA revision 2 at most 16383 (a 14-bit field).
     /// </summary>
     public ushort Ird { get; init; } = 16;
 
     /// <summary>
     /// Outbound RDMA Read depth advertised in revision 2. Reads outstanding at once are capped at the negotiated ORD
     /// (the lower of this and the peer's IRD; with revision 1, this); further Reads wait at the head of the send queue.
-    /// A negotiated ORD of 0 refuses Reads (they complete with LocQpOpErr). Default 16.
+    /// A negotiated ORD of 0 refuses Reads (they complete with LocQpOpErr). Default 16; with MPA revision 2 at most
+    /// 16383 (a 14-bit field).
     /// </summary>
     public ushort Ord { get; init; } = 16;
 
@@ -108,6 +108,9 @@ public sealed class IwarpOptions
         if (MpaRevision is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(MpaRevision), MpaRevision, "MPA revision is 1 or 2.");
         if (MaxFpduSize != 0 && MaxFpduSize is < 64 or > ushort.MaxValue + 6) throw new ArgumentOutOfRangeException(nameof(MaxFpduSize), MaxFpduSize, "FPDU size is 0 (from the TCP MSS) or 64 to 65541 bytes.");
         if (PeerToPeer && MpaRevision != 2) throw new ArgumentException("Peer-to-peer mode (RFC 6581) needs MPA revision 2.", nameof(PeerToPeer));
+        // Revision 2 advertises both in 14-bit fields (RFC 6581 §9.1): a larger value could not be sent in any reply.
+        if (MpaRevision == 2 && Ird > MpaEnhancedParameters.MaxQueueDepth) throw new ArgumentOutOfRangeException(nameof(Ird), Ird, "With MPA revision 2, IRD is 0 to 16383.");
+        if (MpaRevision == 2 && Ord > MpaEnhancedParameters.MaxQueueDepth) throw new ArgumentOutOfRangeException(nameof(Ord), Ord, "With MPA revision 2, ORD is 0 to 16383.");
         if (((int)RtrTypes & ~7) != 0 || (PeerToPeer && RtrTypes == IwarpRtrTypes.None))
             throw new ArgumentOutOfRangeException(nameof(RtrTypes), RtrTypes, "RTR types are a non-empty combination of the three RFC 6581 types.");
         if (SendStallTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(SendStallTimeout), SendStallTimeout, "The send stall timeout must be positive.");

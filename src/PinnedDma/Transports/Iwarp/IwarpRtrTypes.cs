@@ -1,5 +1,3 @@
-using PinnedDma.Verbs;
-
 namespace PinnedDma.Transports.Iwarp;
 
 /// <summary>The zero-length ready-to-receive (RTR) messages of RFC 6581 §7 that may open a peer-to-peer connection.</summary>

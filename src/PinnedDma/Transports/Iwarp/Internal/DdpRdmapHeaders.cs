@@ -1,6 +1,4 @@
 using System.Buffers.Binary;
-using PinnedDma.Transports.Iwarp;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp.Internal;
 

@@ -2,8 +2,6 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using PinnedDma.Internal;
-using PinnedDma.Transports.Iwarp;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp.Internal;
 

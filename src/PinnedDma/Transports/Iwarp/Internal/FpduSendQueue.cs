@@ -3,8 +3,6 @@ using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PinnedDma.Interop;
-using PinnedDma.Transports.Iwarp;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp.Internal;
 

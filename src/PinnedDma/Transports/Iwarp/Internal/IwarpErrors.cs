@@ -1,6 +1,3 @@
-using PinnedDma.Transports.Iwarp;
-using PinnedDma.Verbs;
-
 namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>Layer field of the RDMAP Terminate control field (RFC 5040 §4.8, §7).</summary>

@@ -1,7 +1,5 @@
 using System.Buffers;
 using System.Buffers.Binary;
-using PinnedDma.Transports.Iwarp;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp.Internal;
 

@@ -3,8 +3,6 @@ using System.Diagnostics.CodeAnalysis;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
-using PinnedDma.Transports.Iwarp;
-using PinnedDma.Verbs;
 
 namespace PinnedDma.Transports.Iwarp.Internal;
 

@@ -3,7 +3,6 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using PinnedDma.Interop;
-using PinnedDma.Transports.Iwarp;
 using PinnedDma.Verbs;
 using PinnedDma.Verbs.Internal;
 
@@ -12,13 +11,48 @@ namespace PinnedDma.Transports.Iwarp.Internal;
 /// <summary>
 /// The receive side of an iWARP connection: one thread per connection parses FPDUs from its receive pipe and acts on
 /// them as the responder (RDMA Write placement, Read Requests queued for the engine, Sends into posted receives) and
-/// as the requester (Read Responses into the outstanding read's sink).
+/// as the requester (Read Responses into the outstanding read's sink). Without CRC, large tagged segments are placed
+/// directly from the socket into the region.
 /// </summary>
-internal sealed partial class IwarpConnection
+internal sealed class IwarpReceiver
 {
-    // ------------------------------------------------------------ responder side (receive loop)
+    // Without CRC, tagged segments with at least this much payload are received straight into the region: below it,
+    // the copy saved costs less than the extra receive calls.
+    private const int PlaceDirectMin = 12 * 1024;
+    // Read bound while a large tagged segment is expected: its header (and a previous pad), not its payload.
+    private const int HeaderProbe = 64;
 
-    private void ReceiveLoop()
+    private readonly IwarpConnection _connection;
+    private readonly QueuePair _qp;
+    private readonly SocketReceivePipe _rx;
+    private readonly Socket _socket;
+    private readonly FpduDecoder _decoder;
+    private uint _expectSendMsn = 1, _expectReadMsn = 1;
+    // Responder-side assembly of an incoming multi-segment Send.
+    private bool _inSend;
+    private RecvWorkRequest _recv;
+    private MemoryRegion? _recvMr;
+    private long _recvOffset;
+    private uint _recvBytes;
+    // Pad bytes of a directly placed segment still to be skipped in the pipe.
+    private int _skip;
+    // Responder in peer-to-peer mode: the first FPDU must be the negotiated RTR message, which is consumed here.
+    private bool _awaitRtr;
+    // Whether the peer's first FPDU was received and validated.
+    private bool _firstReceived;
+
+    public IwarpReceiver(IwarpConnection connection, SocketReceivePipe rx, FpduOptions options, bool awaitRtr)
+    {
+        _connection = connection;
+        _qp = connection.Qp;
+        _rx = rx;
+        _socket = rx.Socket;
+        _decoder = new FpduDecoder(options);
+        _awaitRtr = awaitRtr;
+    }
+
+    /// <summary>The receive thread: receives until the stream ends or the peer breaks the protocol, then ends the connection.</summary>
+    public void Run()
     {
         try
         {
@@ -43,27 +77,27 @@ internal sealed partial class IwarpConnection
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
         {
             FlushPartialSend();
-            Close($"connection lost: {e.Message}");
+            _connection.Close($"connection lost: {e.Message}");
             return;
         }
         FlushPartialSend();
         if (_pendingTerminate is { } t)
         {
             // Requests that arrived before the bad one are answered first, in order.
-            ServiceInbound();
-            SendTerminate(t.Code, t.Header, t.SegmentLength);
-            Close($"protocol error: {t.Why}");
+            _connection.Sender.ServiceInbound();
+            _connection.Sender.SendTerminate(t.Code, t.Header, t.SegmentLength);
+            _connection.Close($"protocol error: {t.Why}");
         }
         else if (error.IsError)
         {
             if (error.Kind == IwarpErrorKind.CrcMismatch) Diagnostics.Telemetry.CrcErrors.Add(1);
-            ServiceInbound();
-            SendTerminate(error.Terminate, null, 0);
-            Close($"protocol error: {error}");
+            _connection.Sender.ServiceInbound();
+            _connection.Sender.SendTerminate(error.Terminate, null, 0);
+            _connection.Close($"protocol error: {error}");
         }
         else
         {
-            Close(LastTerminateReceived is { } rt ? $"peer terminated: {rt}" : "peer closed the connection");
+            _connection.Close(_connection.LastTerminateReceived is { } rt ? $"peer terminated: {rt}" : "peer closed the connection");
         }
     }
 
@@ -134,7 +168,7 @@ internal sealed partial class IwarpConnection
                 {
                     // A whole, valid first FPDU: the responder may send from now on.
                     _firstReceived = true;
-                    _transmit.Set();
+                    _connection.AllowTransmit();
                 }
                 probe = true;
                 continue;
@@ -161,7 +195,7 @@ internal sealed partial class IwarpConnection
         public int PayloadLength;
         public int Placed;
         public int WireLength;
-        public PendingRead? Read;
+        public IwarpReadQueue.PendingRead? Read;
     }
 
     private readonly DirectTarget _direct = new();
@@ -187,7 +221,7 @@ internal sealed partial class IwarpConnection
         uint len = (uint)(ulpdu - DdpRdmapHeader.TaggedLength);
         MemoryRegion? mr;
         long off;
-        PendingRead? p = null;
+        IwarpReadQueue.PendingRead? p = null;
         if (h.Opcode == RdmapOpcode.RdmaWrite)
         {
             if (Responder.ResolveRemote(_qp, h.STag, h.TaggedOffset, len, AccessFlags.RemoteWrite, out mr, out off) != WcStatus.Success) return false;
@@ -281,7 +315,7 @@ internal sealed partial class IwarpConnection
     private bool RegionRevoked(in Fpdu f, bool isReadResponse)
     {
         if (!isReadResponse) return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedInvalidStag), f, "region revoked during RDMA Write");
-        CompleteHeadRead(WcStatus.LocProtErr);
+        _connection.Reads.CompleteHead(WcStatus.LocProtErr);
         return false;
     }
 
@@ -347,7 +381,7 @@ internal sealed partial class IwarpConnection
         if (_awaitRtr)
         {
             var h = f.Header;
-            bool rtr = h.Last && Negotiated.Rtr switch
+            bool rtr = h.Last && _connection.Negotiated.Rtr switch
             {
                 MpaRtrTypes.ZeroLengthSend => h.Opcode == RdmapOpcode.Send && f.Payload.IsEmpty && h.MessageSequenceNumber == _expectSendMsn && h.MessageOffset == 0,
                 MpaRtrTypes.ZeroLengthRdmaWrite => h.Opcode == RdmapOpcode.RdmaWrite && f.Payload.IsEmpty,
@@ -356,7 +390,7 @@ internal sealed partial class IwarpConnection
             };
             if (!rtr && h.Opcode != RdmapOpcode.Terminate)
                 return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), f,
-                    $"the first FPDU ({h.Opcode}, {f.Payload.Length} bytes) is not the negotiated {Negotiated.Rtr} RTR message");
+                    $"the first FPDU ({h.Opcode}, {f.Payload.Length} bytes) is not the negotiated {_connection.Negotiated.Rtr} RTR message");
             if (!rtr) return OnFpdu(f);
             _awaitRtr = false;
             if (h.Opcode == RdmapOpcode.Send) _expectSendMsn++;
@@ -365,20 +399,15 @@ internal sealed partial class IwarpConnection
                 // Answered here, before anything this side has waiting: the zero-length Read Response is the first FPDU
                 // the responder sends (a few bytes into an empty socket buffer).
                 _expectReadMsn++;
-                var rr = f.ReadRequest;
-                lock (_sendLock)
-                {
-                    _encoder.WriteReadResponse(_out, rr.SinkSTag, rr.SinkTaggedOffset, true, default);
-                    _out.Flush();
-                }
+                _connection.Sender.SendRtrReadResponse(f.ReadRequest);
             }
             _firstReceived = true;
-            _transmit.Set();
+            _connection.AllowTransmit();
             return true;
         }
         if (!OnFpdu(f)) return false;
         _firstReceived = true;
-        _transmit.Set();
+        _connection.AllowTransmit();
         return true;
     }
 
@@ -405,13 +434,9 @@ internal sealed partial class IwarpConnection
                         return InvalidStag(rr.SourceSTag) || Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
                     // The response goes out from the DMA engine thread: a receive loop that blocked in a send could
                     // deadlock with a peer doing the same.
-                    lock (_inboundReads)
-                    {
-                        if (_inboundReads.Count >= IrdLimit)
-                            return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
-                        _inboundReads.Enqueue(new InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset));
-                    }
-                    Engine.Ring(_qp);
+                    if (!_connection.Sender.TryQueueInboundRead(new IwarpSender.InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset), _connection.IrdLimit))
+                        return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
+                    _connection.Engine.Ring(_qp);
                     return true;
                 }
             case RdmapOpcode.RdmaReadResponse:
@@ -422,9 +447,7 @@ internal sealed partial class IwarpConnection
             case RdmapOpcode.SendWithSolicitedEventAndInvalidate:
                 return OnSend(f);
             case RdmapOpcode.Terminate:
-                LastTerminateReceived = f.Terminate.Code;
-                Diagnostics.Telemetry.Terminate(sent: false, (byte)f.Terminate.Code.Layer, f.Terminate.Code.ErrorType, f.Terminate.Code.ErrorCode);
-                Diagnostics.Log.TerminateReceived(_log, _peer, f.Terminate.Code.ToString());
+                _connection.TerminateReceived(f.Terminate.Code);
                 return false;
             default:
                 return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.UnexpectedOpcode), f, $"unexpected opcode {h.Opcode}");
@@ -483,119 +506,23 @@ internal sealed partial class IwarpConnection
     }
 
     /// <summary>Whether a Read Response segment continues the oldest outstanding read exactly, within its sink.</summary>
-    private bool ReadResponseFits(in DdpRdmapHeader h, uint len, out PendingRead? p)
+    private bool ReadResponseFits(in DdpRdmapHeader h, uint len, out IwarpReadQueue.PendingRead? p)
     {
-        lock (_readsLock) _reads.TryPeek(out p);
+        p = _connection.Reads.Head;
         return p is not null && h.STag == p.SinkSTag && h.TaggedOffset == p.SinkTo + p.Received && p.Received + len <= p.Length;
     }
 
     /// <summary>Accounts a placed Read Response segment; the last one completes the read.</summary>
-    private bool FinishReadResponse(in Fpdu f, PendingRead p, uint len)
+    private bool FinishReadResponse(in Fpdu f, IwarpReadQueue.PendingRead p, uint len)
     {
         p.Received += len;
         if (f.Header.Last)
         {
             if (p.Received != p.Length)
                 return Fail(TerminateCode.Ddp(DdpErrorType.TaggedBuffer, DdpErrorCode.TaggedBaseOrBounds), f, "short Read Response");
-            CompleteHeadRead(WcStatus.Success);
+            _connection.Reads.CompleteHead(WcStatus.Success);
         }
         return true;
-    }
-
-    /// <summary>
-    /// DMA engine thread: true when a fenced request must wait for outstanding RDMA Reads (the last one to complete
-    /// rings the queue pair); false when none is outstanding.
-    /// </summary>
-    public override bool ParkForFence()
-    {
-        lock (_readsLock)
-        {
-            if (_reads.Count == 0) return false;
-            _fenceParked = true;
-            return true;
-        }
-    }
-
-    private bool _fenceParked;
-
-    /// <summary>
-    /// DMA engine thread: true when an RDMA Read must wait because <see cref="OrdLimit"/> reads are outstanding already
-    /// (RFC 6581 §5: a requester never exceeds the peer's IRD); the next read to complete rings the queue pair. The read
-    /// stays at the head of the send queue, so nothing posted after it overtakes it. False with an ORD of 0: the read
-    /// goes on to <see cref="Execute"/>, which refuses it (waiting would be forever).
-    /// </summary>
-    public override bool ParkForOrd()
-    {
-        lock (_readsLock)
-        {
-            if (OrdLimit == 0 || _reads.Count < OrdLimit) return false;
-            _ordParked = true;
-            return true;
-        }
-    }
-
-    private bool _ordParked;
-
-    /// <summary>
-    /// MPA revision 1 carries no IRD/ORD: the inbound RDMA Read Requests accepted at once then, unless
-    /// <see cref="IwarpOptions.Ird"/> is larger. 128 is the most a Linux siw peer ever has outstanding (SIW_MAX_ORD_QP).
-    /// </summary>
-    internal const int Revision1InboundReads = 128;
-
-    /// <summary>
-    /// Outbound RDMA Reads outstanding at once: with MPA revision 2 the negotiated ORD (the lower of our ORD and the
-    /// peer's IRD; 0 means the peer takes no reads), with revision 1 (nothing negotiated) our own
-    /// <see cref="IwarpOptions.Ord"/>.
-    /// </summary>
-    internal int OrdLimit => Negotiated.Revision >= 2 ? Negotiated.Ord : _localOrd;
-
-    /// <summary>
-    /// Inbound RDMA Read Requests this side accepts at once: with MPA revision 2 the IRD it advertised (RFC 6581 §5),
-    /// with revision 1 (nothing advertised) <see cref="Revision1InboundReads"/> or our IRD if larger.
-    /// </summary>
-    internal int IrdLimit => Negotiated.Revision >= 2 ? Negotiated.Ird : Math.Max(Revision1InboundReads, (int)_localIrd);
-
-    private void CompleteHeadRead(WcStatus status)
-    {
-        bool resume;
-        lock (_readsLock)
-        {
-            if (_reads.TryDequeue(out var done))
-            {
-                done.Done = true;
-                done.Status = status;
-                // The RTR's read completes nothing (it never entered the completion order).
-            }
-            resume = _fenceParked && _reads.Count == 0;
-            if (resume) _fenceParked = false;
-            if (_ordParked && _reads.Count < OrdLimit)
-            {
-                _ordParked = false;
-                resume = true;
-            }
-            // Deliver, in order, every completion no longer waiting for a read.
-            while (_order.TryPeek(out var next))
-            {
-                if (next.Read is { } p)
-                {
-                    if (!p.Done) break;
-                    _order.Dequeue();
-                    var wc = new WorkCompletion(p.WrId, p.Status, WcOpcode.RdmaRead, p.Status == WcStatus.Success ? p.Length : 0, _qp.QpNumber, WcFlags.None, 0, 0);
-                    bool signaled = p.Signaled;
-                    p.Sink = null;
-                    _readPool.Return(p);
-                    if (wc.Status != WcStatus.Success) _qp.FailRequest(_qp.SendCq, wc);
-                    else if (signaled) _qp.SendCq.Push(wc);
-                }
-                else
-                {
-                    _order.Dequeue();
-                    _qp.SendCq.Push(next.Completion);
-                }
-            }
-        }
-        // After the read's own completion, so the fenced request completes behind it.
-        if (resume) Engine.Ring(_qp);
     }
 
     private bool OnSend(in Fpdu f)
