@@ -25,8 +25,8 @@ public static class ScaleDriver
         {
             client.ConnectAsync(server.Port, deadline.Token).Wait(deadline.Token);
             // Every connection open and idle: let setup threads (handshakes) finish, bounded.
-            var serverIdle = Settle(() => server.Stats().Now, server.Stats().Connections);
-            var clientIdle = Settle(ProcessStats.Read, 0);
+            var serverIdle = Settle(() => server.Stats().Now);
+            var clientIdle = Settle(ProcessStats.Read);
             sampler.Reset();
             server.ResetPeak();
             var clock = Stopwatch.StartNew();
@@ -71,9 +71,8 @@ public static class ScaleDriver
     }
 
     /// <summary>Waits (at most 2 s) for the thread count to stop changing; returns the last figures.</summary>
-    private static ProcessStats Settle(Func<ProcessStats> read, int unused)
+    private static ProcessStats Settle(Func<ProcessStats> read)
     {
-        _ = unused;
         var last = read();
         for (int i = 0; i < 20; i++)
         {

@@ -16,8 +16,14 @@ namespace PinnedDma.Samples.ConnectionScale;
 /// </summary>
 public abstract class ScaleServer : IDisposable
 {
+    /// <summary>Connections accepted so far (each has the slot of its acceptance order).</summary>
+    private int _accepted;
+
     /// <summary>Connections accepted so far.</summary>
-    protected int _accepted;
+    protected int Accepted => Volatile.Read(ref _accepted);
+
+    /// <summary>Counts one more accepted connection; returns its slot.</summary>
+    protected int CountAccepted() => Interlocked.Increment(ref _accepted) - 1;
 
     /// <summary>Stops the accept loop.</summary>
     protected readonly CancellationTokenSource Stop = new();
@@ -56,7 +62,7 @@ public abstract class ScaleServer : IDisposable
                 case "stats":
                     var now = ProcessStats.Read();
                     var peak = sampler.Peak;
-                    output.WriteLine($"stats threads={now.Threads} rss_kb={now.RssKiB} pool_threads={now.PoolThreads} peak_threads={peak.Threads} peak_rss_kb={peak.RssKiB} connections={Volatile.Read(ref _accepted)}");
+                    output.WriteLine($"stats threads={now.Threads} rss_kb={now.RssKiB} pool_threads={now.PoolThreads} peak_threads={peak.Threads} peak_rss_kb={peak.RssKiB} connections={Accepted}");
                     break;
                 case "peak-reset":
                     sampler.Reset();
@@ -64,7 +70,7 @@ public abstract class ScaleServer : IDisposable
                     break;
                 case "verify":
                     int ops = int.Parse(parts[1], CultureInfo.InvariantCulture);
-                    int good = 0, n = Volatile.Read(ref _accepted);
+                    int good = 0, n = Accepted;
                     for (int slot = 0; slot < n; slot++)
                         if (Pattern.Check(Slots.Slice(slot * Pattern.Size, Pattern.Size), slot, ops - 1)) good++;
                     output.WriteLine($"verified {good}");
@@ -139,7 +145,7 @@ public sealed class IwarpScaleServer : ScaleServer
     private async Task AcceptLoop()
     {
         var reply = new byte[PrivateDataLength];
-        while (_accepted < Connections && !Stop.IsCancellationRequested)
+        while (Accepted < Connections && !Stop.IsCancellationRequested)
         {
             IwarpConnectionRequest request;
             try
@@ -152,7 +158,7 @@ public sealed class IwarpScaleServer : ScaleServer
             }
             var qp = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq, MaxSendWr = 4, MaxRecvWr = 1 });
             qp.Modify(new QpAttributes { State = QpState.Init, AccessFlags = AccessFlags.RemoteRead | AccessFlags.RemoteWrite });
-            int slot = _accepted;
+            int slot = Accepted;
             BinaryPrimitives.WriteInt32LittleEndian(reply, slot);
             BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(4), _region.RKey);
             BinaryPrimitives.WriteUInt64LittleEndian(reply.AsSpan(8), _region.Address + (ulong)(slot * Pattern.Size));
@@ -167,7 +173,7 @@ public sealed class IwarpScaleServer : ScaleServer
                 continue;
             }
             lock (_qps) _qps.Add(qp);
-            Interlocked.Increment(ref _accepted);
+            CountAccepted();
         }
     }
 
@@ -235,7 +241,7 @@ public sealed class SocketScaleServer : ScaleServer
 
     private async Task AcceptLoop()
     {
-        while (_accepted < Connections && !Stop.IsCancellationRequested)
+        while (Accepted < Connections && !Stop.IsCancellationRequested)
         {
             Socket s;
             try
@@ -247,9 +253,8 @@ public sealed class SocketScaleServer : ScaleServer
                 return;
             }
             s.NoDelay = true;
-            int slot = _accepted;
             lock (_open) _open.Add(s);
-            Interlocked.Increment(ref _accepted);
+            int slot = CountAccepted();
             _ = Serve(s, slot);
         }
     }
