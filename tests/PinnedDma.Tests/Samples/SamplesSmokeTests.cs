@@ -12,7 +12,7 @@ public sealed class SamplesSmokeTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(120);
 
-    private static string SampleDll(string name)
+    internal static string SampleDll(string name)
     {
         // tests/PinnedDma.Tests/bin/<Configuration>/<tfm>/ -> the repository root holds PinnedDma.sln.
         var baseDir = new DirectoryInfo(AppContext.BaseDirectory);
