@@ -36,14 +36,14 @@ public sealed partial class Volume
     {
         _s.Writer.CheckFileRange(offset, data.Length);
         if (data.IsEmpty) return;
-        Mutate(new RemapContext("write", policy), data, (ctx, data) => _s.Writer.WriteBody(ctx, inode, offset, data, sync));
+        _runner.Mutate(new RemapContext("write", policy), data, (ctx, data) => _s.Writer.WriteBody(ctx, inode, offset, data, sync));
     }
 
     internal ValueTask WriteAsync(Inode inode, long offset, ReadOnlyMemory<byte> data, ConflictPolicy? policy, CancellationToken cancellationToken)
     {
         _s.Writer.CheckFileRange(offset, data.Length);
         if (data.IsEmpty) return default;
-        return Discard(MutateAsync(new RemapContext("write", policy), data,
+        return OperationRunner.Discard(_runner.MutateAsync(new RemapContext("write", policy), data,
             (ctx, data) => _s.Writer.WriteBody(ctx, inode, offset, data.Span, sync: false), cancellationToken));
     }
 

@@ -41,7 +41,11 @@ public sealed partial class Volume : IDisposable
         _alloc = new BlockAllocator(sb.DataStart, sb.BlockCount);
         _journal = new MetadataJournal(device, sb, _alloc, _files, _durable, MaxFileSize >> device.BlockShift);
         _s = new VolumeState(device, sb, _alloc, _files, _journal, _seals, options.DefaultConflictPolicy);
+        _runner = new OperationRunner(Gate, _journal, _log, ThrowIfDisposed);
     }
+
+    /// <summary>The mutate loop every remapping operation runs in.</summary>
+    private readonly OperationRunner _runner;
 
     private readonly Microsoft.Extensions.Logging.ILogger _log;
 
@@ -496,6 +500,7 @@ public sealed partial class Volume : IDisposable
             if (!_files.ByName.TryGetValue(name, out var inode)) ThrowHelper.Throw(PinnedDmaError.NotFound, $"No file '{name}'.");
             _s.Writer.CheckMetadataRoom(0);
             foreach (var s in _seals.Of(inode)) _s.Writer.DetachSeal(s);
+            _seals.Forget(inode);
             _journal.Delete(inode);
             _journal.EndOp();
         }
