@@ -36,7 +36,34 @@ internal abstract class ScaleClient : IDisposable
 
     public int Errors { get; protected set; }
 
-    public abstract Task ConnectAsync(int port, CancellationToken ct);
+    /// <summary>Opens every connection, at most <see cref="ScaleOptions.ConnectWindow"/> at a time.</summary>
+    public async Task ConnectAsync(int port, CancellationToken ct)
+    {
+        var endpoint = new IPEndPoint(IPAddress.Loopback, port);
+        using var window = new SemaphoreSlim(Options.ConnectWindow);
+        var tasks = new Task[Options.Connections];
+        for (int c = 0; c < Options.Connections; c++)
+        {
+            await window.WaitAsync(ct).ConfigureAwait(false);
+            int conn = c;
+            tasks[c] = Task.Run(async () =>
+            {
+                try
+                {
+                    await ConnectOneAsync(conn, endpoint, ct).ConfigureAwait(false);
+                }
+                finally
+                {
+                    window.Release();
+                }
+            }, ct);
+        }
+        await Task.WhenAll(tasks).ConfigureAwait(false);
+        Connected = Options.Connections;
+    }
+
+    /// <summary>Opens connection <paramref name="conn"/> and learns its server slot (into <see cref="Slots"/>).</summary>
+    protected abstract Task ConnectOneAsync(int conn, IPEndPoint endpoint, CancellationToken ct);
 
     public abstract void RunLoad(CancellationToken ct);
 
@@ -73,36 +100,16 @@ internal sealed class IwarpScaleClient : ScaleClient
         _remote = new ulong[options.Connections];
     }
 
-    public override async Task ConnectAsync(int port, CancellationToken ct)
+    protected override async Task ConnectOneAsync(int conn, IPEndPoint endpoint, CancellationToken ct)
     {
-        var endpoint = new IPEndPoint(IPAddress.Loopback, port);
-        using var window = new SemaphoreSlim(Options.ConnectWindow);
-        var tasks = new Task[Options.Connections];
-        for (int c = 0; c < Options.Connections; c++)
-        {
-            await window.WaitAsync(ct).ConfigureAwait(false);
-            int conn = c;
-            tasks[c] = Task.Run(async () =>
-            {
-                try
-                {
-                    var qp = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq, MaxSendWr = 2, MaxRecvWr = 1 });
-                    _qps[conn] = qp;
-                    var reply = await IwarpConnector.ConnectAsync(qp, endpoint, default, ScaleOptions.IwarpOptions, ct).ConfigureAwait(false);
-                    if (reply.Length != IwarpScaleServer.PrivateDataLength) throw new InvalidDataException($"accept reply of {reply.Length} bytes");
-                    var span = reply.Span;
-                    Slots[conn] = BinaryPrimitives.ReadInt32LittleEndian(span);
-                    _rkeys[conn] = BinaryPrimitives.ReadUInt32LittleEndian(span[4..]);
-                    _remote[conn] = BinaryPrimitives.ReadUInt64LittleEndian(span[8..]);
-                }
-                finally
-                {
-                    window.Release();
-                }
-            }, ct);
-        }
-        await Task.WhenAll(tasks).ConfigureAwait(false);
-        Connected = Options.Connections;
+        var qp = _pd.CreateQueuePair(new QueuePairOptions { SendCq = _cq, RecvCq = _cq, MaxSendWr = 2, MaxRecvWr = 1 });
+        _qps[conn] = qp;
+        var reply = await IwarpConnector.ConnectAsync(qp, endpoint, default, ScaleOptions.IwarpOptions, ct).ConfigureAwait(false);
+        if (reply.Length != IwarpScaleServer.PrivateDataLength) throw new InvalidDataException($"accept reply of {reply.Length} bytes");
+        var span = reply.Span;
+        Slots[conn] = BinaryPrimitives.ReadInt32LittleEndian(span);
+        _rkeys[conn] = BinaryPrimitives.ReadUInt32LittleEndian(span[4..]);
+        _remote[conn] = BinaryPrimitives.ReadUInt64LittleEndian(span[8..]);
     }
 
     private Span<byte> Source(int conn) => _local.GetBufferSpan().Slice(conn * 2 * Pattern.Size, Pattern.Size);
@@ -214,34 +221,14 @@ internal sealed class SocketScaleClient : ScaleClient
         _buffers = GC.AllocateUninitializedArray<byte>(options.Connections * 3 * Pattern.Size, pinned: true);
     }
 
-    public override async Task ConnectAsync(int port, CancellationToken ct)
+    protected override async Task ConnectOneAsync(int conn, IPEndPoint endpoint, CancellationToken ct)
     {
-        var endpoint = new IPEndPoint(IPAddress.Loopback, port);
-        using var window = new SemaphoreSlim(Options.ConnectWindow);
-        var tasks = new Task[Options.Connections];
-        for (int c = 0; c < Options.Connections; c++)
-        {
-            await window.WaitAsync(ct).ConfigureAwait(false);
-            int conn = c;
-            tasks[c] = Task.Run(async () =>
-            {
-                try
-                {
-                    var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-                    _sockets[conn] = s;
-                    await s.ConnectAsync(endpoint, ct).ConfigureAwait(false);
-                    var slot = new byte[4];
-                    if (!await SocketScaleServer.ReceiveAll(s, slot).ConfigureAwait(false)) throw new IOException("the server closed before giving a slot");
-                    Slots[conn] = BinaryPrimitives.ReadInt32LittleEndian(slot);
-                }
-                finally
-                {
-                    window.Release();
-                }
-            }, ct);
-        }
-        await Task.WhenAll(tasks).ConfigureAwait(false);
-        Connected = Options.Connections;
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        _sockets[conn] = s;
+        await s.ConnectAsync(endpoint, ct).ConfigureAwait(false);
+        var slot = new byte[4];
+        if (!await SocketScaleServer.ReceiveAll(s, slot).ConfigureAwait(false)) throw new IOException("the server closed before giving a slot");
+        Slots[conn] = BinaryPrimitives.ReadInt32LittleEndian(slot);
     }
 
     public override void RunLoad(CancellationToken ct)

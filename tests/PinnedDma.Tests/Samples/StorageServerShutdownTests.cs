@@ -27,19 +27,6 @@ public sealed partial class StorageServerShutdownTests(ITestOutputHelper log)
 
     private const int SigTerm = 15;
 
-    private static string SampleDll(string name)
-    {
-        var baseDir = new DirectoryInfo(AppContext.BaseDirectory);
-        string tfm = baseDir.Name;
-        string configuration = baseDir.Parent!.Name;
-        var root = baseDir;
-        while (root is not null && !File.Exists(Path.Combine(root.FullName, "PinnedDma.sln"))) root = root.Parent;
-        Assert.NotNull(root);
-        string dll = Path.Combine(root!.FullName, "samples", name, "bin", configuration, tfm, name + ".dll");
-        Assert.True(File.Exists(dll), $"{dll} is not built (the solution build builds the samples)");
-        return dll;
-    }
-
     private static void Fill(Span<byte> slot, int index)
     {
         BinaryPrimitives.WriteInt32LittleEndian(slot, index);
@@ -54,7 +41,7 @@ public sealed partial class StorageServerShutdownTests(ITestOutputHelper log)
         try
         {
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            psi.ArgumentList.Add(SampleDll("StorageServer"));
+            psi.ArgumentList.Add(SamplesSmokeTests.SampleDll("StorageServer"));
             psi.ArgumentList.Add("server");
             psi.ArgumentList.Add("0");
             psi.ArgumentList.Add(volumePath);

@@ -179,41 +179,17 @@ public sealed class CarelessCallerTests
             var src = rig.Pd.RegisterBuffer(4096, AccessFlags.LocalWrite);
             var dst = rig.Pd.RegisterBuffer(4096, VerbsRig.All);
             using var started = new ManualResetEventSlim();
-            Exception? unexpected = null;
-            var poster = new Thread(() =>
+            var wr = new SendWorkRequest { Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new(src.Address, 64, src.LKey), RemoteAddress = dst.Address, RKey = dst.RKey };
+            var poster = new PosterUntilDisposed(i =>
             {
-                var wr = new SendWorkRequest { Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new(src.Address, 64, src.LKey), RemoteAddress = dst.Address, RKey = dst.RKey };
-                long deadline = Environment.TickCount64 + (long)Bound.TotalMilliseconds;
-                for (ulong i = 0; Environment.TickCount64 < deadline; i++)
-                {
-                    try
-                    {
-                        wr.WrId = i;
-                        rig.A.PostSend(in wr);
-                        started.Set();
-                    }
-                    catch (ObjectDisposedException)
-                    {
-                        return;
-                    }
-                    catch (PinnedDmaException e) when (e.Error == PinnedDmaError.NoSpace)
-                    {
-                        Thread.Yield();
-                    }
-                    catch (Exception e)
-                    {
-                        unexpected = e;
-                        return;
-                    }
-                }
-                unexpected = new TimeoutException("the poster never saw the dispose");
-            }) { IsBackground = true };
-            poster.Start();
+                wr.WrId = i;
+                rig.A.PostSend(in wr);
+            }, started);
             Assert.True(started.Wait(Bound));
             await rig.CqA.WaitAsync().AsTask().WaitAsync(Bound);
             rig.Device.Dispose(); // on the continuation's thread, the poster still posting
-            Assert.True(poster.Join(Bound), "the poster hangs");
-            Assert.Null(unexpected);
+            Assert.True(poster.Thread.Join(Bound), "the poster hangs");
+            Assert.Null(poster.Unexpected);
             Assert.True(rig.CqA.WaitAsync().IsFaulted);
             Assert.False(dst.IsValid);
             rig.Dispose();
@@ -239,23 +215,49 @@ public sealed class CarelessCallerTests
             var odp = odpToo ? rig.Pd.RegisterFile(rig.Owner, f, 0, 64 * 1024, VerbsRig.All | AccessFlags.OnDemand) : null;
             pinned.LeaseBreaking += (_, _) => rig.Device.Dispose();
             using var started = new ManualResetEventSlim();
-            Exception? unexpected = null;
-            var poster = new Thread(() =>
+            var wr = new SendWorkRequest { Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new(src.Address, 64, src.LKey) };
+            var wcs = new WorkCompletion[64];
+            var poster = new PosterUntilDisposed(i =>
             {
-                var wr = new SendWorkRequest { Opcode = WrOpcode.RdmaWrite, Flags = SendFlags.Signaled, Local = new(src.Address, 64, src.LKey) };
-                var wcs = new WorkCompletion[64];
+                var target = odp is not null && i % 2 == 1 ? odp : pinned;
+                wr.WrId = i;
+                wr.RKey = target.RKey;
+                wr.RemoteAddress = target.Address + (i % 512) * 64;
+                rig.A.PostSend(in wr);
+                rig.CqA.Poll(wcs);
+                rig.CqB.Poll(wcs);
+            }, started);
+            Assert.True(started.Wait(Bound));
+            await Task.Run(() => f.Truncate(4096, ConflictPolicy.Break(TimeSpan.FromSeconds(5)))).WaitAsync(Bound);
+            Assert.True(poster.Thread.Join(Bound), "the poster hangs");
+            Assert.Null(poster.Unexpected);
+            Assert.False(pinned.IsValid);
+            Assert.Equal(4096, f.Length);
+            Assert.Empty(rig.Volume.CheckSealInvariants());
+        }
+        finally
+        {
+            rig.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A thread that posts (<c>post(i)</c> for i = 0, 1, ...) until the device's dispose shows as
+    /// ObjectDisposedException, yielding while the send queue is full; it sets <c>started</c> after each post. Any other
+    /// exception, or no dispose within the bound, is kept in <see cref="Unexpected"/>.
+    /// </summary>
+    private sealed class PosterUntilDisposed
+    {
+        public PosterUntilDisposed(Action<ulong> post, ManualResetEventSlim started)
+        {
+            Thread = new Thread(() =>
+            {
                 long deadline = Environment.TickCount64 + (long)Bound.TotalMilliseconds;
                 for (ulong i = 0; Environment.TickCount64 < deadline; i++)
                 {
                     try
                     {
-                        var target = odp is not null && i % 2 == 1 ? odp : pinned;
-                        wr.WrId = i;
-                        wr.RKey = target.RKey;
-                        wr.RemoteAddress = target.Address + (i % 512) * 64;
-                        rig.A.PostSend(in wr);
-                        rig.CqA.Poll(wcs);
-                        rig.CqB.Poll(wcs);
+                        post(i);
                         started.Set();
                     }
                     catch (ObjectDisposedException)
@@ -268,24 +270,17 @@ public sealed class CarelessCallerTests
                     }
                     catch (Exception e)
                     {
-                        unexpected = e;
+                        Unexpected = e;
                         return;
                     }
                 }
-                unexpected = new TimeoutException("the poster never saw the dispose");
+                Unexpected = new TimeoutException("the poster never saw the dispose");
             }) { IsBackground = true };
-            poster.Start();
-            Assert.True(started.Wait(Bound));
-            await Task.Run(() => f.Truncate(4096, ConflictPolicy.Break(TimeSpan.FromSeconds(5)))).WaitAsync(Bound);
-            Assert.True(poster.Join(Bound), "the poster hangs");
-            Assert.Null(unexpected);
-            Assert.False(pinned.IsValid);
-            Assert.Equal(4096, f.Length);
-            Assert.Empty(rig.Volume.CheckSealInvariants());
+            Thread.Start();
         }
-        finally
-        {
-            rig.Dispose();
-        }
+
+        public Thread Thread { get; }
+
+        public Exception? Unexpected { get; private set; }
     }
 }

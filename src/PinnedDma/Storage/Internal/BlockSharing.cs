@@ -124,14 +124,7 @@ internal sealed class BlockSharing(VolumeState s) : VolumePart(s)
     public bool ShareBlocks(RemapContext ctx, Inode src, long sFirst, Inode dst, long dFirst, long blocks)
     {
         var conflicts = SealsOverlapping(dst, dFirst, dFirst + blocks);
-        var verdict = Check(ctx, conflicts, deferrable: true);
-        if (verdict.Halts()) return false;
-        long need = 0;
-        if (verdict == ConflictResolution.Detach)
-        {
-            if (Writer.CheckDetachable(ctx, conflicts).Halts()) return false;
-            need += Writer.DetachCost(conflicts);
-        }
+        if (Writer.StopsOnDeferrable(ctx, conflicts, out var verdict, out long need)) return false;
         var pieces = SourcePieces(src, sFirst, blocks, ref need);
         EnsureSpace(need);
         CheckMetadataRoom(pieces.Count + 2);

@@ -284,6 +284,22 @@ internal sealed class ExtentWriter(VolumeState s) : VolumePart(s)
         return l;
     }
 
+    /// <summary>
+    /// The conflict step of an operation that may Defer: resolves <paramref name="conflicts"/> (Defer allowed) and, when
+    /// the answer is Detach, checks that the seals can be detached and counts the blocks detaching them will copy
+    /// (<paramref name="detachCost"/>, 0 otherwise). True when the operation stops here (pending or refused).
+    /// </summary>
+    public bool StopsOnDeferrable(RemapContext ctx, List<Seal> conflicts, out ConflictResolution verdict, out long detachCost)
+    {
+        detachCost = 0;
+        verdict = Check(ctx, conflicts, deferrable: true);
+        if (verdict.Halts()) return true;
+        if (verdict != ConflictResolution.Detach) return false;
+        if (CheckDetachable(ctx, conflicts).Halts()) return true;
+        detachCost = DetachCost(conflicts);
+        return false;
+    }
+
     /// <summary>Before Defer detaches <paramref name="seals"/>: other pins on sharers of their blocks block the detach.</summary>
     public ConflictResolution CheckDetachable(RemapContext ctx, List<Seal> seals)
     {

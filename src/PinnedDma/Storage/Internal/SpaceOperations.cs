@@ -24,14 +24,7 @@ internal sealed class SpaceOperations(VolumeState s) : VolumePart(s)
             long keepBlocks = (length + BlockSize - 1) >> shift;
             long unmapEnd = Math.Max(inode.Map.EndBlock, keepBlocks);
             var conflicts = Seals.Of(inode).Where(s => s.EndBlock << shift > length).ToList();
-            var verdict = Check(ctx, conflicts, deferrable: true);
-            if (verdict.Halts()) return 0;
-            long need = 0;
-            if (verdict == ConflictResolution.Detach)
-            {
-                if (Writer.CheckDetachable(ctx, conflicts).Halts()) return 0;
-                need += Writer.DetachCost(conflicts);
-            }
+            if (Writer.StopsOnDeferrable(ctx, conflicts, out var verdict, out long need)) return 0;
             long tail = length & (BlockSize - 1);
             var tailConflicts = new List<Seal>();
             if (tail != 0) need += Writer.PlanWrite(inode, length >> shift, keepBlocks, WriteMode.Zeros, tailConflicts);
@@ -104,14 +97,7 @@ internal sealed class SpaceOperations(VolumeState s) : VolumePart(s)
             var conflicts = new List<Seal>();
             foreach (var (a, b) in dealloc) conflicts.AddRange(SealsOverlapping(inode, a, b));
             conflicts = conflicts.Distinct().ToList();
-            var verdict = Check(ctx, conflicts, deferrable: true);
-            if (verdict.Halts()) return 0;
-            long need = 0;
-            if (verdict == ConflictResolution.Detach)
-            {
-                if (Writer.CheckDetachable(ctx, conflicts).Halts()) return 0;
-                need += Writer.DetachCost(conflicts);
-            }
+            if (Writer.StopsOnDeferrable(ctx, conflicts, out var verdict, out long need)) return 0;
             var writeConflicts = new List<Seal>();
             foreach (var (a, b) in edges) need += Writer.PlanWrite(inode, a >> shift, ((b - 1) >> shift) + 1, WriteMode.Zeros, writeConflicts);
             foreach (var (a, b) in inPlace) need += Writer.PlanWrite(inode, a, b, WriteMode.Zeros, writeConflicts);
