@@ -117,6 +117,25 @@ internal static unsafe partial class SocketInterop
     }
 
     /// <summary>
+    /// One non-blocking gathered send of the <paramref name="count"/> iovecs at <paramref name="iov"/>: the bytes the
+    /// kernel took (possibly fewer than offered), or -1 when its buffer is full. A failed connection throws
+    /// <see cref="SocketException"/>. The caller holds a reference on the socket's handle.
+    /// </summary>
+    public static nint TrySend(int fd, IoVec* iov, int count)
+    {
+        var message = new MsgHdr { Iov = iov, IovLength = (nuint)count };
+        while (true)
+        {
+            nint sent = SendMsg(fd, &message, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (sent >= 0) return sent;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return -1;
+            throw new SocketException((int)ErrnoToSocketError(errno));
+        }
+    }
+
+    /// <summary>
     /// Receives up to <paramref name="length"/> bytes into <paramref name="buffer"/>; returns 0 at the end of the stream.
     /// Without a deadline a blocking descriptor sleeps in <c>recv</c> and a non-blocking one in <c>poll</c> (either way the
     /// kernel wakes this thread directly, with no event-loop hop). With a <paramref name="deadline"/>

@@ -116,6 +116,9 @@ public sealed class QueuePair : IDisposable
     internal long RnrDeadline;
     internal bool InDoorbell;
 
+    /// <summary>Who works for this QP's send queue now (see DmaEngine: 0 nobody, 1 someone, 2 someone and rung meanwhile).</summary>
+    internal int Turn;
+
     /// <summary>Current state.</summary>
     public QpState State
     {
@@ -248,7 +251,7 @@ public sealed class QueuePair : IDisposable
             _sqCount++;
         }
         Diagnostics.Telemetry.Posted(wr);
-        Engine.Ring(this);
+        Engine.Posted(this);
     }
 
     /// <summary>ibv_post_recv. Allowed from Init on; on a QP in Error the request completes at once with WrFlushErr.</summary>

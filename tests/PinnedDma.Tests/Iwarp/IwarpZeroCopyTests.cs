@@ -469,7 +469,8 @@ public sealed class IwarpZeroCopyTests : IDisposable
             var body = new byte[RdmaReadRequest.Size];
             new RdmaReadRequest(0x77, 0, regionLength, big.RKey, big.Address).WriteTo(body);
             var h = DdpRdmapHeader.ForUntagged(RdmapOpcode.RdmaReadRequest, DdpQueue.RdmaReadRequest, msn, 0, true);
-            var f = new byte[2 + h.Length + body.Length + Fpdu.PadLength(h.Length + body.Length)];
+            // Framing, header, body, pad and the CRC field (zero without CRC: it is always on the wire).
+            var f = new byte[2 + h.Length + body.Length + Fpdu.PadLength(h.Length + body.Length) + Fpdu.CrcSize];
             BinaryPrimitives.WriteUInt16BigEndian(f, (ushort)(h.Length + body.Length));
             h.WriteTo(f.AsSpan(2));
             body.CopyTo(f.AsSpan(2 + h.Length));

@@ -64,11 +64,19 @@ public sealed class IwarpOptions
 
     /// <summary>
     /// How long a send may make no progress (the peer stops reading and TCP's buffers are full) before the connection
-    /// is closed and the queue pair moves to Error. Each connection sends on its own engine thread, so a stalled peer
-    /// holds up only its own queue pair; this bounds how long (a revocation waiting on such a send cuts the connection
-    /// off sooner, through the region's drain). Default 10 s.
+    /// is closed and the queue pair moves to Error. Sends never block an I/O thread: a connection whose peer does not
+    /// read parks its own send side, so a stalled peer holds up only its own queue pair; this bounds how long (a
+    /// revocation waiting on such a send cuts the connection off sooner, through the region's drain). Default 10 s.
     /// </summary>
     public TimeSpan SendStallTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// How many I/O threads serve this process's iWARP connections made with these options: each runs epoll over its
+    /// share of the connections and their queue pairs' send queues, so thousands of connections cost this many threads.
+    /// Connections with the same value share one set of threads, created on first use and kept for the process's
+    /// life (idle, they sleep). 0 (the default) means one per core (<see cref="Environment.ProcessorCount"/>).
+    /// </summary>
+    public int IoThreads { get; init; }
 
     /// <summary>
     /// Listener only: once connections from one peer address were ended this many times for naming an invalid or
@@ -113,6 +121,7 @@ public sealed class IwarpOptions
         if (MpaRevision == 2 && Ord > MpaEnhancedParameters.MaxQueueDepth) throw new ArgumentOutOfRangeException(nameof(Ord), Ord, "With MPA revision 2, ORD is 0 to 16383.");
         if (((int)RtrTypes & ~7) != 0 || (PeerToPeer && RtrTypes == IwarpRtrTypes.None))
             throw new ArgumentOutOfRangeException(nameof(RtrTypes), RtrTypes, "RTR types are a non-empty combination of the three RFC 6581 types.");
+        if (IoThreads is < 0 or > 256) throw new ArgumentOutOfRangeException(nameof(IoThreads), IoThreads, "The I/O thread count is 0 (one per core) to 256.");
         if (SendStallTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(SendStallTimeout), SendStallTimeout, "The send stall timeout must be positive.");
         if (MaxPendingHandshakesPerSource is < 1 or > 65536) throw new ArgumentOutOfRangeException(nameof(MaxPendingHandshakesPerSource), MaxPendingHandshakesPerSource, "The per-source handshake limit is 1 to 65536.");
         if (MaxPendingHandshakes is < 1 or > 65536) throw new ArgumentOutOfRangeException(nameof(MaxPendingHandshakes), MaxPendingHandshakes, "The pending handshake limit is 1 to 65536.");

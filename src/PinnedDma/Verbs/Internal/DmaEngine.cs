@@ -1,8 +1,10 @@
 namespace PinnedDma.Verbs.Internal;
 
 /// <summary>
-/// The soft NIC's DMA engine: one named background thread per device (as SocketAsyncEngine has one event loop) that
-/// takes queue pairs off a doorbell queue and executes their send queues in order. Every byte moves through
+/// The soft NIC's DMA engine: takes queue pairs off a doorbell queue and executes their send queues in order, on one
+/// thread: a named background thread of its own (the device's engine, for the loopback fabric), or an I/O loop's thread
+/// that hosts it (iWARP connections: the loop serves their sockets and their send queues alike). A poster may run a
+/// few small requests of an idle queue pair itself (<see cref="Posted"/>); one thread at a time works for a queue pair. Every byte moves through
 /// memory-region translation while the region's drain is held, so a lease revocation waits for the copy in flight and
 /// then no later access can touch the blocks. A fault while working for one queue pair is not swallowed and does not
 /// end the process: that QP's head request completes in error and the QP moves to Error (so it stops touching memory),
@@ -11,22 +13,43 @@ namespace PinnedDma.Verbs.Internal;
 internal sealed class DmaEngine : IDisposable
 {
     private const int Budget = 32;
+    // Work requests a posting thread runs itself (inline) before it hands the rest to the engine.
+    private const int InlineBudget = 4;
     private readonly object _sync = new();
     private readonly Queue<QueuePair> _doorbell = new(64);
     private readonly List<QueuePair> _rnr = new();
-    private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
-    private readonly Thread _thread;
+    private readonly ManualResetEventSlim? _wake;
+    private readonly Thread? _thread;
+    private readonly IEngineHost? _host;
     private volatile bool _stop;
     private volatile int _pending;
+    private long _rnrDue = long.MaxValue;
 
+    /// <summary>An engine on a thread of its own (the device's, for the loopback fabric).</summary>
     public DmaEngine(string name)
     {
+        _wake = new ManualResetEventSlim(false, spinCount: 0);
         _thread = new Thread(Run) { IsBackground = true, Name = $"pinneddma-dma-{name}" };
         _thread.Start();
     }
 
+    /// <summary>An engine run by <paramref name="host"/>'s thread (an I/O loop), which calls <see cref="RunPending"/>.</summary>
+    public DmaEngine(IEngineHost host)
+    {
+        _host = host;
+    }
+
     /// <summary>Work requests executed (for tests and benchmarks).</summary>
     public long Executed;
+
+    /// <summary>Work requests a posting thread executed itself (for tests and benchmarks).</summary>
+    public long ExecutedInline;
+
+    /// <summary>Hosted: queue pairs wait in the doorbell.</summary>
+    public bool HasWork => _pending != 0;
+
+    /// <summary>Hosted: when receiver-not-ready retries are due (<see cref="Environment.TickCount64"/>; long.MaxValue for none).</summary>
+    public long RetryDue => Volatile.Read(ref _rnrDue);
 
     public void Ring(QueuePair qp)
     {
@@ -37,7 +60,58 @@ internal sealed class DmaEngine : IDisposable
             _doorbell.Enqueue(qp);
             _pending = _doorbell.Count;
         }
-        _wake.Set();
+        if (_host is not null) _host.Wake();
+        else _wake!.Set();
+    }
+
+    /// <summary>
+    /// A send work request was posted. When the queue pair's transport allows it and nobody is working for the queue
+    /// pair, the posting thread executes the first few requests itself (as a NIC takes an inline post straight from
+    /// the doorbell write): no hand-off to the engine's thread and no wake-up for a small request on an idle queue pair.
+    /// Anything the poster does not finish goes to the engine.
+    /// </summary>
+    public void Posted(QueuePair qp)
+    {
+        var transport = qp.Transport;
+        if (transport is { SupportsInline: true } && !qp.InDoorbell && TryBeginTurn(qp))
+        {
+            ProcessTurn(qp, InlineBudget, inline: true);
+            EndTurn(qp);
+            return;
+        }
+        Ring(qp);
+    }
+
+    /// <summary>Hosted: processes the queue pairs rung so far (each gets one turn); the host's thread calls it.</summary>
+    public void RunPending()
+    {
+        int n;
+        lock (_sync) n = _doorbell.Count;
+        for (; n > 0; n--)
+        {
+            QueuePair? qp;
+            lock (_sync)
+            {
+                if (!_doorbell.TryDequeue(out qp)) break;
+                qp.InDoorbell = false;
+                _pending = _doorbell.Count;
+            }
+            Process(qp);
+        }
+    }
+
+    /// <summary>Rings the queue pairs whose peer had no receive posted, once their back-off passed.</summary>
+    public void RetryReceiverNotReady()
+    {
+        QueuePair[] again;
+        lock (_sync)
+        {
+            if (_rnr.Count == 0 || Environment.TickCount64 < _rnrDue) return;
+            again = _rnr.ToArray();
+            _rnr.Clear();
+            Volatile.Write(ref _rnrDue, long.MaxValue);
+        }
+        foreach (var q in again) Ring(q);
     }
 
     private void Run()
@@ -59,31 +133,62 @@ internal sealed class DmaEngine : IDisposable
                 Process(qp);
                 continue;
             }
-            if (_rnr.Count > 0)
+            if (RetryDue != long.MaxValue)
             {
                 // Receiver-not-ready: retry after a short back-off, as RNR NAK timers do.
-                Thread.Sleep(1);
-                var again = _rnr.ToArray();
-                _rnr.Clear();
-                foreach (var q in again) Ring(q);
+                int wait = (int)Math.Clamp(RetryDue - Environment.TickCount64, 0, 1);
+                if (wait > 0) Thread.Sleep(wait);
+                RetryReceiverNotReady();
                 continue;
             }
             // Spin briefly for latency, then sleep until the next doorbell.
             var spin = new SpinWait();
             for (int i = 0; i < 64 && _pending == 0 && !_stop; i++) spin.SpinOnce(sleep1Threshold: -1);
             if (_pending != 0) continue;
-            _wake.Reset();
+            _wake!.Reset();
             // Stop sets the event after setting the flag: re-checked after the reset, a stop is never slept through.
             if (_stop) break;
             lock (_sync)
                 if (_doorbell.Count > 0) continue;
             // Ring sets the event after enqueuing and the queue is re-checked after the reset, so no doorbell is missed;
-            // the timeout is only a safety net (idle engines, one per iWARP connection, should not wake often).
+            // the timeout is only a safety net.
             _wake.Wait(1000);
         }
     }
 
+    // A queue pair's turn is taken by one thread at a time (the engine's, or a poster running it inline): 0 free,
+    // 1 taken, 2 taken and rung meanwhile (the taker hands the queue pair to the engine when it ends the turn).
+    private static bool TryBeginTurn(QueuePair qp)
+    {
+        while (true)
+        {
+            int s = Volatile.Read(ref qp.Turn);
+            if (s == 0)
+            {
+                if (Interlocked.CompareExchange(ref qp.Turn, 1, 0) == 0) return true;
+            }
+            else if (s == 2 || Interlocked.CompareExchange(ref qp.Turn, 2, 1) == 1)
+            {
+                return false;
+            }
+        }
+    }
+
+    private void EndTurn(QueuePair qp)
+    {
+        if (Interlocked.CompareExchange(ref qp.Turn, 0, 1) == 1) return;
+        Volatile.Write(ref qp.Turn, 0);
+        Ring(qp);
+    }
+
     private void Process(QueuePair qp)
+    {
+        if (!TryBeginTurn(qp)) return; // a poster is running it; it rings again when it ends
+        ProcessTurn(qp, Budget, inline: false);
+        EndTurn(qp);
+    }
+
+    private void ProcessTurn(QueuePair qp, int budget, bool inline)
     {
         // The QP's gate: a QP moved to Error or disposed has ended remote and local access, so its engine work stops;
         // whoever moved it waits for the work inside to leave.
@@ -92,7 +197,7 @@ internal sealed class DmaEngine : IDisposable
         {
             var transport = qp.Transport;
             transport?.TakeTurn();
-            ProcessSendQueue(qp, transport);
+            ProcessSendQueue(qp, transport, budget, inline);
             transport?.FlushPending();
         }
         catch (Exception e)
@@ -117,11 +222,20 @@ internal sealed class DmaEngine : IDisposable
         qp.Transport?.Close($"engine fault: {e.GetType().Name}: {e.Message}");
     }
 
-    private void ProcessSendQueue(QueuePair qp, QpTransport? transport)
+    private void ProcessSendQueue(QueuePair qp, QpTransport? transport, int budget, bool inline)
     {
-        for (int n = 0; n < Budget; n++)
+        for (int n = 0; n < budget; n++)
         {
             if (!qp.TryPeekSend(out var wr, out int epoch)) return;
+            // The transport cannot take more now (its socket is full, or it may not transmit yet): it rings the queue
+            // pair when it can.
+            if (transport is not null && transport.ParkForSend()) return;
+            // A poster runs small requests only; a large one goes to the engine's thread.
+            if (inline && wr.Local.Length > transport!.InlineLimit)
+            {
+                Ring(qp);
+                return;
+            }
             // Fence: wait for earlier RDMA Reads the transport completes later; the last one rings the queue pair again.
             if ((wr.Flags & SendFlags.Fence) != 0 && transport is not null && transport.ParkForFence()) return;
             // An RDMA Read the transport completes later may complete before Execute returns: free its send-queue slot
@@ -131,13 +245,20 @@ internal sealed class DmaEngine : IDisposable
             if (popFirst && transport!.ParkForOrd()) return;
             if (popFirst && !qp.PopSend(epoch)) return; // flushed meanwhile: the flush completed it
             var status = Execute(qp, transport, in wr, out uint bytes, out var outcome);
+            // Under way and parked on the transport (a full socket): it rings the queue pair when it can go on, and the
+            // same request is executed again to finish.
+            if (outcome == TransportOutcome.Blocked) return;
             if (outcome == TransportOutcome.ReceiverNotReady)
             {
                 long now = Environment.TickCount64;
                 if (qp.RnrDeadline == 0) qp.RnrDeadline = now + (long)qp.RnrTimeout.TotalMilliseconds;
                 if (now < qp.RnrDeadline)
                 {
-                    _rnr.Add(qp);
+                    lock (_sync)
+                    {
+                        _rnr.Add(qp);
+                        if (_rnrDue == long.MaxValue) Volatile.Write(ref _rnrDue, now + 1);
+                    }
                     return;
                 }
                 status = WcStatus.RnrRetryExcErr;
@@ -146,6 +267,7 @@ internal sealed class DmaEngine : IDisposable
             // A flush (move to Error, Dispose) since the peek completed this request already.
             if (!popFirst && !qp.PopSend(epoch)) return;
             Interlocked.Increment(ref Executed);
+            if (inline) Interlocked.Increment(ref ExecutedInline);
             if (status == WcStatus.Success && outcome == TransportOutcome.Deferred)
             {
                 // The transport completes it.
@@ -207,7 +329,7 @@ internal sealed class DmaEngine : IDisposable
     public void Dispose()
     {
         Stop();
-        if (Thread.CurrentThread != _thread) _thread.Join(TimeSpan.FromSeconds(5));
+        if (_thread is not null && Thread.CurrentThread != _thread) _thread.Join(TimeSpan.FromSeconds(5));
     }
 
     /// <summary>
@@ -217,8 +339,15 @@ internal sealed class DmaEngine : IDisposable
     public void Stop()
     {
         _stop = true;
-        _wake.Set();
+        _wake?.Set();
     }
+}
+
+/// <summary>The thread that runs a hosted <see cref="DmaEngine"/> (an I/O loop).</summary>
+internal interface IEngineHost
+{
+    /// <summary>The engine was rung: run <see cref="DmaEngine.RunPending"/> soon.</summary>
+    void Wake();
 }
 
 /// <summary>The responder's checks, shared by the loopback engine and network transports.</summary>

@@ -53,6 +53,21 @@ internal abstract class QpTransport
     /// </summary>
     public virtual bool CompletesReadsLater => false;
 
+    /// <summary>
+    /// True when a posting thread may execute small work requests itself, on an idle queue pair (no hand-off to the
+    /// engine's thread). The transport's <see cref="Execute"/> must then never block and be safe on any thread.
+    /// </summary>
+    public virtual bool SupportsInline => false;
+
+    /// <summary>The largest local SGE (bytes) a posting thread executes inline.</summary>
+    public virtual uint InlineLimit => 0;
+
+    /// <summary>
+    /// True when the transport cannot take a work request now (its socket is full, or it may not transmit yet): the
+    /// engine stops the turn and the transport rings the queue pair when it can go on.
+    /// </summary>
+    public virtual bool ParkForSend() => false;
+
     /// <summary>Begins serving (a receive loop starts); called once, after the queue pair took the transport.</summary>
     public virtual void Start()
     {
@@ -130,4 +145,10 @@ internal enum TransportOutcome
 
     /// <summary>The responder had no receive posted: nothing moved, retry later.</summary>
     ReceiverNotReady,
+
+    /// <summary>
+    /// Under way but parked (the socket is full): the transport rings the queue pair when it can go on, and the engine
+    /// executes the same request again, which the transport then finishes.
+    /// </summary>
+    Blocked,
 }

@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using PinnedDma.Interop;
 using PinnedDma.Verbs;
 using PinnedDma.Verbs.Internal;
 
@@ -7,10 +8,13 @@ namespace PinnedDma.Transports.Iwarp.Internal;
 /// <summary>
 /// One iWARP connection under an RC queue pair: RDMAP over DDP over MPA over a real TCP socket, and the queue pair's
 /// transport. This type owns the connection's life (start, close, abandon) and answers the engine through the
-/// transport contract; the work is done by its parts: <see cref="IwarpSender"/> (requester work and Read Responses on
-/// the connection's own DMA engine thread), <see cref="IwarpReceiver"/> (a receive thread per connection: the responder
-/// side and Read Response placement) and <see cref="IwarpReadQueue"/> (outstanding RDMA Reads, ORD, fences and
-/// in-order completion).
+/// transport contract; the work is done by its parts: <see cref="IwarpSender"/> (requester work and Read Responses),
+/// <see cref="IwarpReceiver"/> (the responder side and Read Response placement) and <see cref="IwarpReadQueue"/>
+/// (outstanding RDMA Reads, ORD, fences and in-order completion). The connection lives on one <see cref="IoLoop"/>: the
+/// loop's thread receives and parses its FPDUs, runs its queue pair's turns on the loop's engine, and resumes its send
+/// side when the socket has room; a poster may send a small request of an idle queue pair itself (inline). Nothing
+/// blocks: a peer that does not read parks this connection's send side only, until
+/// <see cref="IwarpOptions.SendStallTimeout"/> ends it.
 /// A protocol violation by the peer gets a Terminate with the layer, type and code of RFC 5040/5041/5044 and the
 /// connection closes; the queue pair moves to Error. Nothing the peer sends reaches memory outside a registered,
 /// valid region it has the access rights for.
@@ -23,25 +27,37 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
     /// </summary>
     internal const int Revision1InboundReads = 128;
 
+    /// <summary>Work requests of at most this many bytes a poster sends itself on an idle queue pair.</summary>
+    internal const uint InlineBytes = 16 * 1024;
+
     private readonly SocketReceivePipe _rx;
     private readonly Microsoft.Extensions.Logging.ILogger _log;
     private readonly string _peer;
     // This side's IwarpOptions.Ird and Ord: the read depths when MPA revision 1 negotiated none.
     private readonly ushort _localIrd, _localOrd;
+    private readonly IoLoop _loop;
+    private readonly LoopSide _io;
+    private readonly long _stallMs;
+    private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     // Set once this side may send FPDUs: at once for the initiator, after the first valid FPDU for the responder.
-    private readonly ManualResetEventSlim _transmit = new(false);
+    private volatile bool _mayTransmit;
     private int _closed;
     private int _opened;
     private int _started;
     private string? _closeReason;
+    // A Terminate waits in the send queue: the socket closes once it left, or at this time (loop thread only).
+    private long _lingerUntil = long.MaxValue;
+    private string? _lingerReason;
 
     public IwarpConnection(SocketReceivePipe rx, QueuePair qp, MpaNegotiated negotiated, IwarpOptions settings, bool initiator)
     {
         Initiator = initiator;
         // RFC 5044 §7.1.2 (and RFC 6581 §7 in peer-to-peer mode): the responder sends nothing until it has received and
         // validated the initiator's first FPDU (the RTR in peer-to-peer mode). The initiator may send at once.
-        if (initiator) _transmit.Set();
+        _mayTransmit = initiator;
         Socket = rx.Socket;
+        // Every call on the socket from here on must not wait: the loop serves many connections.
+        Socket.Blocking = false;
         Emss = ReadEmss(Socket);
         int maxFpduSize = settings.MaxFpduSize > 0 ? settings.MaxFpduSize : Emss > 0 ? Math.Max(Emss, 64) : FpduOptions.DefaultMaxFpduSize;
         _rx = rx;
@@ -52,10 +68,12 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
         // The MULPDU is the sender's own choice (from its MSS) and never advertised (RFC 5044 §5.1): whatever we send,
         // any valid ULPDU_Length up to 65535 is accepted.
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize), MaxReceiveUlpduLength = ushort.MaxValue };
-        Sender = new IwarpSender(this, options, maxFpduSize, settings.SendStallTimeout);
+        Sender = new IwarpSender(this, options, maxFpduSize, rx.Fd);
         Reads = new IwarpReadQueue(this);
         Receiver = new IwarpReceiver(this, rx, options, awaitRtr: !initiator && negotiated.PeerToPeer);
-        Engine = new DmaEngine($"iwarp-qp{qp.QpNumber}");
+        _stallMs = (long)Math.Clamp(settings.SendStallTimeout.TotalMilliseconds, 1, long.MaxValue / 4);
+        _loop = IoLoopGroup.Next(settings.IoThreads);
+        _io = new LoopSide(this);
         _log = Diagnostics.Log.For(settings.LoggerFactory, Diagnostics.Log.IwarpCategory);
         _peer = Diagnostics.Telemetry.PeerOf(Socket);
     }
@@ -82,10 +100,11 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
     public bool Initiator { get; }
 
     /// <summary>
-    /// This connection's own send engine: requester work and RDMA Read responses run on it, so a peer that reads
-    /// slowly (or not at all, until <see cref="IwarpOptions.SendStallTimeout"/>) delays no other queue pair.
+    /// The engine of this connection's I/O loop: requester work and RDMA Read responses run on the loop's thread; a
+    /// peer that reads slowly (or not at all, until <see cref="IwarpOptions.SendStallTimeout"/>) parks only this
+    /// connection's send side.
     /// </summary>
-    public override DmaEngine Engine { get; }
+    public override DmaEngine Engine => _loop.Engine;
 
     /// <summary>Why the connection ended, once it did.</summary>
     public override string? CloseReason => _closeReason;
@@ -96,8 +115,8 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
     /// <summary>The Terminate received from the peer, if any.</summary>
     public TerminateCode? LastTerminateReceived { get; private set; }
 
-    /// <summary>Completes when the receive thread has ended.</summary>
-    public Task Completion { get; private set; } = Task.CompletedTask;
+    /// <summary>Completes when the connection has ended and its socket is closed.</summary>
+    public Task Completion => _completion.Task;
 
     /// <summary>Whether the connection has closed (or was abandoned).</summary>
     public bool IsClosed => Volatile.Read(ref _closed) != 0;
@@ -166,20 +185,125 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
 
     public override void FlushPending() => Sender.FlushPending();
 
+    /// <summary>Small requests of an idle queue pair may go out from the posting thread: the send side never blocks.</summary>
+    public override bool SupportsInline => true;
+
+    public override uint InlineLimit => InlineBytes;
+
+    /// <summary>The socket is full, or a responder has not yet received the peer's first FPDU: the turn waits.</summary>
+    public override bool ParkForSend() => Sender.ParkForSend();
+
     // ------------------------------------------------------------ transmit gate
 
     /// <summary>
-    /// Engine thread: holds work until this side may transmit (a responder before the initiator's first FPDU); false
-    /// when the connection closed meanwhile. Work posted early is kept in order, not lost.
+    /// Whether this side may send FPDUs (a responder only after the initiator's first FPDU). Work posted early waits
+    /// in the send queue, in order, and goes on when <see cref="AllowTransmit"/> rings the queue pair.
     /// </summary>
-    public bool WaitUntilMayTransmit()
+    public bool MayTransmit => _mayTransmit;
+
+    /// <summary>Receive side: the peer's first FPDU was valid; this side may send from now on.</summary>
+    public void AllowTransmit()
     {
-        if (!_transmit.IsSet) _transmit.Wait();
-        return Volatile.Read(ref _closed) == 0;
+        if (_mayTransmit) return;
+        _mayTransmit = true;
+        Engine.Ring(Qp);
     }
 
-    /// <summary>Receive thread: the peer's first FPDU was valid; this side may send from now on.</summary>
-    public void AllowTransmit() => _transmit.Set();
+    // ------------------------------------------------------------ the I/O loop
+
+    /// <summary>Sender: the socket is full; the loop watches for room (and for the stall timeout).</summary>
+    public void SendBlocked()
+    {
+        if (_loop.IsLoopThread) WatchForRoom();
+        else _loop.Post(WatchForRoom);
+    }
+
+    private void WatchForRoom()
+    {
+        if (IsClosed || _io.Slot < 0 || !Sender.Blocked) return;
+        _loop.SetInterest(_io, EpollInterop.EPOLLIN | EpollInterop.EPOLLRDHUP | EpollInterop.EPOLLOUT);
+        _loop.Timed(_io, on: true);
+        // Room may have come between the failed send and now (level-triggered: epoll reports it at once anyway).
+    }
+
+    /// <summary>Loop thread: readiness of the socket.</summary>
+    private void OnEvents(uint events)
+    {
+        if (_lingerUntil != long.MaxValue)
+        {
+            Linger(); // the receive side has ended: only the Terminate's way out matters
+            return;
+        }
+        if (IsClosed) return;
+        if ((events & EpollInterop.EPOLLOUT) != 0 && Sender.Blocked && Sender.Resume())
+        {
+            _loop.SetInterest(_io, EpollInterop.EPOLLIN | EpollInterop.EPOLLRDHUP);
+            _loop.Timed(_io, on: false);
+            Engine.Ring(Qp);
+        }
+        if ((events & ~EpollInterop.EPOLLOUT) != 0 && !IsClosed) Receiver.OnReadable();
+    }
+
+    private long Deadline => _lingerUntil != long.MaxValue ? _lingerUntil : Sender.Blocked ? Sender.LastProgress + _stallMs : long.MaxValue;
+
+    private void OnDeadline(long now)
+    {
+        if (_lingerUntil != long.MaxValue)
+        {
+            _lingerUntil = now; // the Terminate did not leave in time: close without it
+            Linger();
+            return;
+        }
+        if (!IsClosed && Sender.Blocked && now - Sender.LastProgress >= _stallMs)
+            Close($"send failed: the peer took no bytes for {_stallMs} ms (SendStallTimeout)");
+    }
+
+    /// <summary>
+    /// Receive side (loop thread), after a Terminate was queued: closes the connection once the Terminate left, or after
+    /// a short linger when the peer does not read (it cannot hold the connection open).
+    /// </summary>
+    public void CloseAfterTerminate(string reason)
+    {
+        if (Sender.QueuedBytes == 0 || IsClosed)
+        {
+            Close(reason);
+            return;
+        }
+        _lingerReason = reason;
+        _lingerUntil = Environment.TickCount64 + Math.Min(_stallMs, 1000);
+        _loop.SetInterest(_io, EpollInterop.EPOLLOUT);
+        _loop.Timed(_io, on: true);
+    }
+
+    private void Linger()
+    {
+        if (!IsClosed && Environment.TickCount64 < _lingerUntil && !Sender.Resume() && Sender.QueuedBytes > 0) return;
+        _lingerUntil = long.MaxValue;
+        Close(_lingerReason ?? "protocol error");
+    }
+
+    /// <summary>The connection as the loop sees it.</summary>
+    private sealed class LoopSide(IwarpConnection connection) : IoHandler
+    {
+        public override int Fd => connection._rx.Fd;
+
+        public override void OnEvents(uint events)
+        {
+            try
+            {
+                connection.OnEvents(events);
+            }
+            catch (Exception e)
+            {
+                // A fault in this connection's handling ends this connection only.
+                connection.Close($"I/O loop fault: {e.GetType().Name}: {e.Message}");
+            }
+        }
+
+        public override long Deadline => connection.Deadline;
+
+        public override void OnDeadline(long now) => connection.OnDeadline(now);
+    }
 
     // ------------------------------------------------------------ Terminates
 
@@ -201,10 +325,13 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
 
     // ------------------------------------------------------------ lifetime
 
-    /// <summary>Starts the receive thread; bytes that followed the handshake in the receive pipe are parsed first.</summary>
+    /// <summary>
+    /// Joins the connection's I/O loop: the socket is watched from now on, and bytes that followed the handshake in
+    /// the receive pipe are parsed first.
+    /// </summary>
     public override void Start()
     {
-        // Exactly one of Start and Close owns the receive pipe's end: the thread started here, or Close.
+        // Exactly one of Start and Close owns the receive pipe's end: the loop (from here), or Close.
         if (Interlocked.Exchange(ref _started, 1) != 0) return;
         Volatile.Write(ref _opened, 1);
         Diagnostics.Telemetry.ConnectionOpen(1);
@@ -221,24 +348,17 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
                 Close($"send failed: {e.Message}");
             }
         }
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Completion = done.Task;
-        var thread = new Thread(() =>
+        _loop.Post(() =>
         {
-            try
+            if (IsClosed) return; // Close posted the release after this
+            if (!_loop.Register(_io, EpollInterop.EPOLLIN | EpollInterop.EPOLLRDHUP))
             {
-                Receiver.Run();
+                Close("the socket was closed before the connection started");
+                return;
             }
-            finally
-            {
-                done.SetResult();
-            }
-        })
-        {
-            IsBackground = true,
-            Name = $"iwarp-rx qp {Qp.QpNumber}",
-        };
-        thread.Start();
+            if (Sender.Blocked) WatchForRoom();
+            Receiver.OnReadable();
+        });
     }
 
     /// <summary>Ends the connection: the QP moves to Error, outstanding reads complete with an error, the socket closes.</summary>
@@ -251,19 +371,34 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
             Diagnostics.Telemetry.ConnectionOpen(-1);
             Diagnostics.Log.ConnectionClosed(_log, _peer, reason);
         }
-        _transmit.Set(); // releases an engine thread holding work for the first FPDU
-        // Shutting down wakes every thread waiting on the socket. The socket itself is disposed by the receive pipe that
-        // owns it, after releasing its handle reference: Socket.Dispose waits for every reference, so disposing here
-        // from a thread that holds one (the receive thread on an error) would never return.
+        // A message parked on a full socket leaves its region now (a revocation may be waiting for it); nothing queued
+        // is sent after this.
+        Sender.Abort();
+        // The peer sees the end of the stream. The socket itself is disposed by the receive pipe that owns it, on the
+        // loop's thread, after the loop stopped watching it.
         try { Socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
         var status = LastTerminateReceived is { Layer: TerminateLayer.Rdmap or TerminateLayer.Ddp } ? WcStatus.RemAccessErr : WcStatus.RetryExcErr;
         Reads.CompleteAll(status);
         Qp.EnterError();
-        // The QP is in Error and flushed: its engine has nothing left to do.
-        Engine.Stop();
-        // A connection closed before its receive thread started (the QP refused it) releases the socket here; otherwise
-        // that thread does when it ends.
-        if (Interlocked.Exchange(ref _started, 1) == 0) _rx.Dispose();
+        ReleaseSocket();
+    }
+
+    /// <summary>The loop stops watching the socket and closes it (after the handler that may be using it returned).</summary>
+    private void ReleaseSocket()
+    {
+        // A connection closed before it started (the QP refused it) releases the socket here.
+        if (Interlocked.Exchange(ref _started, 1) == 0)
+        {
+            _rx.Dispose();
+            _completion.TrySetResult();
+            return;
+        }
+        _loop.Post(() =>
+        {
+            _loop.Unregister(_io);
+            _rx.Dispose();
+            _completion.TrySetResult();
+        });
     }
 
     /// <summary>Drops a connection that was never attached to its queue pair: the socket closes, the QP is untouched.</summary>
@@ -271,9 +406,9 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
         _closeReason = "not attached: the queue pair was in the wrong state";
+        Sender.Abort();
         try { Socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
-        Engine.Stop();
-        if (Interlocked.Exchange(ref _started, 1) == 0) _rx.Dispose();
+        ReleaseSocket();
     }
 
     public void Dispose() => Close("closed locally");

@@ -9,7 +9,7 @@ using PinnedDma.Verbs.Internal;
 namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
-/// The receive side of an iWARP connection: one thread per connection parses FPDUs from its receive pipe and acts on
+/// The receive side of an iWARP connection, on its I/O loop's thread: parses FPDUs from its receive pipe and acts on
 /// them as the responder (RDMA Write placement, Read Requests queued for the engine, Sends into posted receives) and
 /// as the requester (Read Responses into the outstanding read's sink). Without CRC, large tagged segments are placed
 /// directly from the socket into the region.
@@ -36,6 +36,17 @@ internal sealed class IwarpReceiver
     private uint _recvBytes;
     // Pad bytes of a directly placed segment still to be skipped in the pipe.
     private int _skip;
+    // Bytes one readiness event receives before the loop serves its other connections (level-triggered epoll reports
+    // the socket again).
+    private const int ReadBudget = 1 << 20;
+    // The next receive takes only a header's worth (a large tagged segment may follow, to be placed directly).
+    private bool _probe;
+    // A directly placed segment is under way (the rest of its payload comes straight from the socket).
+    private bool _directActive;
+    // The stream ended or the peer broke the protocol: nothing more is received.
+    private bool _ended;
+    // Bytes of an incomplete FPDU in the pipe after the last parse (a stream that ends now ends inside an FPDU).
+    private long _held;
     // Responder in peer-to-peer mode: the first FPDU must be the negotiated RTR message, which is consumed here.
     private bool _awaitRtr;
     // Whether the peer's first FPDU was received and validated.
@@ -51,49 +62,42 @@ internal sealed class IwarpReceiver
         _awaitRtr = awaitRtr;
     }
 
-    /// <summary>The receive thread: receives until the stream ends or the peer breaks the protocol, then ends the connection.</summary>
-    public void Run()
+    /// <summary>
+    /// Loop thread: the socket is readable (or the connection starts, with bytes that followed the handshake in the
+    /// pipe). Receives and acts on what is there, up to <see cref="ReadBudget"/> bytes; once the stream ends or the
+    /// peer breaks the protocol, ends the connection (after a Terminate, when one is due).
+    /// </summary>
+    public void OnReadable()
     {
+        if (_ended) return;
+        IwarpError? outcome;
         try
         {
-            ReceiveAndEnd();
-        }
-        finally
-        {
-            // Last, after any Terminate went out and Close shut the socket down: release the handle and close it.
-            _rx.Dispose();
-        }
-    }
-
-    private void ReceiveAndEnd()
-    {
-        IwarpError error;
-        try
-        {
-            // The receive pipe holds the descriptor (not closed, not reused) until this thread ends; Close shuts the
-            // socket down to wake us.
-            error = ReceiveFpdus(_rx.Fd);
+            outcome = Pump();
         }
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
         {
+            _ended = true;
             FlushPartialSend();
             _connection.Close($"connection lost: {e.Message}");
             return;
         }
+        if (outcome is not { } error) return;
+        _ended = true;
         FlushPartialSend();
         if (_pendingTerminate is { } t)
         {
-            // Requests that arrived before the bad one are answered first, in order.
+            // Requests that arrived before the bad one are answered first, in order (as far as the socket takes them).
             _connection.Sender.ServiceInbound();
             _connection.Sender.SendTerminate(t.Code, t.Header, t.SegmentLength);
-            _connection.Close($"protocol error: {t.Why}");
+            _connection.CloseAfterTerminate($"protocol error: {t.Why}");
         }
         else if (error.IsError)
         {
             if (error.Kind == IwarpErrorKind.CrcMismatch) Diagnostics.Telemetry.CrcErrors.Add(1);
             _connection.Sender.ServiceInbound();
             _connection.Sender.SendTerminate(error.Terminate, null, 0);
-            _connection.Close($"protocol error: {error}");
+            _connection.CloseAfterTerminate($"protocol error: {error}");
         }
         else
         {
@@ -112,23 +116,44 @@ internal sealed class IwarpReceiver
     }
 
     /// <summary>
-    /// Receives and handles FPDUs until the stream ends or the peer breaks the protocol (the error, or a pending
-    /// Terminate, is the result). This thread both fills and drains the receive pipe: it receives into the pipe
-    /// with <c>recv</c> (woken by the kernel, no event-loop hop) and parses what the pipe holds. Without CRC, a large
-    /// tagged segment whose header is in the pipe is placed directly: the buffered part of its payload is copied, the
-    /// rest goes from the socket straight into the region, and the next read takes only a header's worth of bytes.
-    /// With CRC nothing is acted on before its CRC checks, so every FPDU is parsed whole from the pipe.
+    /// Receives and handles FPDUs until the socket has nothing more (null: wait for readiness), the read budget is
+    /// spent (null as well: level-triggered epoll reports the socket again), or the stream ends or the peer breaks the
+    /// protocol (the error, or a pending Terminate, is the result). This thread both fills and drains the receive pipe:
+    /// it receives into the pipe and parses what the pipe holds. Without CRC, a large tagged segment whose header is in
+    /// the pipe is placed directly: the buffered part of its payload is copied, the rest goes from the socket straight
+    /// into the region, and the next read takes only a header's worth of bytes. With CRC nothing is acted on before
+    /// its CRC checks, so every FPDU is parsed whole from the pipe.
     /// </summary>
-    private IwarpError ReceiveFpdus(int fd)
+    private IwarpError? Pump()
     {
         bool direct = !_decoder.Options.Crc;
         var reader = _rx.Reader;
-        bool probe = false;
+        int budget = ReadBudget;
         while (true)
         {
+            if (_directActive)
+            {
+                var placed = ReceiveDirect(_rx.Fd, _direct, ref budget);
+                if (placed == Placement.WouldBlock) return null;
+                _directActive = false;
+                if (placed == Placement.Stop) return default(IwarpError);
+                if (placed == Placement.Truncated) return EndOfStream(_direct.WireLength);
+                if (!_firstReceived)
+                {
+                    // A whole, valid first FPDU: the responder may send from now on.
+                    _firstReceived = true;
+                    _connection.AllowTransmit();
+                }
+                _probe = true;
+                continue;
+            }
             if (!reader.TryRead(out ReadResult result))
             {
-                if (!_rx.Fill(probe ? HeaderProbe : int.MaxValue)) return EndOfStream(default);
+                if (budget <= 0) return null;
+                int got = _rx.FillNow(_probe ? HeaderProbe : int.MaxValue);
+                if (got < 0) return null;
+                if (got == 0) return EndOfStream(_held);
+                budget -= got;
                 continue;
             }
             ReadOnlySequence<byte> buffer = result.Buffer;
@@ -144,7 +169,7 @@ internal sealed class IwarpReceiver
             {
                 ParseStatus status = _decoder.TryParse(ref buffer, out Fpdu fpdu, out error);
                 if (status != ParseStatus.Frame) break;
-                probe = direct && fpdu.Payload.Length >= PlaceDirectMin;
+                _probe = direct && fpdu.Payload.Length >= PlaceDirectMin;
                 if (!OnFpduInsideQp(fpdu))
                 {
                     stop = true;
@@ -161,21 +186,19 @@ internal sealed class IwarpReceiver
                 // Everything buffered belongs to this segment: place it, empty the pipe, receive the rest.
                 var placed = _qp.TryEnterActive() ? PlaceBufferedInsideQp(target, buffer) : Placement.Stop;
                 reader.AdvanceTo(buffer.End);
-                if (placed == Placement.Done) placed = ReceiveDirect(fd, target);
-                if (placed == Placement.Stop) return default;
-                if (placed == Placement.Truncated) return EndOfStream(target.WireLength);
-                if (!_firstReceived)
-                {
-                    // A whole, valid first FPDU: the responder may send from now on.
-                    _firstReceived = true;
-                    _connection.AllowTransmit();
-                }
-                probe = true;
+                _held = 0;
+                if (placed == Placement.Stop) return default(IwarpError);
+                _directActive = true;
                 continue;
             }
             reader.AdvanceTo(buffer.Start, buffer.End);
-            if (!_rx.Fill(probe ? HeaderProbe : int.MaxValue)) return EndOfStream(buffer.Length);
-            probe = false;
+            _held = buffer.Length;
+            if (budget <= 0) return null;
+            int n = _rx.FillNow(_probe ? HeaderProbe : int.MaxValue);
+            if (n < 0) return null;
+            if (n == 0) return EndOfStream(buffer.Length);
+            budget -= n;
+            _probe = false;
         }
     }
 
@@ -184,7 +207,7 @@ internal sealed class IwarpReceiver
         ? IwarpError.None
         : IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, $"Stream ended inside an FPDU ({pending} bytes held).");
 
-    private enum Placement { Done, Stop, Truncated }
+    private enum Placement { Done, Stop, Truncated, WouldBlock }
 
     /// <summary>A tagged segment being placed directly: where its payload goes and how much of it arrived so far.</summary>
     private sealed class DirectTarget
@@ -199,7 +222,7 @@ internal sealed class IwarpReceiver
     }
 
     private readonly DirectTarget _direct = new();
-    private readonly byte[] _probe = new byte[Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength];
+    private readonly byte[] _headBytes = new byte[Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength];
 
     /// <summary>
     /// Whether the incomplete FPDU at the front of <paramref name="buffer"/> is a large tagged segment for a valid
@@ -211,7 +234,7 @@ internal sealed class IwarpReceiver
         target = _direct;
         const int head = Fpdu.LengthFieldSize + DdpRdmapHeader.TaggedLength;
         if (buffer.Length < head) return false;
-        byte[] bytes = _probe;
+        byte[] bytes = _headBytes;
         buffer.Slice(0, head).CopyTo(bytes);
         int ulpdu = BinaryPrimitives.ReadUInt16BigEndian(bytes);
         if ((bytes[Fpdu.LengthFieldSize] & 0x80) == 0 || ulpdu > _decoder.Options.ReceiveLimit || ulpdu - DdpRdmapHeader.TaggedLength < PlaceDirectMin)
@@ -260,15 +283,17 @@ internal sealed class IwarpReceiver
     }
 
     /// <summary>
-    /// Receives the rest of the payload from the socket into the region. The region's drain is held only around a
-    /// receive of bytes already in the socket, never while waiting for the peer, so a stalled peer cannot hold off a
-    /// lease break.
+    /// Receives the rest of the payload from the socket into the region, as far as the socket holds it now
+    /// (<see cref="Placement.WouldBlock"/>: the loop calls again when more arrived). The region's drain is held only
+    /// around a receive of bytes already in the socket, never while waiting for the peer, so a stalled peer cannot hold
+    /// off a lease break.
     /// </summary>
-    private unsafe Placement ReceiveDirect(int fd, DirectTarget t)
+    private unsafe Placement ReceiveDirect(int fd, DirectTarget t, ref int budget)
     {
         var mr = t.Region!;
         while (t.Placed < t.PayloadLength)
         {
+            if (budget <= 0) return Placement.WouldBlock;
             // The QP's gate around each piece, as the region's drain: never held while waiting for the peer.
             if (!_qp.TryEnterActive()) return Placement.Stop;
             if (!mr.TryEnter())
@@ -288,14 +313,10 @@ internal sealed class IwarpReceiver
                 mr.Exit();
                 _qp.ExitActive();
             }
-            if (n < 0)
-            {
-                // Wait for bytes without holding the region.
-                if (!SocketInterop.WaitReadable(_socket, fd)) return Placement.Truncated;
-                continue;
-            }
+            if (n < 0) return Placement.WouldBlock;
             if (n == 0) return Placement.Truncated;
             t.Placed += n;
+            budget -= n;
         }
         var f = new Fpdu(t.Header, default, default, default, t.Header.Length + t.PayloadLength);
         if (t.Read is { } p2 && !FinishReadResponse(f, p2, (uint)t.PayloadLength)) return Placement.Stop;

@@ -58,6 +58,25 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
     }
 
     /// <summary>
+    /// One receive of what the socket holds now, at most <paramref name="limit"/> bytes, into the pipe, without
+    /// waiting: the count (readable at once on this thread), 0 at the end of the stream, -1 when nothing is there.
+    /// </summary>
+    public int FillNow(int limit)
+    {
+        var writer = _pipe.Writer;
+        Span<byte> into = writer.GetSpan(Chunk);
+        if (into.Length > limit) into = into[..limit];
+        int n;
+        fixed (byte* p = into) n = SocketInterop.ReceiveAvailable(Fd, p, into.Length);
+        if (n <= 0) return n;
+        writer.Advance(n);
+        // No pause threshold: the flush completes synchronously.
+        var flush = writer.FlushAsync(CancellationToken.None);
+        if (!flush.IsCompletedSuccessfully) throw new InvalidOperationException("The receive pipe paused its writer.");
+        return n;
+    }
+
+    /// <summary>
     /// Takes what the socket holds now into the pipe, without waiting, and tries to read one MPA frame of kind
     /// <paramref name="expected"/> from what has arrived: true with the frame, false when more bytes are needed. The
     /// end of the stream throws <see cref="IwarpProtocolException"/> (stream truncated), as does a malformed frame.
