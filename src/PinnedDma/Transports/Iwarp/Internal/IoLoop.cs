@@ -80,6 +80,9 @@ internal sealed unsafe class IoLoop : IEngineHost
     /// <summary>Wakes the loop if it sleeps (a ring from another thread).</summary>
     public void Wake()
     {
+        // A full fence between the caller's enqueue and this read of the flag (the loop sets the flag, then looks at
+        // the queues): one of the two always sees the other's write, so no wake-up is lost.
+        Interlocked.MemoryBarrier();
         if (Volatile.Read(ref _sleeping) != 0 && Interlocked.Exchange(ref _sleeping, 0) != 0) EpollInterop.Signal(_eventFd);
     }
 
@@ -252,18 +255,19 @@ internal sealed unsafe class IoLoop : IEngineHost
 /// </summary>
 internal static class IoLoopGroup
 {
-    private static readonly ConcurrentDictionary<int, IoLoop[]> s_groups = new();
+    private static readonly ConcurrentDictionary<int, Lazy<IoLoop[]>> s_groups = new();
 
     /// <summary>The loop a new connection goes on: the least loaded of the group of <paramref name="threads"/> loops (0: one per core).</summary>
     public static IoLoop Next(int threads)
     {
         if (threads <= 0) threads = Environment.ProcessorCount;
-        var loops = s_groups.GetOrAdd(threads, static n =>
+        // Lazy: GetOrAdd may run a factory twice under a race, and a second set of loops would start threads for nothing.
+        var loops = s_groups.GetOrAdd(threads, static n => new Lazy<IoLoop[]>(() =>
         {
             var made = new IoLoop[n];
             for (int i = 0; i < n; i++) made[i] = new IoLoop($"pinneddma-io-{n}.{i}");
             return made;
-        });
+        })).Value;
         var best = loops[0];
         foreach (var l in loops)
             if (l.Handlers < best.Handlers) best = l;

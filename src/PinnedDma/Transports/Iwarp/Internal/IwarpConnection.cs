@@ -235,7 +235,8 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
             return;
         }
         if (IsClosed) return;
-        if ((events & EpollInterop.EPOLLOUT) != 0 && Sender.Blocked && Sender.Resume())
+        // Room: the parked send side goes on (or it was freed by a flush meanwhile); the turn goes on after it.
+        if ((events & EpollInterop.EPOLLOUT) != 0 && (!Sender.Blocked || Sender.Resume()))
         {
             _loop.SetInterest(_io, EpollInterop.EPOLLIN | EpollInterop.EPOLLRDHUP);
             _loop.Timed(_io, on: false);

@@ -164,9 +164,11 @@ internal sealed class IwarpSender
             lock (_sendLock)
             {
                 if (_connection.IsClosed) return WcStatus.RetryExcErr;
+                // A message parked earlier goes on first (the socket may have room by now).
+                bool free = AdvanceLocked();
                 if (_current.Owner == OutboundOwner.WorkRequest)
                 {
-                    // The request parked earlier: finished by Resume, or still waiting for room.
+                    // This very request parked earlier: finished now, or still waiting for room.
                     if (_current.Finished)
                     {
                         _current.Owner = OutboundOwner.None;
@@ -176,7 +178,7 @@ internal sealed class IwarpSender
                     outcome = TransportOutcome.Blocked;
                     return WcStatus.Success;
                 }
-                if (_current.Owner != OutboundOwner.None || !_connection.MayTransmit || !EnsureRoomLocked())
+                if (!free || !_connection.MayTransmit || !EnsureRoomLocked())
                 {
                     outcome = TransportOutcome.Blocked;
                     return WcStatus.Success;
@@ -220,6 +222,17 @@ internal sealed class IwarpSender
             _connection.Close($"send failed: {e.Message}");
             return WcStatus.RetryExcErr;
         }
+    }
+
+    /// <summary>
+    /// Goes on with a parked message unless the socket is known to be full: true when no unfinished message remains
+    /// (none was parked, or it finished now).
+    /// </summary>
+    private bool AdvanceLocked()
+    {
+        if (_current.Owner == OutboundOwner.None || _current.Finished) return true;
+        if (_blocked) return false;
+        return PumpLocked();
     }
 
     /// <summary>Makes room for one FPDU: flushes a full batch; false (and the side parked) when the socket is full.</summary>
@@ -365,7 +378,7 @@ internal sealed class IwarpSender
             {
                 if (_connection.IsClosed) return false;
                 if (!FlushLocked()) return false;
-                if (_current.Owner != OutboundOwner.None && !_current.Finished && !PumpLocked()) return false;
+                if (!AdvanceLocked()) return false;
                 return FlushLocked();
             }
         }
@@ -406,7 +419,7 @@ internal sealed class IwarpSender
                 lock (_sendLock)
                 {
                     // A parked message (or a request waiting to be finished) goes first; the loop rings when it has.
-                    if (_current.Owner != OutboundOwner.None || !_connection.MayTransmit || !EnsureRoomLocked()) return;
+                    if (!AdvanceLocked() || _current.Owner != OutboundOwner.None || !_connection.MayTransmit || !EnsureRoomLocked()) return;
                     lock (_inboundReads)
                     {
                         if (!_inboundReads.TryDequeue(out r)) return;
@@ -438,14 +451,22 @@ internal sealed class IwarpSender
     public void FlushPending()
     {
         if (_connection.IsClosed) return;
+        bool more = false;
         try
         {
-            lock (_sendLock) FlushLocked();
+            lock (_sendLock)
+            {
+                // A flush that emptied the queue lets a parked message go on (it is nobody else's to resume: the socket
+                // is not full, so the loop is not watching it).
+                if (FlushLocked() && _current.Owner == OutboundOwner.ReadResponse && AdvanceLocked() && FlushLocked())
+                    more = HasInboundReads;
+            }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
             _connection.Close($"send failed: {e.Message}");
         }
+        if (more) _connection.Engine.Ring(_qp);
     }
 
     /// <summary>
