@@ -172,7 +172,8 @@ def lat_block(text, marker):
                 if row_vals is None and len(nxt) > 1 and nxt[0] == " " and nxt[1].isdigit():
                     row_vals = [float(x) for x in nxt.split()]
                 elif "modes:" in nxt:
-                    modes = [float(x) for x in re.findall(r"([0-9.]+) us", nxt)]
+                    mm = re.search(r"modes: ([0-9.]+) us .*?, ([0-9.]+) us", nxt)
+                    modes = [float(mm.group(1)), float(mm.group(2))] if mm else None
             if row_vals:
                 keys = ["bytes", "iters", "t_min", "t_max", "t_typical", "t_avg", "t_stdev", "p99", "p999"]
                 d = dict(zip(keys, row_vals))
