@@ -12,8 +12,9 @@
 # not), then the raw output of every step. Run it on a quiet machine: the figures are ratios within one run, but the
 # tails (p99) move with anything else that wants the cores.
 #
-#   benchmarks/goals.sh [--out FILE] [--counts 1,64,1000] [--lat-iters N] [--skip scale,lat,bw,peers]
+#   benchmarks/goals.sh [--out FILE] [--counts 1,64,1000] [--lat-iters N] [--skip scale,lat,bw,peers] [--quiet-load L]
 #
+# --quiet-load L waits (at most 10 minutes) for the 1-minute load average to drop below L before measuring.
 # Every step is bounded by `timeout`; a step that fails leaves its rows as "n/a" and the report says why.
 set -uo pipefail
 
@@ -22,13 +23,15 @@ OUT=""
 COUNTS="1,64,1000"
 LAT_ITERS=10000
 SKIP=""
+QUIET_LOAD=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
         --counts) COUNTS="$2"; shift 2 ;;
         --lat-iters) LAT_ITERS="$2"; shift 2 ;;
         --skip) SKIP="$2"; shift 2 ;;
-        *) echo "usage: $0 [--out FILE] [--counts 1,64,1000] [--lat-iters N] [--skip scale,lat,bw,peers]" >&2; exit 2 ;;
+        --quiet-load) QUIET_LOAD="$2"; shift 2 ;;
+        *) echo "usage: $0 [--out FILE] [--counts 1,64,1000] [--lat-iters N] [--skip scale,lat,bw,peers] [--quiet-load L]" >&2; exit 2 ;;
     esac
 done
 skipped() { [[ ",$SKIP," == *",$1,"* ]]; }
@@ -38,6 +41,22 @@ trap 'rm -rf "$WORK"' EXIT
 cd "$ROOT" || exit 1
 
 log() { echo "# $(date -u '+%H:%M:%S') $*" >&2; }
+
+log "building (Release)"
+if ! timeout 900 dotnet build -c Release -v q -nologo benchmarks/PinnedDma.Benchmarks/PinnedDma.Benchmarks.csproj >"$WORK/build.log" 2>&1 \
+    || ! timeout 900 dotnet build -c Release -v q -nologo samples/PerfTest/PerfTest.csproj >>"$WORK/build.log" 2>&1; then
+    cat "$WORK/build.log" >&2
+    echo "build failed" >&2
+    exit 1
+fi
+
+if [[ -n "$QUIET_LOAD" ]]; then
+    for _ in $(seq 60); do
+        awk -v l="$QUIET_LOAD" '{ exit !($1 < l) }' /proc/loadavg && break
+        log "load average $(cut -d' ' -f1 /proc/loadavg), waiting for < $QUIET_LOAD"
+        sleep 10
+    done
+fi
 
 {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -49,14 +68,6 @@ log() { echo "# $(date -u '+%H:%M:%S') $*" >&2; }
     echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 } >"$WORK/machine"
-
-log "building (Release)"
-if ! timeout 900 dotnet build -c Release -v q -nologo benchmarks/PinnedDma.Benchmarks/PinnedDma.Benchmarks.csproj >"$WORK/build.log" 2>&1 \
-    || ! timeout 900 dotnet build -c Release -v q -nologo samples/PerfTest/PerfTest.csproj >>"$WORK/build.log" 2>&1; then
-    cat "$WORK/build.log" >&2
-    echo "build failed" >&2
-    exit 1
-fi
 
 # step NAME SECONDS COMMAND...: runs one step bounded, its output (stdout and stderr) in $WORK/NAME.out, its exit code in $WORK/NAME.rc.
 step() {
