@@ -14,6 +14,10 @@ public static class ScaleDriver
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.Connections < 1 || options.Ops < 1) throw new ArgumentOutOfRangeException(nameof(options), "connections and ops must be positive");
+        if (options.Transport is not ("iwarp" or "socket")) throw new ArgumentException($"unknown transport '{options.Transport}' (iwarp or socket)", nameof(options));
+        if (options.SocketServer is not (ScaleOptions.EpollServer or ScaleOptions.AsyncServer))
+            throw new ArgumentException($"unknown socket server '{options.SocketServer}' (epoll or async)", nameof(options));
+        if (options.IoThreads < 0) throw new ArgumentOutOfRangeException(nameof(options), "I/O threads must be zero (one per processor) or positive");
         ProcessStats.RaiseFileLimit();
         using var deadline = new CancellationTokenSource(options.Timeout);
         using var server = new ServerProcess(options);
