@@ -14,9 +14,13 @@ public static class ScaleDriver
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.Connections < 1 || options.Ops < 1) throw new ArgumentOutOfRangeException(nameof(options), "connections and ops must be positive");
+        if (options.Transport is not ("iwarp" or "socket")) throw new ArgumentException($"unknown transport '{options.Transport}' (iwarp or socket)", nameof(options));
+        if (options.SocketServer is not (ScaleOptions.EpollServer or ScaleOptions.AsyncServer))
+            throw new ArgumentException($"unknown socket server '{options.SocketServer}' (epoll or async)", nameof(options));
+        if (options.IoThreads < 0) throw new ArgumentOutOfRangeException(nameof(options), "I/O threads must be zero (one per processor) or positive");
         ProcessStats.RaiseFileLimit();
         using var deadline = new CancellationTokenSource(options.Timeout);
-        using var server = new ServerProcess(options.Transport, options.Connections);
+        using var server = new ServerProcess(options);
         using var sampler = new PeakSampler();
         var clientStart = ProcessStats.Read();
         var client = ScaleClient.Create(options);
@@ -112,10 +116,12 @@ public static class ScaleDriver
     }
 
     /// <summary>
-    /// Runs iWARP and the raw-socket baseline at each connection count, printing each result line as it comes and
-    /// then the table (bandwidth ratio = iWARP / raw socket at the same count, same run).
+    /// Runs the raw-socket baseline (one row per server of <paramref name="socketServers"/>, default the epoll server
+    /// with <paramref name="ioThreads"/> I/O threads) and iWARP at each connection count, printing each result line as
+    /// it comes and then the table (bandwidth ratio = this row / the first socket server's row at the same count, same run).
     /// </summary>
-    public static IReadOnlyList<ScaleResult> RunTable(IEnumerable<int> connectionCounts, Func<int, int> opsFor, TextWriter output)
+    public static IReadOnlyList<ScaleResult> RunTable(IEnumerable<int> connectionCounts, Func<int, int> opsFor, TextWriter output,
+        IReadOnlyList<string>? socketServers = null, int ioThreads = 0)
     {
         ArgumentNullException.ThrowIfNull(connectionCounts);
         ArgumentNullException.ThrowIfNull(opsFor);
@@ -123,9 +129,12 @@ public static class ScaleDriver
         var results = new List<ScaleResult>();
         foreach (int n in connectionCounts)
         {
-            foreach (var transport in new[] { "socket", "iwarp" })
+            var runs = (socketServers ?? [ScaleOptions.EpollServer])
+                .Select(server => new ScaleOptions { Transport = "socket", SocketServer = server, IoThreads = ioThreads, Connections = n, Ops = opsFor(n) })
+                .Append(new ScaleOptions { Transport = "iwarp", Connections = n, Ops = opsFor(n) });
+            foreach (var options in runs)
             {
-                var r = Run(new ScaleOptions { Transport = transport, Connections = n, Ops = opsFor(n) });
+                var r = Run(options);
                 output.WriteLine(r.ToLine());
                 output.Flush();
                 results.Add(r);
@@ -135,7 +144,7 @@ public static class ScaleDriver
         return results;
     }
 
-    /// <summary>Prints <paramref name="results"/> as a Markdown table, each iWARP row with its ratio to the socket row of the same count.</summary>
+    /// <summary>Prints <paramref name="results"/> as a Markdown table, each row with its bandwidth ratio to the first socket row of the same count.</summary>
     public static void PrintTable(IReadOnlyList<ScaleResult> results, TextWriter output)
     {
         ArgumentNullException.ThrowIfNull(results);
@@ -150,7 +159,7 @@ public static class ScaleDriver
             var baseline = results.FirstOrDefault(b => b.Options.Transport == "socket" && b.Options.Connections == n);
             string ratio = baseline is not null && baseline.MBps > 0 ? (r.MBps / baseline.MBps).ToString("F2", ci) + "x" : "-";
             output.WriteLine(string.Create(ci,
-                $"| {n:N0} | {(r.Options.Transport == "iwarp" ? "iWARP WRITE+READ" : "raw socket (epoll)")} | {r.Options.Ops} | {r.Completed}/{n} | {r.MBps:F1} | {ratio} | {r.AllUs.P50:F1} | {r.AllUs.P99:F1} | {r.Server.Idle.Threads} / {r.Server.Load.Threads} ({r.Server.ThreadsPerConnection(n):F2}) | {r.Server.RssKiBPerConnection(n):F1} | {r.Client.Idle.Threads} ({r.Client.ThreadsPerConnection(n):F2}) | {r.Server.After.Threads} / {r.Client.After.Threads} |"));
+                $"| {n:N0} | {r.Options.ServerLabel} | {r.Options.Ops} | {r.Completed}/{n} | {r.MBps:F1} | {ratio} | {r.AllUs.P50:F1} | {r.AllUs.P99:F1} | {r.Server.Idle.Threads} / {r.Server.Load.Threads} ({r.Server.ThreadsPerConnection(n):F2}) | {r.Server.RssKiBPerConnection(n):F1} | {r.Client.Idle.Threads} ({r.Client.ThreadsPerConnection(n):F2}) | {r.Server.After.Threads} / {r.Client.After.Threads} |"));
         }
     }
 }

@@ -10,6 +10,25 @@ public sealed record ScaleOptions
     /// <summary>Transport: <c>iwarp</c> (RDMA WRITE + READ of 4 KiB) or <c>socket</c> (the raw-socket baseline).</summary>
     public string Transport { get; init; } = "iwarp";
 
+    /// <summary>The socket transport's server: <see cref="EpollServer"/> (the default baseline) or <see cref="AsyncServer"/>.</summary>
+    public string SocketServer { get; init; } = EpollServer;
+
+    /// <summary>I/O threads of the epoll server; 0 for <see cref="Environment.ProcessorCount"/>.</summary>
+    public int IoThreads { get; init; }
+
+    /// <summary>The raw epoll server: a few I/O threads, each with its own epoll instance (<see cref="EpollScaleServer"/>).</summary>
+    public const string EpollServer = "epoll";
+
+    /// <summary>The runtime's async sockets, one receive loop per connection (<see cref="SocketScaleServer"/>).</summary>
+    public const string AsyncServer = "async";
+
+    /// <summary>The I/O threads an epoll server of these options runs.</summary>
+    public int EffectiveIoThreads => IoThreads > 0 ? IoThreads : Environment.ProcessorCount;
+
+    /// <summary>What serves the run, for tables: the transport and, for sockets, the server's kind.</summary>
+    public string ServerLabel => Transport == "iwarp" ? "iWARP WRITE+READ"
+        : SocketServer == EpollServer ? $"raw socket (epoll, {EffectiveIoThreads} I/O threads)" : "raw socket (.NET async)";
+
     /// <summary>Connections, all open at once.</summary>
     public int Connections { get; init; } = 64;
 
@@ -98,7 +117,7 @@ public sealed record ScaleResult
     {
         var sb = new StringBuilder();
         var ci = CultureInfo.InvariantCulture;
-        sb.Append(ci, $"scale transport={Options.Transport} connections={Options.Connections} ops={Options.Ops} connected={Connected} completed={Completed} errors={Errors} server_verified={ServerVerified}");
+        sb.Append(ci, $"scale transport={Options.Transport} server={(Options.Transport == "socket" ? Options.SocketServer : "iwarp")} io_threads={(Options.Transport == "socket" && Options.SocketServer == ScaleOptions.EpollServer ? Options.EffectiveIoThreads : 0)} connections={Options.Connections} ops={Options.Ops} connected={Connected} completed={Completed} errors={Errors} server_verified={ServerVerified}");
         sb.Append(ci, $" bytes={Bytes} seconds={Elapsed.TotalSeconds:F3} mbps={MBps:F1}");
         sb.Append(ci, $" p50_us={AllUs.P50:F1} p99_us={AllUs.P99:F1} write_p50_us={WriteUs.P50:F1} write_p99_us={WriteUs.P99:F1} read_p50_us={ReadUs.P50:F1} read_p99_us={ReadUs.P99:F1}");
         Append(sb, "server", Server);

@@ -100,11 +100,20 @@ public abstract class ScaleServer : IDisposable
         GC.SuppressFinalize(this);
     }
 
-    /// <summary>Creates the server for <paramref name="transport"/> (<c>iwarp</c> or <c>socket</c>).</summary>
-    public static ScaleServer Create(string transport, int connections) => transport switch
+    /// <summary>
+    /// Creates the server for <paramref name="transport"/> (<c>iwarp</c> or <c>socket</c>); a socket server is
+    /// <paramref name="socketServer"/>: <c>epoll</c> (<see cref="EpollScaleServer"/> with <paramref name="ioThreads"/>
+    /// I/O threads, 0 for one per processor) or <c>async</c> (<see cref="SocketScaleServer"/>).
+    /// </summary>
+    public static ScaleServer Create(string transport, int connections, string socketServer = ScaleOptions.EpollServer, int ioThreads = 0) => transport switch
     {
         "iwarp" => new IwarpScaleServer(connections),
-        "socket" => new SocketScaleServer(connections),
+        "socket" => socketServer switch
+        {
+            ScaleOptions.EpollServer => new EpollScaleServer(connections, ioThreads),
+            ScaleOptions.AsyncServer => new SocketScaleServer(connections),
+            _ => throw new ArgumentException($"unknown socket server '{socketServer}' (epoll or async)", nameof(socketServer)),
+        },
         _ => throw new ArgumentException($"unknown transport '{transport}' (iwarp or socket)", nameof(transport)),
     };
 }
@@ -210,8 +219,9 @@ public sealed class IwarpScaleServer : ScaleServer
 }
 
 /// <summary>
-/// The raw-socket baseline: the runtime's async <see cref="Socket"/>, which on Linux is driven by epoll
-/// (SocketAsyncEngine), one async receive loop per connection. Request <c>'W'</c> + 4 KiB is stored in the slot and
+/// The raw-socket server on the runtime's async <see cref="Socket"/> (<c>--server async</c>), which on Linux is driven
+/// by epoll (SocketAsyncEngine), one async receive loop per connection; the default baseline is
+/// <see cref="EpollScaleServer"/>, same protocol on plain system calls. Request <c>'W'</c> + 4 KiB is stored in the slot and
 /// answered with one byte; request <c>'R'</c> is answered with the slot's 4 KiB.
 /// </summary>
 public sealed class SocketScaleServer : ScaleServer

@@ -9,7 +9,7 @@ internal sealed class ServerProcess : IDisposable
     private static readonly TimeSpan ReplyBound = TimeSpan.FromSeconds(60);
     private readonly Process _process;
 
-    public ServerProcess(string transport, int connections)
+    public ServerProcess(ScaleOptions options)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -17,8 +17,12 @@ internal sealed class ServerProcess : IDisposable
         };
         psi.ArgumentList.Add(typeof(ServerProcess).Assembly.Location);
         psi.ArgumentList.Add("serve");
-        psi.ArgumentList.Add(transport);
-        psi.ArgumentList.Add(connections.ToString(CultureInfo.InvariantCulture));
+        psi.ArgumentList.Add(options.Transport);
+        psi.ArgumentList.Add(options.Connections.ToString(CultureInfo.InvariantCulture));
+        psi.ArgumentList.Add("--server");
+        psi.ArgumentList.Add(options.SocketServer);
+        psi.ArgumentList.Add("--io-threads");
+        psi.ArgumentList.Add(options.IoThreads.ToString(CultureInfo.InvariantCulture));
         _process = Process.Start(psi) ?? throw new InvalidOperationException("could not start the server process");
         var hello = Values(Expect("listening"));
         Port = int.Parse(hello["port"], CultureInfo.InvariantCulture);

@@ -10,6 +10,11 @@ using PinnedDma.Verbs;
 // on 127.0.0.1. The responder's memory is a pinned range of a file on a volume in a local file.
 //   dotnet run -c Release --project samples/PerfTest -- write_bw --transport iwarp --size 65536 --iters 5000
 //   dotnet run -c Release --project samples/PerfTest -- all
+// After each test, the same sizes and iteration counts over a raw TCP socket pair on 127.0.0.1 in the same run (the
+// baseline; --no-baseline skips it): for the latency tests a blocking ping-pong (TCP_NODELAY), half the round trip,
+// same columns; for the bandwidth tests a one-way stream of the same messages into a receiver that puts each in its
+// own slot of a region the size of the RDMA target. A latency row whose 1 us histogram has two peaks is followed by
+// a "modes" line with both.
 if (args.Length > 0 && args[0] == "peer")
 {
     var peerOptions = PeerOptions.Parse(args);
@@ -24,41 +29,55 @@ if (args.Length > 0 && args[0] == "peer")
 var opts = Options.Parse(args);
 if (opts is null)
 {
-    Console.Error.WriteLine("usage: PerfTest (write_bw|read_bw|send_lat|write_lat|all) [--transport loopback|iwarp] [--size N|--all-sizes] [--iters N] [--tx-depth N] [--events] [--no-crc]");
+    Console.Error.WriteLine("usage: PerfTest (write_bw|read_bw|send_lat|write_lat|all) [--transport loopback|iwarp] [--size N|--all-sizes] [--iters N] [--tx-depth N] [--events] [--no-crc] [--no-baseline]");
     return 2;
 }
 string[] tests = opts.Test == "all" ? new[] { "write_bw", "read_bw", "send_lat", "write_lat" } : new[] { opts.Test };
 foreach (var t in tests)
 {
-    using var bench = await Bench.CreateAsync(opts);
-    Console.WriteLine($"# {t} over {opts.Transport}{(opts.Transport == "iwarp" ? $" (MPA rev 1, {(opts.Crc ? "CRC32c" : "no CRC")}, 127.0.0.1)" : "")}{(opts.Events ? ", sleeping on CQ events" : ", polling")}");
     bool lat = t.EndsWith("_lat", StringComparison.Ordinal);
-    Console.WriteLine(new string('-', 95));
+    using (var bench = await Bench.CreateAsync(opts))
+    {
+        Console.WriteLine($"# {t} over {opts.Transport}{(opts.Transport == "iwarp" ? $" (MPA rev 1, {(opts.Crc ? "CRC32c" : "no CRC")}, 127.0.0.1)" : "")}{(opts.Events ? ", sleeping on CQ events" : ", polling")}");
+        Report.Header(lat);
+        foreach (int size in opts.Sizes(lat))
+        {
+            int iters = opts.IterationsFor(size, lat);
+            if (lat)
+            {
+                Report.Latency(size, iters, t == "send_lat" ? bench.SendLatency(size, iters) : bench.WriteLatency(size, iters));
+            }
+            else
+            {
+                var (peak, avg) = bench.Bandwidth(t == "write_bw" ? WrOpcode.RdmaWrite : WrOpcode.RdmaRead, size, iters);
+                Report.Bandwidth(size, iters, peak, avg);
+            }
+        }
+        Report.Footer();
+    }
+    if (!opts.Baseline) continue;
     Console.WriteLine(lat
-        ? " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]"
-        : " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]");
+        ? $"# {t} baseline: raw TCP socket ping-pong (blocking send/recv, TCP_NODELAY, 127.0.0.1), half the round trip, same run"
+        : $"# {t} baseline: raw TCP socket stream (blocking send, receiver thread into per-message slots, TCP_NODELAY, 127.0.0.1), same run");
+    Report.Header(lat);
     foreach (int size in opts.Sizes(lat))
     {
         int iters = opts.IterationsFor(size, lat);
         if (lat)
         {
-            var us = t == "send_lat" ? bench.SendLatency(size, iters) : bench.WriteLatency(size, iters);
-            Array.Sort(us);
-            double avg = us.Average();
-            double sd = Math.Sqrt(us.Select(x => (x - avg) * (x - avg)).Average());
-            Console.WriteLine($" {size,-6} {iters,-11} {us[0],-14:F2} {us[^1],-12:F2} {us[us.Length / 2],-18:F2} {avg,-14:F2} {sd,-15:F2} {us[(int)(us.Length * 0.99)],-22:F2} {us[(int)(us.Length * 0.999)],-22:F2}");
+            Report.Latency(size, iters, SocketBaseline.PingPong(size, iters));
         }
         else
         {
-            var (peak, avg) = bench.Bandwidth(t == "write_bw" ? WrOpcode.RdmaWrite : WrOpcode.RdmaRead, size, iters);
-            Console.WriteLine($" {size,-10} {iters,-14} {peak,-18:F2} {avg,-20:F2} {avg * 1e6 / size / 1e6,-12:F6}");
+            var (peak, avg) = SocketBaseline.Stream(size, iters);
+            Report.Bandwidth(size, iters, peak, avg);
         }
     }
-    Console.WriteLine(new string('-', 95));
+    Report.Footer();
 }
 return 0;
 
-sealed record Options(string Test, string Transport, int Size, bool AllSizes, int Iters, int TxDepth, bool Events = false, bool Crc = true)
+sealed record Options(string Test, string Transport, int Size, bool AllSizes, int Iters, int TxDepth, bool Events = false, bool Crc = true, bool Baseline = true)
 {
     public static Options? Parse(string[] a)
     {
@@ -80,6 +99,8 @@ sealed record Options(string Test, string Transport, int Size, bool AllSizes, in
                 // poller takes a core from the soft DMA engine and the receive threads).
                 case "--events": o = o with { Events = true }; break;
                 case "--no-crc": o = o with { Crc = false }; break;
+                // The raw-socket rows after each test (on by default).
+                case "--no-baseline": o = o with { Baseline = false }; break;
                 default: return null;
             }
         }

@@ -41,13 +41,19 @@ public sealed class ConnectionScaleTests
 
     public ConnectionScaleTests(ITestOutputHelper output) => _output = output;
 
+    /// <summary>
+    /// <paramref name="server"/> picks the raw-socket baseline's server: the raw epoll server (the default, a few I/O
+    /// threads each with its own epoll instance) or the runtime's async sockets; empty for iWARP.
+    /// </summary>
     [Theory]
-    [InlineData("iwarp")]
-    [InlineData("socket")]
-    public void Thousand_connections_complete_their_transfers_with_bounded_threads_that_exit_on_close(string transport)
+    [InlineData("iwarp", "")]
+    [InlineData("socket", "epoll")]
+    [InlineData("socket", "async")]
+    public void Thousand_connections_complete_their_transfers_with_bounded_threads_that_exit_on_close(string transport, string server)
     {
-        var r = Run(transport);
+        var r = Run(transport, server);
         int Int(string key) => int.Parse(r[key], CultureInfo.InvariantCulture);
+        Assert.Equal(server.Length > 0 ? server : "iwarp", r["server"]);
 
         // Every connection set up, every operation completed with its own data, the server holds each last write.
         Assert.Equal(Connections, Int("connected"));
@@ -81,13 +87,18 @@ public sealed class ConnectionScaleTests
         }
     }
 
-    private Dictionary<string, string> Run(string transport)
+    private Dictionary<string, string> Run(string transport, string server)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(SamplesSmokeTests.SampleDll("ConnectionScale"));
         foreach (var a in new[] { "run", "--transport", transport, "--connections", Connections.ToString(CultureInfo.InvariantCulture),
             "--ops", Ops.ToString(CultureInfo.InvariantCulture), "--timeout", "240" })
             psi.ArgumentList.Add(a);
+        if (server.Length > 0)
+        {
+            psi.ArgumentList.Add("--server");
+            psi.ArgumentList.Add(server);
+        }
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();

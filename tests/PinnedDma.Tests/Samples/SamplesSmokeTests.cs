@@ -70,9 +70,13 @@ public sealed class SamplesSmokeTests
         var (code, output) = Run("PerfTest", "all", "--transport", transport, "--iters", "60", "--events");
         Assert.True(code == 0, output);
         foreach (var test in new[] { "write_bw", "read_bw", "send_lat", "write_lat" })
+        {
             Assert.Contains($"# {test} over {transport}", output);
-        // Five bandwidth sizes for each of the two bandwidth tests, three latency sizes for each latency test.
+            Assert.Contains($"# {test} baseline: raw TCP socket", output);
+        }
+        // Five bandwidth sizes for each of the two bandwidth tests, three latency sizes for each latency test, and
+        // the same rows again for the raw-socket baseline measured after each test.
         int rows = output.Split('\n').Count(l => l.Length > 1 && l[0] == ' ' && char.IsDigit(l[1]));
-        Assert.True(rows == 2 * 5 + 2 * 3, $"expected 16 result rows, got {rows}:\n{output}");
+        Assert.True(rows == 2 * (2 * 5 + 2 * 3), $"expected 32 result rows, got {rows}:\n{output}");
     }
 }
