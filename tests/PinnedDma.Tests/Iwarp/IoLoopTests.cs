@@ -128,7 +128,23 @@ public sealed class IoLoopTests : IDisposable
             Assert.Single(wc);
             Assert.Equal(WcStatus.Success, wc[0].Status);
             Assert.Equal((ulong)i, wc[0].WrId);
-            Assert.True(p.Remote.GetBufferSpan().Slice((int)at, (int)length).SequenceEqual(p.Local.GetBufferSpan().Slice((int)at, (int)length)));
+            // The completion may come before the loop's turn for the queue pair ends: wait (bounded) until it is idle.
+            var idle = Stopwatch.StartNew();
+            while ((Volatile.Read(ref p.Client.Turn) != 0 || p.Client.InDoorbell) && idle.Elapsed < Bound) Thread.Yield();
+        }
+        // A write's completion frees its source; an RDMA Read behind the writes completes after they landed (RC order).
+        p.Client.PostSend(new SendWorkRequest
+        {
+            WrId = 99, Opcode = WrOpcode.RdmaRead, Flags = SendFlags.Signaled,
+            Local = new ScatterGatherElement(p.Local.Address + (1 << 19), 8, p.Local.LKey),
+            RemoteAddress = p.Remote.Address, RKey = p.Remote.RKey,
+        });
+        Assert.Equal(WcStatus.Success, Assert.Single(Drain(p.ClientCq, 1)).Status);
+        for (int i = 0; i < 20; i++)
+        {
+            // Ranges overlap, but every write copies the same offsets of the same pattern.
+            int length = i % 2 == 0 ? 512 : 256 * 1024, at = i * 4096 % (1 << 19);
+            Assert.True(p.Remote.GetBufferSpan().Slice(at, length).SequenceEqual(local.Slice(at, length)), $"write {i} did not land");
         }
         // Every small write went out from this thread (the queue pair was idle each time); the large ones did not.
         long inlined = Interlocked.Read(ref engine.ExecutedInline) - inlineBefore;
