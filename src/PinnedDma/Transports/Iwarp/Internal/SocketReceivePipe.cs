@@ -68,7 +68,14 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
         if (into.Length > limit) into = into[..limit];
         int n;
         fixed (byte* p = into) n = SocketInterop.ReceiveAvailable(Fd, p, into.Length);
-        if (n <= 0) return n;
+        if (n <= 0)
+        {
+            // Ends the write: once the parser consumed everything, the pipe hands its buffer back to the pool, so an
+            // idle connection holds none.
+            writer.Advance(0);
+            _ = writer.FlushAsync(CancellationToken.None);
+            return n;
+        }
         writer.Advance(n);
         // No pause threshold: the flush completes synchronously.
         var flush = writer.FlushAsync(CancellationToken.None);
