@@ -9,23 +9,6 @@ namespace PinnedDma.Transports.Iwarp;
 public static class IwarpConnector
 {
     /// <summary>
-    /// An accepted reply the initiator cannot work with (no matching RTR type, RFC 6581 §7.1; insufficient IRD): the
-    /// connection is in FPDU mode, so the refusal is a Terminate carrying the MPA error code (RFC 6581 §9), then a close.
-    /// </summary>
-    private static void SendSetupTerminate(Socket socket, bool crc, TerminateCode code)
-    {
-        try
-        {
-            var bytes = new System.Buffers.ArrayBufferWriter<byte>(64);
-            new FpduEncoder(new FpduOptions { Crc = crc }).WriteTerminate(bytes, 1, new TerminateMessage { Code = code });
-            socket.Send(bytes.WrittenSpan);
-        }
-        catch (SocketException)
-        {
-        }
-    }
-
-    /// <summary>
     /// Connects <paramref name="qp"/> (in Reset or Init) to a listener: TCP connect, MPA request with
     /// <paramref name="privateData"/>, reply. Returns the responder's private data; the QP is in RTS. A reject throws
     /// <see cref="PinnedDmaError.ConnectionRejected"/>.
@@ -90,19 +73,20 @@ public static class IwarpConnector
         // connect the listener would see.
         MpaNegotiation.BuildRequest(options.ToMpa(privateData)).Validate();
         qp.CheckConnectable(); // before any side effect (no socket, no state change)
-        // Blocking calls on a thread of its own: the socket never joins the runtime's socket event loop (see IwarpListener).
-        return Task.Factory.StartNew(() => Connect(qp, endpoint, privateData, options, cancellationToken), cancellationToken,
-            TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        if (cancellationToken.IsCancellationRequested) return Task.FromCanceled<ReadOnlyMemory<byte>>(cancellationToken);
+        // The setup runs on an I/O loop (no thread of its own): connect, MPA request, reply, each when the socket is ready.
+        return ConnectOnLoopAsync(qp, endpoint, privateData, options, cancellationToken);
     }
 
-    private static ReadOnlyMemory<byte> Connect(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
+    private static async Task<ReadOnlyMemory<byte>> ConnectOnLoopAsync(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
     {
         using var activity = Diagnostics.Telemetry.Source.StartActivity("pinneddma.iwarp.connect", System.Diagnostics.ActivityKind.Client);
         activity?.SetTag("server.address", endpoint.Address.ToString());
         activity?.SetTag("server.port", endpoint.Port);
         try
         {
-            var reply = ConnectCore(qp, endpoint, privateData, options, cancellationToken);
+            var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
+            var reply = await InitiatorHandshake.Run(qp, endpoint, request, options, cancellationToken).ConfigureAwait(false);
             if (qp.Transport is IwarpConnection c)
             {
                 activity?.SetTag("pinneddma.mpa.revision", (int)c.Negotiated.Revision);
@@ -118,59 +102,6 @@ public static class IwarpConnector
             if (rejected) Diagnostics.Log.ConnectionRejected(log, endpoint.ToString(), e.Message);
             else Diagnostics.Log.HandshakeFailed(log, endpoint.ToString(), e.Message);
             activity?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, e.Message);
-            throw;
-        }
-    }
-
-    private static ReadOnlyMemory<byte> ConnectCore(QueuePair qp, IPEndPoint endpoint, ReadOnlyMemory<byte> privateData, IwarpOptions options, CancellationToken cancellationToken)
-    {
-        long deadline = Environment.TickCount64 + (long)options.SetupTimeout.TotalMilliseconds;
-        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        SocketReceivePipe? rx = null;
-        try
-        {
-            // A blocking connect honours the send timeout; cancellation closes the socket under it.
-            socket.SendTimeout = Math.Max(1, (int)options.SetupTimeout.TotalMilliseconds);
-            using (cancellationToken.Register(() => socket.Dispose()))
-            {
-                try
-                {
-                    socket.Connect(endpoint);
-                }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException && cancellationToken.IsCancellationRequested)
-                {
-                    throw new OperationCanceledException("Connection setup was canceled.", e, cancellationToken);
-                }
-                catch (SocketException e) when (e.SocketErrorCode is SocketError.TimedOut or SocketError.WouldBlock or SocketError.InProgress)
-                {
-                    throw new TimeoutException($"TCP connect to {endpoint} took over {options.SetupTimeout}.", e);
-                }
-                socket.SendTimeout = 0;
-                var request = MpaNegotiation.BuildRequest(options.ToMpa(privateData));
-                socket.Send(request.ToArray());
-                rx = new SocketReceivePipe(socket);
-                MpaFrame reply;
-                try
-                {
-                    reply = rx.ReadMpaFrame(MpaFrameKind.Reply, TimeSpan.FromMilliseconds(Math.Max(1, deadline - Environment.TickCount64)), cancellationToken);
-                }
-                catch (IwarpProtocolException e)
-                {
-                    throw new PinnedDmaException(PinnedDmaError.ProtocolError, $"Bad MPA reply: {e.Error}");
-                }
-                var error = MpaNegotiation.CompleteInitiator(request, reply, out var negotiated);
-                if (error.IsError && !reply.Reject && error.Kind is IwarpErrorKind.MpaNoMatchingRtr or IwarpErrorKind.MpaInsufficientIrd)
-                    SendSetupTerminate(socket, request.Crc || reply.Crc, error.Terminate);
-                if (error.IsError)
-                    throw new PinnedDmaException(reply.Reject ? PinnedDmaError.ConnectionRejected : PinnedDmaError.ProtocolError, $"Connection not established: {error}");
-                qp.AttachConnection(new IwarpConnection(rx, qp, negotiated, options, initiator: true));
-                return reply.PrivateData;
-            }
-        }
-        catch
-        {
-            if (rx is not null) rx.Dispose(); // and the socket it owns
-            else socket.Dispose();
             throw;
         }
     }

@@ -199,23 +199,32 @@ internal sealed class IwarpSender
                             return st;
                         }
                     case WrOpcode.RdmaRead:
-                        {
-                            // ORD 0: the peer takes no RDMA Reads (or this side said it issues none). Refused, not
-                            // parked: it would wait forever, and everything posted after it with it.
-                            if (_connection.OrdLimit == 0) return WcStatus.LocQpOpErr;
-                            if (!_connection.Reads.TryAdd(in wr, local, localOffset)) return WcStatus.RetryExcErr;
-                            // A zero-length read is answered like any other (one empty, last Read Response segment) and
-                            // completes in its turn behind the reads before it.
-                            var req = new RdmaReadRequest(wr.Local.LKey, wr.Local.Address, wr.Local.Length, wr.RKey, wr.RemoteAddress);
-                            _encoder.WriteReadRequest(_out, _readMsn++, req);
-                            outcome = TransportOutcome.Deferred;
-                            return WcStatus.Success;
-                        }
+                        // ORD 0: the peer takes no RDMA Reads (or this side said it issues none). Refused, not parked:
+                        // it would wait forever, and everything posted after it with it.
+                        if (_connection.OrdLimit == 0) return WcStatus.LocQpOpErr;
+                        break; // queued outside the lock, below
                     default:
                         // RFC 5040 has no immediate data and no atomics (those are RFC 7306 extensions).
                         return WcStatus.LocQpOpErr;
                 }
             }
+            // The read joins the outstanding reads without the send lock held (a close takes that lock to leave the
+            // parked message's region, and the read queue's own lock orders the read against the close).
+            if (!_connection.Reads.TryAdd(in wr, local, localOffset)) return WcStatus.RetryExcErr;
+            lock (_sendLock)
+            {
+                // Only this queue pair's turn encodes requests, and room was made above; a Terminate the receive side
+                // queued meanwhile ends the connection, which completes the read with an error.
+                if (!_connection.IsClosed && _out.HasRoom)
+                {
+                    // A zero-length read is answered like any other (one empty, last Read Response segment) and
+                    // completes in its turn behind the reads before it.
+                    var req = new RdmaReadRequest(wr.Local.LKey, wr.Local.Address, wr.Local.Length, wr.RKey, wr.RemoteAddress);
+                    _encoder.WriteReadRequest(_out, _readMsn++, req);
+                }
+            }
+            outcome = TransportOutcome.Deferred;
+            return WcStatus.Success;
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
