@@ -30,6 +30,11 @@ public sealed class CompletionQueue : IDisposable
 
     internal const int MaxCapacity = 1 << 22;
 
+    /// <summary>How long a blocking <see cref="Poll(Span{WorkCompletion}, TimeSpan)"/> spins before it sleeps.</summary>
+    private const int SpinMicroseconds = 50;
+
+    private static readonly long SpinTicks = System.Diagnostics.Stopwatch.Frequency * SpinMicroseconds / 1_000_000;
+
     internal CompletionQueue(int capacity, RdmaDevice? device = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
@@ -136,15 +141,18 @@ public sealed class CompletionQueue : IDisposable
         bool infinite = timeout == Timeout.InfiniteTimeSpan; // TimeSpan.MaxValue in ms still fits a long deadline
         long deadline = infinite ? long.MaxValue : Environment.TickCount64 + Math.Max(0, (long)timeout.TotalMilliseconds);
         var spin = new SpinWait();
+        // A completion that comes within SpinMicroseconds is handed over without a wake-up: the pusher sees no blocked
+        // poller and sets no event, the spinning poller finds it (as a NIC's polling consumer does).
+        long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + SpinTicks;
         while (true)
         {
             int n = Poll(into);
             if (n > 0 || into.IsEmpty) return n;
             long left = infinite ? long.MaxValue : deadline - Environment.TickCount64;
             if (left <= 0) return 0;
-            if (!spin.NextSpinWillYield)
+            if (System.Diagnostics.Stopwatch.GetTimestamp() < spinUntil)
             {
-                spin.SpinOnce();
+                spin.SpinOnce(sleep1Threshold: -1); // yields now and then: a spinner never starves the thread it waits for
                 continue;
             }
             lock (_sync)
