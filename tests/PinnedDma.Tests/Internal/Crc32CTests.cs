@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using FsCheck.Xunit;
 using PinnedDma.Internal;
 using Xunit;
@@ -9,7 +10,7 @@ namespace PinnedDma.Tests.Internal;
 /// (three streams at each chunk size, one stream, the slicing table, the fused copy) over random lengths, start
 /// offsets, initial states and split points.
 /// </summary>
-public sealed class Crc32CTests
+public sealed partial class Crc32CTests
 {
     private const int MaxLength = 200 * 1024;
 
@@ -98,14 +99,16 @@ public sealed class Crc32CTests
         }
     }
 
-    public static TheoryData<int> BoundaryLengths()
+    public static TheoryData<int> BoundaryLengths() => new(BoundaryLengthList());
+
+    private static int[] BoundaryLengthList()
     {
-        var lengths = new TheoryData<int>();
+        var lengths = new List<int>();
         foreach (int block in new[] { 3 * Crc32C.SmallChunk, 3 * Crc32C.MediumChunk, 3 * Crc32C.LargeChunk })
             foreach (int k in new[] { 1, 2 })
                 for (int d = -9; d <= 9; d++) lengths.Add(k * block + d);
-        foreach (int n in new[] { 0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17 }) lengths.Add(n);
-        return lengths;
+        lengths.AddRange([0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17]);
+        return lengths.ToArray();
     }
 
     /// <summary>The joining step alone: a state advanced over n zero bytes by multiplication equals feeding the zeros.</summary>
@@ -169,5 +172,59 @@ public sealed class Crc32CTests
         var ex = Assert.Throws<ArgumentException>(() => Crc32C.CopyAndAppend(source, destination, 0));
         Assert.Equal("destination", ex.ParamName);
         Assert.All(destination, b => Assert.Equal(0, b));
+    }
+
+    /// <summary>
+    /// Inputs that end where readable memory ends (an inaccessible page follows) or start where it starts: no path reads
+    /// a byte outside its input (a stray read here is a crash, not a wrong answer). The streams' prefetches do reach
+    /// past the end; a prefetch never faults.
+    /// </summary>
+    [Fact]
+    public unsafe void No_path_reads_outside_its_input()
+    {
+        const int Page = 4096, Pages = 32;
+        nint map = Native.Mmap(0, (nuint)((Pages + 2) * Page), ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
+        Assert.NotEqual(-1, map);
+        try
+        {
+            Assert.Equal(0, Native.Mprotect(map, Page, ProtNone));
+            Assert.Equal(0, Native.Mprotect(map + (Pages + 1) * Page, Page, ProtNone));
+            var readable = new Span<byte>((byte*)map + Page, Pages * Page);
+            new Random(5).NextBytes(readable);
+            var destination = new byte[readable.Length];
+            var rng = new Random(6);
+            int total = Pages * Page;
+            var lengths = Enumerable.Range(0, 200).Concat(BoundaryLengthList()).Concat(Enumerable.Range(0, 100).Select(_ => rng.Next(total + 1)));
+            foreach (int length in lengths)
+            {
+                for (int side = 0; side < 2; side++)
+                {
+                    var input = side == 0 ? readable[^length..] : readable[..length];
+                    uint expected = Reference(0x1234, input);
+                    Assert.Equal(expected, Crc32C.Append(0x1234, input));
+                    Assert.Equal(expected, Crc32C.AppendSoftware(0x1234, input));
+                    Assert.Equal(expected, Crc32C.AppendOneStream(0x1234, input));
+                    Assert.Equal(expected, Crc32C.CopyAndAppend(input, destination, 0x1234));
+                }
+            }
+        }
+        finally
+        {
+            Native.Munmap(map, (nuint)((Pages + 2) * Page));
+        }
+    }
+
+    private const int ProtNone = 0, ProtRead = 1, ProtWrite = 2, MapPrivate = 0x02, MapAnonymous = 0x20;
+
+    private static partial class Native
+    {
+        [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+        public static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
+
+        [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
+        public static partial int Mprotect(nint address, nuint length, int protection);
+
+        [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+        public static partial int Munmap(nint address, nuint length);
     }
 }
