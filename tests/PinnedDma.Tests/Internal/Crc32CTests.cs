@@ -117,6 +117,25 @@ public sealed partial class Crc32CTests
         return lengths.ToArray();
     }
 
+    /// <summary>The constants the code carries as literals are the powers of x they stand for.</summary>
+    [Fact]
+    public void Carried_constants_are_the_powers_of_x_they_stand_for()
+    {
+        Assert.Equal(0x80000000u, Crc32C.XPowMod(0)); // x^0, bit-reflected
+        Assert.Equal(0x82F63B78u, Crc32C.XPowMod(32)); // x^32 mod P: the reflected polynomial
+        foreach (var (chunk, k1, k2) in new[] { (Crc32C.LargeChunk, Crc32C.LargeK1, Crc32C.LargeK2), (Crc32C.MediumChunk, Crc32C.MediumK1, Crc32C.MediumK2), (Crc32C.SmallChunk, Crc32C.SmallK1, Crc32C.SmallK2) })
+        {
+            Assert.Equal(Crc32C.XPowMod(8 * chunk - 33), k1);
+            Assert.Equal(Crc32C.XPowMod(16 * chunk - 33), k2);
+        }
+        foreach (var (bits, low, high) in new[] { (2048, Crc32C.Fold2048Low, Crc32C.Fold2048High), (512, Crc32C.Fold512Low, Crc32C.Fold512High),
+            (384, Crc32C.Fold384Low, Crc32C.Fold384High), (256, Crc32C.Fold256Low, Crc32C.Fold256High), (128, Crc32C.Fold128Low, Crc32C.Fold128High) })
+        {
+            Assert.Equal(Crc32C.XPowMod(bits + 31), low);
+            Assert.Equal(Crc32C.XPowMod(bits - 33), high);
+        }
+    }
+
     /// <summary>The joining step alone: a state advanced over n zero bytes by multiplication equals feeding the zeros.</summary>
     [Property(MaxTest = 100)]
     public void Shift_by_multiplication_equals_appending_zeros(uint state, int seed)
