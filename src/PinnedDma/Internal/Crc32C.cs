@@ -133,7 +133,7 @@ internal static unsafe class Crc32C
     /// <summary>
     /// Copies <paramref name="source"/> to the start of <paramref name="destination"/> and returns
     /// <paramref name="crc"/> continued over <paramref name="source"/> (as <see cref="Append(uint, ReadOnlySpan{byte})"/>): one pass that loads
-    /// each 8 bytes once, checksums and stores them. Overlapping spans are handled as <see cref="Span{T}.CopyTo"/>
+    /// each byte once, checksums it and stores it (64 bytes at a time with AVX-512, 8 per stream otherwise). Overlapping spans are handled as <see cref="Span{T}.CopyTo"/>
     /// does (the CRC is then computed first, over the source as it was).
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="destination"/> is shorter than <paramref name="source"/>.</exception>
