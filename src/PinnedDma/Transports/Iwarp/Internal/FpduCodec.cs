@@ -96,7 +96,7 @@ internal readonly struct Fpdu
 /// <summary>
 /// Writes FPDUs (RFC 5044 §4: ULPDU_Length, DDP/RDMAP header, payload, pad, CRC field: the CRC32c over everything
 /// before it, or zero when CRC was not negotiated) straight
-/// into an <see cref="IBufferWriter{T}"/>. No per-frame allocations: the payload is copied directly into the writer.
+/// into an <see cref="IBufferWriter{T}"/>. No per-frame allocations: the payload is copied directly into the writer, and checksummed in the same pass.
 /// </summary>
 internal sealed class FpduEncoder
 {
@@ -115,22 +115,29 @@ internal sealed class FpduEncoder
     /// <summary>Writes one FPDU carrying <paramref name="header"/> and <paramref name="payload"/>; returns its wire length.</summary>
     public int Write(IBufferWriter<byte> writer, in DdpRdmapHeader header, ReadOnlySpan<byte> payload)
     {
-        var span = Begin(writer, header, payload.Length, out int payloadAt, out int ulpdu);
-        payload.CopyTo(span.Slice(payloadAt));
-        return End(writer, span, ulpdu);
+        var span = Begin(writer, header, payload.Length, out int payloadAt, out int ulpdu, out uint crc);
+        crc = CopyPayload(payload, span.Slice(payloadAt), crc);
+        return End(writer, span, ulpdu, crc);
     }
 
     /// <summary>Same as <see cref="Write(IBufferWriter{byte}, in DdpRdmapHeader, ReadOnlySpan{byte})"/> for a segmented payload.</summary>
     public int Write(IBufferWriter<byte> writer, in DdpRdmapHeader header, in ReadOnlySequence<byte> payload)
     {
         if (payload.IsSingleSegment) return Write(writer, header, payload.FirstSpan);
-        var span = Begin(writer, header, payload.Length > int.MaxValue ? int.MaxValue : (int)payload.Length, out int payloadAt, out int ulpdu);
-        payload.CopyTo(span.Slice(payloadAt));
-        return End(writer, span, ulpdu);
+        var span = Begin(writer, header, payload.Length > int.MaxValue ? int.MaxValue : (int)payload.Length, out int payloadAt, out int ulpdu, out uint crc);
+        foreach (ReadOnlyMemory<byte> segment in payload)
+        {
+            crc = CopyPayload(segment.Span, span.Slice(payloadAt), crc);
+            payloadAt += segment.Length;
+        }
+        return End(writer, span, ulpdu, crc);
     }
 
-    /// <summary>Reserves the whole FPDU in the writer and fills in the length field and the header.</summary>
-    private Span<byte> Begin(IBufferWriter<byte> writer, in DdpRdmapHeader header, int payloadLength, out int payloadAt, out int ulpdu)
+    /// <summary>
+    /// Reserves the whole FPDU in the writer and fills in the length field and the header; <paramref name="crc"/> is the
+    /// running CRC32c state over them (when CRC is on).
+    /// </summary>
+    private Span<byte> Begin(IBufferWriter<byte> writer, in DdpRdmapHeader header, int payloadLength, out int payloadAt, out int ulpdu, out uint crc)
     {
         ArgumentNullException.ThrowIfNull(writer);
         int hl = header.Length;
@@ -140,13 +147,25 @@ internal sealed class FpduEncoder
         BinaryPrimitives.WriteUInt16BigEndian(span, (ushort)ulpdu);
         header.WriteTo(span.Slice(Fpdu.LengthFieldSize));
         payloadAt = Fpdu.LengthFieldSize + hl;
+        crc = Options.Crc ? Crc32C.Append(0xFFFFFFFFu, span.Slice(0, payloadAt)) : 0;
         return span;
     }
 
-    /// <summary>Pads, appends the CRC and commits the FPDU to the writer.</summary>
-    private int End(IBufferWriter<byte> writer, Span<byte> span, int ulpdu)
+    /// <summary>
+    /// Copies payload bytes into the FPDU: with CRC on, in the same pass that continues the CRC state over them (the
+    /// bytes are read once), otherwise a plain copy.
+    /// </summary>
+    private uint CopyPayload(ReadOnlySpan<byte> payload, Span<byte> destination, uint crc)
     {
-        Finish(span, ulpdu);
+        if (Options.Crc) return Crc32C.CopyAndAppend(payload, destination, crc);
+        payload.CopyTo(destination);
+        return crc;
+    }
+
+    /// <summary>Pads, appends the CRC (<paramref name="crc"/>: the running state over everything before the pad) and commits the FPDU to the writer.</summary>
+    private int End(IBufferWriter<byte> writer, Span<byte> span, int ulpdu, uint crc)
+    {
+        Finish(span, ulpdu, crc);
         writer.Advance(span.Length);
         return span.Length;
     }
@@ -182,9 +201,11 @@ internal sealed class FpduEncoder
         }
         else
         {
+            // Copied parts are checksummed in the copy's pass; referenced ones in a pass of their own.
             Span<byte> stage = queue.GetSpan(part.Length).Slice(0, part.Length);
-            part.CopyTo(stage);
+            crc = CopyPayload(part, stage, crc);
             queue.Advance(part.Length);
+            return;
         }
         if (Options.Crc) crc = Crc32C.Append(crc, part);
     }
@@ -253,13 +274,13 @@ internal sealed class FpduEncoder
         return headerLength + payloadLength;
     }
 
-    private void Finish(Span<byte> span, int ulpdu)
+    private void Finish(Span<byte> span, int ulpdu, uint crc)
     {
         int padStart = Fpdu.LengthFieldSize + ulpdu;
         int pad = Fpdu.PadLength(ulpdu);
         span.Slice(padStart, pad).Clear();
         int covered = padStart + pad;
-        BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Options.Crc ? Crc32C.Compute(span.Slice(0, covered)) ^ TakeCrcFault() : 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(covered), Options.Crc ? ~Crc32C.Append(crc, span.Slice(padStart, pad)) ^ TakeCrcFault() : 0);
     }
 }
 
