@@ -48,6 +48,7 @@ internal sealed class InitiatorHandshake : IoHandler
         catch
         {
             _socket.Dispose();
+            _loop.Release();
             throw;
         }
     }
@@ -161,6 +162,7 @@ internal sealed class InitiatorHandshake : IoHandler
         }
         _step = Step.Done;
         _loop.Unregister(this);
+        _loop.Release(); // before the connection picks its own loop
         _registration.Dispose();
         try
         {
@@ -209,5 +211,6 @@ internal sealed class InitiatorHandshake : IoHandler
     {
         _registration.Dispose();
         _rx.Dispose(); // and the socket it owns
+        _loop.Release();
     }
 }

@@ -50,6 +50,7 @@ internal sealed unsafe class IoLoop : IEngineHost
     private readonly List<IoHandler> _due = new();
     private int _sleeping;
     private int _handlers;
+    private int _assigned;
 
     public IoLoop(string name)
     {
@@ -64,8 +65,17 @@ internal sealed unsafe class IoLoop : IEngineHost
     /// <summary>The engine that executes the send queues of this loop's connections (on this thread).</summary>
     public DmaEngine Engine { get; }
 
-    /// <summary>Handlers registered (connections and handshakes), for spreading new ones.</summary>
+    /// <summary>Handlers registered (connections and handshakes).</summary>
     public int Handlers => Volatile.Read(ref _handlers);
+
+    /// <summary>Connections and handshakes given this loop and not yet released, for spreading new ones.</summary>
+    public int Assigned => Volatile.Read(ref _assigned);
+
+    /// <summary>Counts a connection or handshake given this loop (see <see cref="IoLoopGroup.Next"/>).</summary>
+    internal void Assign() => Interlocked.Increment(ref _assigned);
+
+    /// <summary>A connection or handshake given this loop has ended.</summary>
+    public void Release() => Interlocked.Decrement(ref _assigned);
 
     /// <summary>Whether the caller is this loop's thread.</summary>
     public bool IsLoopThread => Thread.CurrentThread == _thread;
@@ -256,8 +266,14 @@ internal sealed unsafe class IoLoop : IEngineHost
 internal static class IoLoopGroup
 {
     private static readonly ConcurrentDictionary<int, Lazy<IoLoop[]>> s_groups = new();
+    private static int s_rotor;
 
-    /// <summary>The loop a new connection goes on: the least loaded of the group of <paramref name="threads"/> loops (0: one per core).</summary>
+    /// <summary>
+    /// The loop a new connection (or handshake) goes on: the one with the fewest assigned, of the group of
+    /// <paramref name="threads"/> loops (0: one per core). It counts as assigned at once (the caller releases it when
+    /// it ends), and ties are broken from a rotating start, so two connections made at the same moment (the two ends of
+    /// one stream in one process) land on different loops.
+    /// </summary>
     public static IoLoop Next(int threads)
     {
         if (threads <= 0) threads = Environment.ProcessorCount;
@@ -268,9 +284,14 @@ internal static class IoLoopGroup
             for (int i = 0; i < n; i++) made[i] = new IoLoop($"pinneddma-io-{n}.{i}");
             return made;
         })).Value;
-        var best = loops[0];
-        foreach (var l in loops)
-            if (l.Handlers < best.Handlers) best = l;
+        int start = Interlocked.Increment(ref s_rotor) & int.MaxValue;
+        IoLoop best = loops[start % loops.Length];
+        for (int i = 1; i < loops.Length; i++)
+        {
+            var l = loops[(start + i) % loops.Length];
+            if (l.Assigned < best.Assigned) best = l;
+        }
+        best.Assign();
         return best;
     }
 }

@@ -391,6 +391,7 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
         if (Interlocked.Exchange(ref _started, 1) == 0)
         {
             _rx.Dispose();
+            _loop.Release();
             _completion.TrySetResult();
             return;
         }
@@ -398,6 +399,7 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
         {
             _loop.Unregister(_io);
             _rx.Dispose();
+            _loop.Release();
             _completion.TrySetResult();
         });
     }
