@@ -150,4 +150,25 @@ public sealed class IoLoopTests : IDisposable
         long inlined = Interlocked.Read(ref engine.ExecutedInline) - inlineBefore;
         Assert.True(inlined >= small && inlined < 20, $"{inlined} of 20 writes ran inline ({small} small)");
     }
+
+    /// <summary>
+    /// Connections chosen at the same moment (the two ends of one stream in one process, before either registered with
+    /// its loop) go to different loops: one loop doing both ends halves what a stream can move.
+    /// </summary>
+    [Fact]
+    public void Connections_made_at_once_spread_over_the_loops()
+    {
+        // A group size no other test uses, so nothing else is assigned to these loops meanwhile.
+        var loops = Enumerable.Range(0, 3).Select(_ => IoLoopGroup.Next(3)).ToArray();
+        try
+        {
+            Assert.Equal(3, loops.Distinct().Count());
+            Assert.All(loops, l => Assert.Equal(1, l.Assigned));
+        }
+        finally
+        {
+            foreach (var l in loops) l.Release();
+        }
+        Assert.All(loops, l => Assert.Equal(0, l.Assigned));
+    }
 }
