@@ -23,7 +23,7 @@ public sealed class QueuePair : IDisposable
 
     internal QueuePair(ProtectionDomain pd, QueuePairOptions o)
     {
-        // Validated here, at the API boundary: the engine and receive threads trust these.
+        // Validated here, at the API boundary: the engine and the transports' receive sides trust these.
         if (o.SendCq is null) throw new ArgumentNullException(nameof(o), "QueuePairOptions.SendCq is required.");
         if (o.RecvCq is null) throw new ArgumentNullException(nameof(o), "QueuePairOptions.RecvCq is required.");
         o.SendCq.ThrowIfDisposed();

@@ -130,7 +130,7 @@ public sealed class IwarpListener : IDisposable
     /// <summary>
     /// The handshake thread: accepts, and reads every pending MPA request, with <c>poll</c> and non-blocking receives on
     /// this one thread. The sockets are never used asynchronously: none joins the runtime's socket event loop, so the
-    /// connection's own receive thread later gets every wake-up straight from the kernel.
+    /// connection's I/O loop later gets every readiness event from its own epoll instance.
     /// </summary>
     private unsafe void HandshakeLoop()
     {

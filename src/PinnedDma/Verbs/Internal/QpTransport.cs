@@ -11,13 +11,14 @@ namespace PinnedDma.Verbs.Internal;
 /// when the queue pair is rung (a post, a receive posted at the peer, a response arrived) the engine takes it off its
 /// doorbell, enters the queue pair's active gate and calls, in this order, <see cref="TakeTurn"/>, then for each send
 /// work request <see cref="ParkForFence"/> / <see cref="ParkForOrd"/> (RDMA Reads and fenced requests only) and
-/// <see cref="Execute"/>, then <see cref="FlushPending"/>. A transport driven by its own event loop (a receive thread,
-/// or an I/O thread serving many connections) never runs requester work itself: when it has something for the engine
+/// <see cref="Execute"/>, then <see cref="FlushPending"/>. A transport driven by its own event loop (an I/O
+/// thread serving many connections) never runs requester work itself: when it has something for the engine
 /// (an inbound RDMA Read to answer, a parked request that may go on) it calls <c>Engine.Ring(qp)</c>, and the engine
 /// asks it to take a turn.
 /// </para>
 /// <para>
-/// Threads and locks. <see cref="TakeTurn"/>, <see cref="Execute"/>, <see cref="ParkForFence"/>,
+/// Threads and locks. A posting thread may take the turn itself (<see cref="SupportsInline"/>); one thread at a time
+/// holds a queue pair's turn. <see cref="TakeTurn"/>, <see cref="Execute"/>, <see cref="ParkForFence"/>,
 /// <see cref="ParkForOrd"/>, <see cref="CompleteInOrder"/> and <see cref="FlushPending"/> run on the engine's thread,
 /// one queue pair at a time, inside the queue pair's active gate and with no lock held (in particular not
 /// <see cref="QueuePair.Sync"/>): they may block on the wire, take the queue pair's lock (to complete or fail a

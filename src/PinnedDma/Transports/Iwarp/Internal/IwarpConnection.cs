@@ -166,7 +166,7 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
         }
     }
 
-    // ------------------------------------------------------------ the transport contract (DMA engine thread)
+    // ------------------------------------------------------------ the transport contract (the engine's turn: loop thread or an inline poster)
 
     /// <summary>RDMA Reads complete from the receive loop, when their last response segment arrives.</summary>
     public override bool CompletesReadsLater => true;

@@ -5,7 +5,7 @@ namespace PinnedDma.Transports.Iwarp.Internal;
 
 /// <summary>
 /// The requester's outstanding RDMA Reads on one iWARP connection, and the order in which the send queue completes:
-/// a read completes when its last Read Response segment arrives (receive thread) or when the connection closes; the
+/// a read completes when its last Read Response segment arrives (the receive side, on the I/O loop) or when the connection closes; the
 /// completion of a request posted after a still outstanding read waits behind the read's (so a signaled completion
 /// means every earlier request finished, as verbs promise). It also parks the engine: a fenced request until no read is
 /// outstanding, a read while the negotiated ORD is reached; the read that ends the wait rings the queue pair.
@@ -46,12 +46,12 @@ internal sealed class IwarpReadQueue
     }
 
     /// <summary>
-    /// Tests only: runs on the DMA engine thread between an RDMA Read's first look at the closed flag and its queueing,
+    /// Tests only: runs in the queue pair's turn between an RDMA Read's first look at the closed flag and its queueing,
     /// so that a test can land a Close exactly in that window.
     /// </summary>
     public Action? BeforeReadQueued { get; set; }
 
-    /// <summary>DMA engine thread: delivers the completion of a request other than an RDMA Read, in posting order.</summary>
+    /// <summary>In the queue pair's turn: delivers the completion of a request other than an RDMA Read, in posting order.</summary>
     public void CompleteInOrder(in WorkCompletion wc)
     {
         lock (_lock)
@@ -62,7 +62,7 @@ internal sealed class IwarpReadQueue
     }
 
     /// <summary>
-    /// DMA engine thread: queues an RDMA Read before its request goes out; false (nothing queued) when the connection
+    /// In the queue pair's turn: queues an RDMA Read before its request goes out; false (nothing queued) when the connection
     /// closed already: a read queued after Close completed what was queued would never complete.
     /// </summary>
     public bool TryAdd(in SendWorkRequest wr, MemoryRegion? sink, long sinkOffset)
@@ -121,7 +121,7 @@ internal sealed class IwarpReadQueue
     }
 
     /// <summary>
-    /// DMA engine thread: true when a fenced request must wait for outstanding RDMA Reads (the last one to complete
+    /// In the queue pair's turn: true when a fenced request must wait for outstanding RDMA Reads (the last one to complete
     /// rings the queue pair); false when none is outstanding.
     /// </summary>
     public bool ParkForFence()
@@ -135,7 +135,7 @@ internal sealed class IwarpReadQueue
     }
 
     /// <summary>
-    /// DMA engine thread: true when an RDMA Read must wait because <see cref="IwarpConnection.OrdLimit"/> reads are
+    /// In the queue pair's turn: true when an RDMA Read must wait because <see cref="IwarpConnection.OrdLimit"/> reads are
     /// outstanding already (RFC 6581 §5: a requester never exceeds the peer's IRD); the next read to complete rings the
     /// queue pair. The read stays at the head of the send queue, so nothing posted after it overtakes it. False with an
     /// ORD of 0: the read goes on to Execute, which refuses it (waiting would be forever).

@@ -453,8 +453,8 @@ internal sealed class IwarpReceiver
                     var st = Responder.ResolveRemote(_qp, rr.SourceSTag, rr.SourceTaggedOffset, rr.MessageSize, AccessFlags.RemoteRead, out var mr, out long off);
                     if (st != WcStatus.Success)
                         return InvalidStag(rr.SourceSTag) || Fail(ReadSourceError(rr.SourceSTag), f, "RDMA Read of an invalid or foreign region");
-                    // The response goes out from the DMA engine thread: a receive loop that blocked in a send could
-                    // deadlock with a peer doing the same.
+                    // The response goes out in the queue pair's turn (later on this loop), in order with the queue pair's
+                    // other sends, and parks there if the peer's window is full.
                     if (!_connection.Sender.TryQueueInboundRead(new IwarpSender.InboundRead(mr!, off, rr.MessageSize, rr.SinkSTag, rr.SinkTaggedOffset), _connection.IrdLimit))
                         return Fail(TerminateCode.Rdmap(RdmapErrorType.RemoteOperation, RdmapErrorCode.Unspecified), f, "too many outstanding RDMA Read Requests");
                     _connection.Engine.Ring(_qp);
