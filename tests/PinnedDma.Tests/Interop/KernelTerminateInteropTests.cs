@@ -154,18 +154,41 @@ public sealed class KernelTerminateInteropTests
     [InlineData(Fault.InvalidStag)]
     public async Task Our_client_error_gets_the_kernels_terminate(Fault fault)
     {
-        var vm = _guest.Healthy();
-        vm.ConfigureSiw();
-        using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S 64 -C 1", Bound, awaitPort: 7174);
-        using var side = new Side();
-        side.PostRecv(1);
-        await IwarpConnector.ConnectAsync(side.Qp, new IPEndPoint(IPAddress.Loopback, vm.HostPort(7174)), default,
-            new IwarpOptions { Crc = true }).WaitAsync(Bound);
-        side.Inject(fault, 2);
-        var completions = side.DrainUntilClosed(Bound);
-        var theirs = server.Wait();
-        AssertCleanTerminate(side, fault, completions, theirs, vm);
+        for (int attempt = 1; ; attempt++)
+        {
+            var vm = _guest.Healthy();
+            vm.ConfigureSiw();
+            using var server = vm.Start($"rping -s -v -a {GuestVm.GuestAddress} -p 7174 -S 64 -C 1", Bound, awaitPort: 7174);
+            using var side = new Side();
+            side.PostRecv(1);
+            await IwarpConnector.ConnectAsync(side.Qp, new IPEndPoint(IPAddress.Loopback, vm.HostPort(7174)), default,
+                new IwarpOptions { Crc = true }).WaitAsync(Bound);
+            side.Inject(fault, 2);
+            var completions = side.DrainUntilClosed(Bound);
+            var theirs = server.Wait();
+            if (TerminateLostToTheKernelsClose(side, theirs, attempt)) continue;
+            AssertCleanTerminate(side, fault, completions, theirs, vm);
+            return;
+        }
     }
+
+    /// <summary>
+    /// siw sends its Terminate best effort (Linux 6.1 <c>siw_send_terminate</c>: <c>MSG_DONTWAIT</c>, and skipped once
+    /// the endpoint is closed): when rping's own disconnect, on the error event, closes the connection first, a clean
+    /// end of stream comes with no Terminate. Such an attempt (nothing received from the kernel but its close, and rping
+    /// reporting the disconnect) is tried again, at most <see cref="Attempts"/> times in all; anything else is judged.
+    /// </summary>
+    private bool TerminateLostToTheKernelsClose(Side side, GuestResult theirs, int attempt)
+    {
+        bool lost = side.Qp.Connection?.LastTerminateReceived is null
+            && side.Qp.ConnectionCloseReason == "peer closed the connection"
+            && theirs.Output.Contains("DISCONNECT EVENT", StringComparison.Ordinal);
+        if (!lost || attempt >= Attempts) return false;
+        _log.WriteLine($"attempt {attempt}: the kernel closed without its Terminate (rping: {theirs.Output.Trim()}); trying again");
+        return true;
+    }
+
+    private const int Attempts = 3;
 
     /// <summary>rping's client connects to our server; after its first Send we answer with the fault.</summary>
     [Theory]
@@ -173,20 +196,25 @@ public sealed class KernelTerminateInteropTests
     [InlineData(Fault.InvalidStag)]
     public async Task Our_server_error_gets_the_kernels_terminate(Fault fault)
     {
-        var vm = _guest.Healthy();
-        vm.ConfigureSiw();
-        int port = vm.FreeHostPort();
-        using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, port), new IwarpOptions { Crc = true });
-        using var side = new Side();
-        using var client = vm.Start($"rping -c -v -a {GuestVm.HostAddress} -p {port.ToString(CultureInfo.InvariantCulture)} -S 64 -C 1", Bound, awaitPort: 0);
-        var request = await listener.AcceptAsync().WaitAsync(Bound);
-        side.PostRecv(1);
-        request.Accept(side.Qp);
-        WaitFor(side, WcOpcode.Recv); // rping's buffer description
-        side.PostRecv(3);
-        side.Inject(fault, 2);
-        var completions = side.DrainUntilClosed(Bound);
-        var theirs = client.Wait();
-        AssertCleanTerminate(side, fault, completions, theirs, vm);
+        for (int attempt = 1; ; attempt++)
+        {
+            var vm = _guest.Healthy();
+            vm.ConfigureSiw();
+            int port = vm.FreeHostPort();
+            using var listener = new IwarpListener(new IPEndPoint(IPAddress.Loopback, port), new IwarpOptions { Crc = true });
+            using var side = new Side();
+            using var client = vm.Start($"rping -c -v -a {GuestVm.HostAddress} -p {port.ToString(CultureInfo.InvariantCulture)} -S 64 -C 1", Bound, awaitPort: 0);
+            var request = await listener.AcceptAsync().WaitAsync(Bound);
+            side.PostRecv(1);
+            request.Accept(side.Qp);
+            WaitFor(side, WcOpcode.Recv); // rping's buffer description
+            side.PostRecv(3);
+            side.Inject(fault, 2);
+            var completions = side.DrainUntilClosed(Bound);
+            var theirs = client.Wait();
+            if (TerminateLostToTheKernelsClose(side, theirs, attempt)) continue;
+            AssertCleanTerminate(side, fault, completions, theirs, vm);
+            return;
+        }
     }
 }
