@@ -105,7 +105,7 @@ public sealed class FpduCrcEncodingTests
                 }
             });
 
-            var queue = new FpduSendQueue(client, (int)client.SafeHandle.DangerousGetHandle());
+            var queue = new FpduSendQueue((int)client.SafeHandle.DangerousGetHandle());
             uint state = encoder.BeginGather(queue, header, length);
             for (int at = 0; at < length;)
             {

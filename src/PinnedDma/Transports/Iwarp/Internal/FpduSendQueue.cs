@@ -26,7 +26,6 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
 
     private static readonly ObjectPool<Stage> s_stages = new DefaultObjectPool<Stage>(new StagePolicy(), Environment.ProcessorCount * 4);
 
-    private readonly Socket _socket;
     private readonly int _fd;
     private Stage? _stage;
     private int _staged;
@@ -48,13 +47,8 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
         public override bool Return(Stage obj) => true;
     }
 
-    /// <param name="socket">The connection's socket (non-blocking).</param>
-    /// <param name="fd">Its descriptor; the caller holds a reference on the handle for the queue's life.</param>
-    public FpduSendQueue(Socket socket, int fd)
-    {
-        _socket = socket;
-        _fd = fd;
-    }
+    /// <param name="fd">The connection's socket descriptor; the caller holds a reference on the handle for the queue's life.</param>
+    public FpduSendQueue(int fd) => _fd = fd;
 
     /// <summary>Bytes queued and not yet handed to the kernel.</summary>
     public long QueuedBytes { get; private set; }
@@ -163,7 +157,4 @@ internal sealed unsafe class FpduSendQueue : IBufferWriter<byte>
             s_stages.Return(stage);
         }
     }
-
-    /// <summary>The socket this queue sends on.</summary>
-    public Socket Socket => _socket;
 }

@@ -49,7 +49,6 @@ internal sealed unsafe class IoLoop : IEngineHost
     private readonly HashSet<IoHandler> _timed = new();
     private readonly List<IoHandler> _due = new();
     private int _sleeping;
-    private int _handlers;
     private int _assigned;
 
     public IoLoop(string name)
@@ -64,9 +63,6 @@ internal sealed unsafe class IoLoop : IEngineHost
 
     /// <summary>The engine that executes the send queues of this loop's connections (on this thread).</summary>
     public DmaEngine Engine { get; }
-
-    /// <summary>Handlers registered (connections and handshakes).</summary>
-    public int Handlers => Volatile.Read(ref _handlers);
 
     /// <summary>Connections and handshakes given this loop and not yet released, for spreading new ones.</summary>
     public int Assigned => Volatile.Read(ref _assigned);
@@ -120,7 +116,6 @@ internal sealed unsafe class IoLoop : IEngineHost
         handler.Slot = slot;
         handler.Generation = generation;
         handler.Interest = events;
-        Interlocked.Increment(ref _handlers);
         return true;
     }
 
@@ -142,7 +137,6 @@ internal sealed unsafe class IoLoop : IEngineHost
         _freedThisTurn.Add(handler.Slot);
         handler.Slot = -1;
         _timed.Remove(handler);
-        Interlocked.Decrement(ref _handlers);
     }
 
     /// <summary>Loop thread: whether the loop looks at <paramref name="handler"/>'s <see cref="IoHandler.Deadline"/>.</summary>

@@ -68,7 +68,7 @@ internal sealed class IwarpConnection : QpTransport, IDisposable
         // The MULPDU is the sender's own choice (from its MSS) and never advertised (RFC 5044 §5.1): whatever we send,
         // any valid ULPDU_Length up to 65535 is accepted.
         var options = new FpduOptions { Crc = negotiated.Crc, MaxUlpduLength = FpduOptions.MaxUlpduForFpduSize(maxFpduSize), MaxReceiveUlpduLength = ushort.MaxValue };
-        Sender = new IwarpSender(this, options, maxFpduSize, rx.Fd);
+        Sender = new IwarpSender(this, options, rx.Fd);
         Reads = new IwarpReadQueue(this);
         Receiver = new IwarpReceiver(this, rx, options, awaitRtr: !initiator && negotiated.PeerToPeer);
         _stallMs = (long)Math.Clamp(settings.SendStallTimeout.TotalMilliseconds, 1, long.MaxValue / 4);

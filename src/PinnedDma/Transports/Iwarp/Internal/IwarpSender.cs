@@ -26,7 +26,6 @@ internal sealed class IwarpSender
     private readonly FpduEncoder _encoder;
     private readonly object _sendLock = new();
     private readonly FpduSendQueue _out;
-    private readonly int _maxFpduSize;
     private byte[]? _scratch; // on-demand regions only: their bytes are read through it
     private readonly Queue<InboundRead> _inboundReads = new();
     private readonly object _serviceLock = new();
@@ -37,13 +36,12 @@ internal sealed class IwarpSender
     private volatile bool _blocked;
     private long _lastProgress;
 
-    public IwarpSender(IwarpConnection connection, FpduOptions options, int maxFpduSize, int fd)
+    public IwarpSender(IwarpConnection connection, FpduOptions options, int fd)
     {
         _connection = connection;
         _qp = connection.Qp;
         _encoder = new FpduEncoder(options);
-        _maxFpduSize = maxFpduSize;
-        _out = new FpduSendQueue(connection.Socket, fd);
+        _out = new FpduSendQueue(fd);
     }
 
     /// <summary>MULPDU: the largest ULPDU this side sends.</summary>

@@ -39,25 +39,6 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
     public PipeReader Reader => _pipe.Reader;
 
     /// <summary>
-    /// One receive of at most <paramref name="limit"/> bytes into the pipe, readable at once on this thread. False at the
-    /// end of the stream. <paramref name="deadline"/> (<see cref="Environment.TickCount64"/>) bounds the wait.
-    /// </summary>
-    public bool Fill(int limit, long deadline = long.MaxValue, CancellationToken cancellationToken = default)
-    {
-        var writer = _pipe.Writer;
-        Span<byte> into = writer.GetSpan(Chunk);
-        if (into.Length > limit) into = into[..limit];
-        int n;
-        fixed (byte* p = into) n = SocketInterop.Receive(_socket, Fd, p, into.Length, deadline, cancellationToken);
-        if (n == 0) return false;
-        writer.Advance(n);
-        // No pause threshold: the flush completes synchronously.
-        var flush = writer.FlushAsync(CancellationToken.None);
-        if (!flush.IsCompletedSuccessfully) throw new InvalidOperationException("The receive pipe paused its writer.");
-        return true;
-    }
-
-    /// <summary>
     /// One receive of what the socket holds now, at most <paramref name="limit"/> bytes, into the pipe, without
     /// waiting: the count (readable at once on this thread), 0 at the end of the stream, -1 when nothing is there.
     /// </summary>
@@ -105,19 +86,6 @@ internal sealed unsafe class SocketReceivePipe : IDisposable
         var reader = _pipe.Reader;
         frame = null;
         return reader.TryRead(out ReadResult result) && TryTakeMpaFrame(reader, result.Buffer, expected, out frame);
-    }
-
-    /// <summary>Reads one MPA Request or Reply frame, waiting at most <paramref name="timeout"/>.</summary>
-    public MpaFrame ReadMpaFrame(MpaFrameKind expected, TimeSpan timeout, CancellationToken cancellationToken = default)
-    {
-        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
-        var reader = _pipe.Reader;
-        while (true)
-        {
-            if (reader.TryRead(out ReadResult result) && TryTakeMpaFrame(reader, result.Buffer, expected, out var frame)) return frame;
-            if (!Fill(Chunk, deadline, cancellationToken))
-                throw new IwarpProtocolException(IwarpError.Mpa(IwarpErrorKind.StreamTruncated, MpaErrorCode.TcpConnectionLost, "Stream ended during MPA connection setup."));
-        }
     }
 
     /// <summary>
